@@ -1,1 +1,25 @@
-pub fn x(){}
+//! handoff-manager: streams files that PHP workers hand over, so the workers are free at once.
+//!
+//! A PHP worker running `send_file()` opens the file, plans the response and passes the
+//! request's connection and the open file to this process over a Unix `SOCK_SEQPACKET`
+//! socket. The pieces, one concept per module:
+//!
+//! - [`protocol`]: the handoff message, its wire format, the two-phase accept/go handshake
+//!   and the only code that touches `SCM_RIGHTS`; used by the manager and the extension.
+//! - [`plan`]: decides the status, the head and the byte range of a download before the
+//!   first byte leaves; used by the extension for both the handoff and its in-process
+//!   fallback, so both paths send the same response.
+//! - [`head`]: renders a planned head as an HTTP/1.1 status line + headers or as a CGI head.
+//! - [`fcgi`]: FastCGI record framing (behind nginx and other FastCGI front ends).
+//! - [`download`]: one connection's state machine: head, body by zero-copy `sendfile`,
+//!   trailer, lingering close.
+//! - [`server`]: the mio event loop: accepts handoffs, runs downloads, timeouts, signals.
+//! - [`sys`]: the crate's only `unsafe` code (taking ownership of received descriptors).
+
+pub mod download;
+pub mod fcgi;
+pub mod head;
+pub mod plan;
+pub mod protocol;
+pub mod server;
+mod sys;

@@ -1,1 +1,55 @@
-fn main(){}
+//! `handoff-manager`: parses the command line and runs the event loop from the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use handoff_manager::server::{Config, Server};
+
+/// Streams the files that PHP's send_file() hands over, so that PHP workers are free at once.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Unix socket the PHP extension connects to (php.ini `handoff.socket`).
+    #[arg(long, default_value = "/run/handoff/manager.sock")]
+    socket: PathBuf,
+    /// Permissions of the socket, in octal: who may hand off downloads.
+    #[arg(long, default_value = "0660", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Seconds a client may accept no byte before its download is dropped.
+    #[arg(long, default_value_t = 60)]
+    send_timeout: u64,
+    /// Seconds a finished download waits for the peer to close before closing anyway.
+    #[arg(long, default_value_t = 5)]
+    linger_timeout: u64,
+    /// Seconds a PHP worker may take between connecting and saying go.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout: u64,
+    /// Seconds running downloads may continue after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30)]
+    grace: u64,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 0660"))
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let config = Config {
+        socket: args.socket,
+        socket_mode: args.socket_mode,
+        send_timeout: Duration::from_secs(args.send_timeout),
+        linger_timeout: Duration::from_secs(args.linger_timeout),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        grace: Duration::from_secs(args.grace),
+    };
+    let mut server = Server::bind(config).context("starting handoff-manager")?;
+    server.run().context("running handoff-manager")?;
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! One download: a handed-off connection and its file, from the first head byte to the
+//! lingering close.
+//!
+//! States (thttpd-style, a plain enum): `Sending` writes the head, then the body with
+//! zero-copy `sendfile` (FastCGI: one record header per at most 65,528 body bytes; the last
+//! data record, the empty `STDOUT` and `END_REQUEST` go out in one send, as nginx needs),
+//! then `Lingering`: the write side is shut down and whatever the peer still sends (the
+//! unread FastCGI `STDIN`, a request body) is read and discarded until end-of-file or the
+//! linger deadline, so that closing does not turn into a reset that would cut the tail of
+//! the response. `Done` carries the outcome for the log.
+//!
+//! The socket is non-blocking and registered edge-triggered: every call drains until the
+//! kernel says `EAGAIN` or the per-wake-up byte budget is spent (fairness between
+//! downloads), and says which of the two happened.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant, SystemTime};
+
+use log::debug;
+use nix::errno::Errno;
+use nix::sys::socket::{getsockopt, send, shutdown, sockopt, MsgFlags, Shutdown};
+use nix::sys::stat::{fstat, SFlag};
+
+use crate::fcgi;
+use crate::protocol::{Framing, Job, Received};
+
+/// How a download ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every planned byte was written.
+    Complete,
+    /// The client went away or the connection failed.
+    Aborted(String),
+    /// The client accepted no byte for the send timeout.
+    TimedOut,
+    /// The file ended before the planned bytes (it shrank while being sent).
+    Truncated,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Complete => f.write_str("outcome=complete"),
+            Outcome::Aborted(why) => write!(f, "outcome=aborted reason={why:?}"),
+            Outcome::TimedOut => f.write_str("outcome=aborted reason=\"send timeout\""),
+            Outcome::Truncated => f.write_str("outcome=truncated"),
+        }
+    }
+}
+
+/// Why a received job is refused before it is accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Rejected {
+    #[error("connection descriptor is not a socket")]
+    NotASocket,
+    #[error("connection descriptor is not a connected stream socket")]
+    NotAStream,
+    #[error("file descriptor is not a regular file")]
+    NotAFile,
+    #[error("range {offset}+{length} is beyond the file's {size} bytes")]
+    Range { offset: u64, length: u64, size: u64 },
+    #[error("cannot inspect descriptor: {0}")]
+    Stat(Errno),
+}
+
+/// Checks the two descriptors of a job before the manager accepts it.
+pub fn validate(rcv: &Received) -> Result<(), Rejected> {
+    let st = fstat(rcv.conn.as_raw_fd()).map_err(Rejected::Stat)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(Rejected::NotASocket);
+    }
+    let ty = getsockopt(&rcv.conn, sockopt::SockType).map_err(Rejected::Stat)?;
+    let listening = getsockopt(&rcv.conn, sockopt::AcceptConn).map_err(Rejected::Stat)?;
+    if ty != nix::sys::socket::SockType::Stream || listening {
+        return Err(Rejected::NotAStream);
+    }
+    let st = fstat(rcv.file.as_raw_fd()).map_err(Rejected::Stat)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(Rejected::NotAFile);
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    let job = &rcv.job;
+    if job.offset.saturating_add(job.length) > size {
+        return Err(Rejected::Range {
+            offset: job.offset,
+            length: job.length,
+            size,
+        });
+    }
+    Ok(())
+}
+
+/// What a call on a download left to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Wait for the next readiness event.
+    Wait,
+    /// The byte budget ran out while the socket could still take more: call again soon.
+    Yield,
+    /// The download is over.
+    Done(Outcome),
+}
+
+enum State {
+    Sending,
+    Lingering { until: Instant, outcome: Outcome },
+}
+
+pub struct Download {
+    sock: OwnedFd,
+    file: OwnedFd,
+    framing: Framing,
+    /// Bytes to write before anything else (head, record headers, last record + trailer).
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Body bytes inside `out`, counted as sent once `out` is flushed.
+    body_in_out: u64,
+    /// Next file offset to send, and the end of the planned range.
+    pos: u64,
+    end: u64,
+    /// Bytes of the current `sendfile` run (one FastCGI record, or the whole HTTP body).
+    run_left: u64,
+    trailer_queued: bool,
+    state: State,
+    pub status: u16,
+    pub planned: u64,
+    pub sent: u64,
+    pub client: String,
+    pub file_name: String,
+    pub started: Instant,
+    last_progress: Instant,
+    linger: Duration,
+}
+
+impl Download {
+    /// Starts a download of a validated, accepted job after the worker said go.
+    /// `linger` bounds how long the finished download waits for the peer to close.
+    pub fn new(rcv: Received, now: Instant, linger: Duration) -> Download {
+        let Received { job, conn, file } = rcv;
+        let Job {
+            framing,
+            head,
+            offset,
+            length,
+            client,
+            file_name,
+        } = job;
+        let mut out = Vec::with_capacity(1024);
+        match framing {
+            Framing::Http => out.extend_from_slice(&head.render_http(SystemTime::now())),
+            Framing::FastCgi { request_id } => {
+                fcgi::push_stdout(&mut out, request_id, &head.render_cgi())
+            }
+        }
+        Download {
+            sock: conn,
+            file,
+            framing,
+            out,
+            out_pos: 0,
+            body_in_out: 0,
+            pos: offset,
+            end: offset + length,
+            run_left: 0,
+            trailer_queued: framing == Framing::Http,
+            state: State::Sending,
+            status: head.status,
+            planned: length,
+            sent: 0,
+            client,
+            file_name,
+            started: now,
+            last_progress: now,
+            linger,
+        }
+    }
+
+    pub fn socket(&self) -> &OwnedFd {
+        &self.sock
+    }
+
+    fn more_after_out(&self) -> bool {
+        self.pos < self.end || !self.trailer_queued
+    }
+
+    /// Writes as much as the socket takes, up to `budget` bytes.
+    pub fn on_writable(&mut self, budget: usize, now: Instant) -> Step {
+        if !matches!(self.state, State::Sending) {
+            return Step::Wait;
+        }
+        let mut spent = 0usize;
+        loop {
+            if spent >= budget {
+                return Step::Yield;
+            }
+            if self.out_pos < self.out.len() {
+                let mut flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+                if self.more_after_out() {
+                    flags |= MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
+                }
+                match send(self.sock.as_raw_fd(), &self.out[self.out_pos..], flags) {
+                    Ok(n) => {
+                        self.out_pos += n;
+                        spent += n;
+                        self.last_progress = now;
+                        if self.out_pos == self.out.len() {
+                            self.out.clear();
+                            self.out_pos = 0;
+                            self.sent += self.body_in_out;
+                            self.body_in_out = 0;
+                        }
+                    }
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => return Step::Wait,
+                    Err(e) => return Step::Done(Outcome::Aborted(e.desc().to_string())),
+                }
+                continue;
+            }
+            if self.run_left > 0 {
+                let want = usize::try_from(self.run_left)
+                    .unwrap_or(usize::MAX)
+                    .min(budget - spent);
+                let mut off = i64::try_from(self.pos).unwrap_or(i64::MAX);
+                match nix::sys::sendfile::sendfile64(&self.sock, &self.file, Some(&mut off), want) {
+                    // The file ended before the planned range: it shrank under us.
+                    Ok(0) => return Step::Done(Outcome::Truncated),
+                    Ok(n) => {
+                        let n64 = n as u64;
+                        self.pos += n64;
+                        self.run_left -= n64;
+                        self.sent += n64;
+                        spent += n;
+                        self.last_progress = now;
+                    }
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => return Step::Wait,
+                    Err(e) => return Step::Done(Outcome::Aborted(e.desc().to_string())),
+                }
+                continue;
+            }
+            if self.pos < self.end {
+                match self.framing {
+                    Framing::Http => self.run_left = self.end - self.pos,
+                    Framing::FastCgi { request_id } => {
+                        let left = self.end - self.pos;
+                        if left <= fcgi::MAX_RECORD_BODY as u64 {
+                            if let Err(outcome) = self.queue_last_record(request_id, left) {
+                                return Step::Done(outcome);
+                            }
+                        } else {
+                            let len = fcgi::MAX_RECORD_BODY as u16;
+                            self.out
+                                .extend_from_slice(&fcgi::stdout_header(request_id, len));
+                            self.run_left = u64::from(len);
+                        }
+                    }
+                }
+                continue;
+            }
+            if !self.trailer_queued {
+                if let Framing::FastCgi { request_id } = self.framing {
+                    fcgi::push_end(&mut self.out, request_id);
+                }
+                self.trailer_queued = true;
+                continue;
+            }
+            return self.start_lingering(now);
+        }
+    }
+
+    /// Reads the last (at most one record of) body bytes so that they leave in the same
+    /// send as the end-of-stream records.
+    fn queue_last_record(&mut self, request_id: u16, left: u64) -> Result<(), Outcome> {
+        let mut buf = vec![0u8; left as usize];
+        let mut filled = 0usize;
+        while filled < buf.len() {
+            let off = i64::try_from(self.pos + filled as u64).unwrap_or(i64::MAX);
+            match nix::sys::uio::pread(&self.file, &mut buf[filled..], off) {
+                Ok(0) => return Err(Outcome::Truncated),
+                Ok(n) => filled += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(Outcome::Aborted(format!("reading file: {}", e.desc()))),
+            }
+        }
+        fcgi::push_stdout(&mut self.out, request_id, &buf);
+        fcgi::push_end(&mut self.out, request_id);
+        self.trailer_queued = true;
+        self.body_in_out += left;
+        self.pos = self.end;
+        Ok(())
+    }
+
+    fn start_lingering(&mut self, now: Instant) -> Step {
+        // Everything is written; half-close so the peer sees the end, then read what it
+        // still sends until it closes, instead of resetting the connection under it.
+        match shutdown(self.sock.as_raw_fd(), Shutdown::Write) {
+            Ok(()) => {}
+            Err(Errno::ENOTCONN) | Err(Errno::ECONNRESET) | Err(Errno::EPIPE) => {
+                return Step::Done(Outcome::Complete)
+            }
+            Err(e) => debug!("shutdown after complete response: {e}"),
+        }
+        self.state = State::Lingering {
+            until: now + self.linger,
+            outcome: Outcome::Complete,
+        };
+        // The peer may already have closed: look now, edge-triggered events won't repeat.
+        self.on_readable(&mut [0u8; 512])
+    }
+
+    /// Reads and discards what the peer sends (FastCGI `STDIN`, a request body).
+    pub fn on_readable(&mut self, scratch: &mut [u8]) -> Step {
+        loop {
+            match nix::sys::socket::recv(self.sock.as_raw_fd(), scratch, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    return match &self.state {
+                        State::Lingering { outcome, .. } => Step::Done(outcome.clone()),
+                        // A half-close while we still send: keep sending; a real close
+                        // shows up as a send error.
+                        State::Sending => Step::Wait,
+                    };
+                }
+                Ok(_) => {}
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Step::Wait,
+                Err(e) => {
+                    return match &self.state {
+                        State::Lingering { outcome, .. } => Step::Done(outcome.clone()),
+                        State::Sending => Step::Done(Outcome::Aborted(e.desc().to_string())),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends a download whose client stopped taking bytes, or whose peer never closed.
+    pub fn check_timeout(&self, now: Instant, send_timeout: Duration) -> Option<Outcome> {
+        match &self.state {
+            State::Sending if now.duration_since(self.last_progress) > send_timeout => {
+                Some(Outcome::TimedOut)
+            }
+            State::Lingering { until, outcome } if now >= *until => Some(outcome.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the response has been written completely (only lingering is left).
+    pub fn is_lingering(&self) -> bool {
+        matches!(self.state, State::Lingering { .. })
+    }
+
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}

@@ -1,0 +1,570 @@
+//! The handoff protocol between a PHP worker and the manager.
+//!
+//! Transport: a Unix `SOCK_SEQPACKET` socket, so every message arrives whole or not at all
+//! and a closed peer is seen as end-of-file. One connection carries one handoff:
+//!
+//! 1. worker → manager: a [`Job`] message with exactly two descriptors attached by
+//!    `SCM_RIGHTS`: the client connection, then the open file.
+//! 2. manager → worker: [`Reply::Accept`] (the manager holds the job) or
+//!    [`Reply::Refuse`] with a reason.
+//! 3. The worker makes its own copy of the connection harmless, then sends [`Reply::Go`].
+//! 4. Only after `Go` does the manager touch the connection. If the worker goes away
+//!    before `Go`, the manager drops the job and writes nothing.
+//!
+//! So at no moment can two processes write to one connection: before `Go` only the worker
+//! may write (and it falls back to serving the request itself), after `Go` only the manager.
+//!
+//! Wire format of a job (all integers big-endian, every length checked against the
+//! message before anything is allocated):
+//!
+//! ```text
+//! "HO" version:u8 kind:u8=1 framing:u8 reserved:u8 request_id:u16 status:u16
+//! header_count:u16 offset:u64 length:u64
+//! reason:str16 (name:str16 value:str16)*header_count client:str16 file_name:str16
+//! ```
+//!
+//! where `str16` is a `u16` length followed by that many bytes of UTF-8. Replies are
+//! `"HO" version kind` followed, for a refusal, by the reason text.
+//!
+//! This is the only module that touches `SCM_RIGHTS`.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    connect, recvmsg, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::time::TimeVal;
+
+use crate::head::{Head, HeadError, Header};
+use crate::sys::own_new_fd;
+
+/// The protocol version this build speaks; a message with another version is refused.
+pub const VERSION: u8 = 1;
+/// Largest message either side sends or accepts.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+const MAGIC: [u8; 2] = *b"HO";
+const KIND_JOB: u8 = 1;
+const KIND_ACCEPT: u8 = 2;
+const KIND_REFUSE: u8 = 3;
+const KIND_GO: u8 = 4;
+const FIXED_LEN: usize = 28;
+/// Descriptors we make room for when receiving, so that a message with too many is seen
+/// (and all of them closed) instead of being silently cut by the kernel.
+const MAX_FDS_RECEIVED: usize = 8;
+
+/// How the response must be framed on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The connection is the client's own socket: write HTTP/1.1.
+    Http,
+    /// The connection is a FastCGI connection from a web server: write `STDOUT` records
+    /// and `END_REQUEST` for this request id.
+    FastCgi { request_id: u16 },
+}
+
+/// One download handed to the manager: what to write, and which bytes of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub framing: Framing,
+    pub head: Head,
+    /// First byte of the file to send.
+    pub offset: u64,
+    /// Number of bytes to send from `offset` (0 for HEAD or an empty file).
+    pub length: u64,
+    /// Client address as the SAPI reported it, for the log.
+    pub client: String,
+    /// The file's name as the script gave it, for the log; never sent to the client.
+    pub file_name: String,
+}
+
+/// A manager's answer to a job, or a worker's go-ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Accept,
+    Refuse(String),
+    Go,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("message of {len} bytes is shorter than its fixed part")]
+    Truncated { len: usize },
+    #[error("message of {len} bytes exceeds the limit of {MAX_MESSAGE}")]
+    TooLarge { len: usize },
+    #[error("not a handoff message (bad magic)")]
+    BadMagic,
+    #[error("unsupported protocol version {version} (this build speaks {VERSION})")]
+    Version { version: u8 },
+    #[error("unexpected message kind {kind}")]
+    Kind { kind: u8 },
+    #[error("field {field} runs past the end of the message")]
+    Overrun { field: &'static str },
+    #[error("{extra} bytes after the last field")]
+    Trailing { extra: usize },
+    #[error("field {field} is not valid UTF-8")]
+    Utf8 { field: &'static str },
+    #[error("field {field} is longer than 65535 bytes")]
+    FieldTooLong { field: &'static str },
+    #[error("unknown framing {framing}")]
+    Framing { framing: u8 },
+    #[error("offset {offset} + length {length} overflows")]
+    Range { offset: u64, length: u64 },
+    #[error("invalid head: {0}")]
+    Head(#[from] HeadError),
+    #[error("expected 2 descriptors (connection, file), got {got}")]
+    FdCount { got: usize },
+    #[error("control data was truncated (MSG_CTRUNC)")]
+    ControlTruncated,
+    #[error("message was truncated (MSG_TRUNC)")]
+    MessageTruncated,
+    #[error("manager refused the handoff: {reason}")]
+    Refused { reason: String },
+    #[error("peer closed the handoff socket")]
+    Closed,
+    #[error("timed out waiting for the peer")]
+    TimedOut,
+    #[error("handoff socket {op}: {errno}")]
+    Io { op: &'static str, errno: Errno },
+}
+
+impl ProtocolError {
+    fn io(op: &'static str) -> impl FnOnce(Errno) -> ProtocolError {
+        move |errno| match errno {
+            Errno::EAGAIN => ProtocolError::TimedOut,
+            errno => ProtocolError::Io { op, errno },
+        }
+    }
+
+    /// Whether the socket had nothing to read yet (non-blocking manager side).
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, ProtocolError::TimedOut)
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), ProtocolError> {
+    let len = u16::try_from(s.len()).map_err(|_| ProtocolError::FieldTooLong { field })?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// A bounds-checked cursor over a received message.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ProtocolError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(ProtocolError::Overrun { field })?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, ProtocolError> {
+        let b = self.bytes(2, field)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, ProtocolError> {
+        let b = self.bytes(8, field)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn str16(&mut self, field: &'static str) -> Result<String, ProtocolError> {
+        let len = usize::from(self.u16(field)?);
+        let b = self.bytes(len, field)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| ProtocolError::Utf8 { field })
+    }
+}
+
+fn check_preamble(buf: &[u8]) -> Result<u8, ProtocolError> {
+    if buf.len() < 4 {
+        return Err(ProtocolError::Truncated { len: buf.len() });
+    }
+    if buf[..2] != MAGIC {
+        return Err(ProtocolError::BadMagic);
+    }
+    if buf[2] != VERSION {
+        return Err(ProtocolError::Version { version: buf[2] });
+    }
+    Ok(buf[3])
+}
+
+impl Job {
+    /// Serialises the job; fails if the head could split the response or a field is too
+    /// long for the format.
+    pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
+        self.head.validate()?;
+        if self.offset.checked_add(self.length).is_none() {
+            return Err(ProtocolError::Range {
+                offset: self.offset,
+                length: self.length,
+            });
+        }
+        let count =
+            u16::try_from(self.head.headers.len()).map_err(|_| ProtocolError::FieldTooLong {
+                field: "header count",
+            })?;
+        let (framing, request_id) = match self.framing {
+            Framing::Http => (0u8, 0u16),
+            Framing::FastCgi { request_id } => (1u8, request_id),
+        };
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&[VERSION, KIND_JOB, framing, 0]);
+        out.extend_from_slice(&request_id.to_be_bytes());
+        out.extend_from_slice(&self.head.status.to_be_bytes());
+        out.extend_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.length.to_be_bytes());
+        put_str(&mut out, "reason", &self.head.reason)?;
+        for h in &self.head.headers {
+            put_str(&mut out, "header name", &h.name)?;
+            put_str(&mut out, "header value", &h.value)?;
+        }
+        put_str(&mut out, "client", &self.client)?;
+        put_str(&mut out, "file name", &self.file_name)?;
+        if out.len() > MAX_MESSAGE {
+            return Err(ProtocolError::TooLarge { len: out.len() });
+        }
+        Ok(out)
+    }
+
+    /// Parses and validates a job message.
+    pub fn decode(buf: &[u8]) -> Result<Job, ProtocolError> {
+        if buf.len() > MAX_MESSAGE {
+            return Err(ProtocolError::TooLarge { len: buf.len() });
+        }
+        let kind = check_preamble(buf)?;
+        if kind != KIND_JOB {
+            return Err(ProtocolError::Kind { kind });
+        }
+        if buf.len() < FIXED_LEN {
+            return Err(ProtocolError::Truncated { len: buf.len() });
+        }
+        let mut r = Reader { buf, pos: 4 };
+        let fixed = r.bytes(2, "framing")?;
+        let framing_byte = fixed[0];
+        let request_id = r.u16("request id")?;
+        let framing = match framing_byte {
+            0 => Framing::Http,
+            1 => Framing::FastCgi { request_id },
+            framing => return Err(ProtocolError::Framing { framing }),
+        };
+        let status = r.u16("status")?;
+        let count = r.u16("header count")?;
+        let offset = r.u64("offset")?;
+        let length = r.u64("length")?;
+        if offset.checked_add(length).is_none() {
+            return Err(ProtocolError::Range { offset, length });
+        }
+        let reason = r.str16("reason")?;
+        // Each header needs at least 4 length bytes, so `count` cannot make us allocate
+        // more than the message could describe.
+        let remaining = buf.len() - r.pos;
+        if usize::from(count) * 4 > remaining {
+            return Err(ProtocolError::Overrun { field: "headers" });
+        }
+        let mut headers = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let name = r.str16("header name")?;
+            let value = r.str16("header value")?;
+            headers.push(Header { name, value });
+        }
+        let client = r.str16("client")?;
+        let file_name = r.str16("file name")?;
+        if r.pos != buf.len() {
+            return Err(ProtocolError::Trailing {
+                extra: buf.len() - r.pos,
+            });
+        }
+        let head = Head {
+            status,
+            reason,
+            headers,
+        };
+        head.validate()?;
+        Ok(Job {
+            framing,
+            head,
+            offset,
+            length,
+            client,
+            file_name,
+        })
+    }
+}
+
+impl Reply {
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, text) = match self {
+            Reply::Accept => (KIND_ACCEPT, ""),
+            Reply::Refuse(reason) => (KIND_REFUSE, reason.as_str()),
+            Reply::Go => (KIND_GO, ""),
+        };
+        let mut out = Vec::with_capacity(4 + text.len().min(1024));
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&[VERSION, kind]);
+        // A refusal reason is for logs; keep the message small whatever it says.
+        let mut end = text.len().min(1024);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.extend_from_slice(&text.as_bytes()[..end]);
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Reply, ProtocolError> {
+        match check_preamble(buf)? {
+            KIND_ACCEPT if buf.len() == 4 => Ok(Reply::Accept),
+            KIND_GO if buf.len() == 4 => Ok(Reply::Go),
+            KIND_REFUSE => Ok(Reply::Refuse(
+                String::from_utf8_lossy(&buf[4..]).into_owned(),
+            )),
+            KIND_ACCEPT | KIND_GO => Err(ProtocolError::Trailing {
+                extra: buf.len() - 4,
+            }),
+            kind => Err(ProtocolError::Kind { kind }),
+        }
+    }
+}
+
+/// A job received by the manager, with the two descriptors that came with it.
+#[derive(Debug)]
+pub struct Received {
+    pub job: Job,
+    pub conn: OwnedFd,
+    pub file: OwnedFd,
+}
+
+/// Reads one job message and its descriptors. Every received descriptor is owned (and so
+/// closed) whatever the outcome. `Ok(None)` means the peer closed the socket.
+pub fn recv_job(sock: BorrowedFd<'_>) -> Result<Option<Received>, ProtocolError> {
+    let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS_RECEIVED]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(ProtocolError::io("recvmsg"))?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                fds.extend(raw.into_iter().map(own_new_fd));
+            }
+        }
+    }
+    let len = msg.bytes;
+    let flags = msg.flags;
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(ProtocolError::ControlTruncated);
+    }
+    if flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_MESSAGE {
+        return Err(ProtocolError::MessageTruncated);
+    }
+    let job = Job::decode(&buf[..len])?;
+    if fds.len() != 2 {
+        return Err(ProtocolError::FdCount { got: fds.len() });
+    }
+    let file = fds.pop().ok_or(ProtocolError::FdCount { got: 0 })?;
+    let conn = fds.pop().ok_or(ProtocolError::FdCount { got: 1 })?;
+    Ok(Some(Received { job, conn, file }))
+}
+
+/// Sends a reply (either direction). Never blocks longer than the socket's send timeout.
+pub fn send_reply(sock: BorrowedFd<'_>, reply: &Reply) -> Result<(), ProtocolError> {
+    let bytes = reply.encode();
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(&bytes)],
+        &[],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(ProtocolError::io("send"))?;
+    Ok(())
+}
+
+/// Reads one reply. `Err(Closed)` when the peer went away.
+pub fn recv_reply(sock: BorrowedFd<'_>, flags: MsgFlags) -> Result<Reply, ProtocolError> {
+    let mut buf = [0u8; 2048];
+    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, flags)
+        .map_err(ProtocolError::io("recv"))?;
+    if n == 0 {
+        return Err(ProtocolError::Closed);
+    }
+    Reply::decode(&buf[..n])
+}
+
+/// The worker's side of one handoff.
+///
+/// ```text
+/// let offer = Offer::connect(path, timeout)?;   // manager unreachable: serve it yourself
+/// offer.propose(&job, conn, file)?;            // refused / timed out: serve it yourself
+/// // ... make the worker's copy of the connection harmless ...
+/// offer.go()?;                                 // from here on only the manager writes
+/// ```
+#[derive(Debug)]
+pub struct Offer {
+    sock: OwnedFd,
+}
+
+impl Offer {
+    /// Connects to the manager; every later step waits at most `timeout`.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Offer, ProtocolError> {
+        let sock = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(ProtocolError::io("socket"))?;
+        let tv = TimeVal::new(
+            i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            i64::from(timeout.subsec_micros()),
+        );
+        setsockopt(&sock, sockopt::SendTimeout, &tv).map_err(ProtocolError::io("setsockopt"))?;
+        setsockopt(&sock, sockopt::ReceiveTimeout, &tv).map_err(ProtocolError::io("setsockopt"))?;
+        let addr = UnixAddr::new(path).map_err(ProtocolError::io("socket path"))?;
+        connect(sock.as_raw_fd(), &addr).map_err(ProtocolError::io("connect"))?;
+        Ok(Offer { sock })
+    }
+
+    /// Sends the job with its two descriptors and waits for the manager's answer.
+    /// `Ok(())` means the manager holds the job and waits for [`Offer::go`].
+    pub fn propose(
+        &self,
+        job: &Job,
+        conn: BorrowedFd<'_>,
+        file: BorrowedFd<'_>,
+    ) -> Result<(), ProtocolError> {
+        let bytes = job.encode()?;
+        let fds = [conn.as_raw_fd(), file.as_raw_fd()];
+        sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(ProtocolError::io("sendmsg"))?;
+        match recv_reply(self.sock.as_fd(), MsgFlags::empty())? {
+            Reply::Accept => Ok(()),
+            Reply::Refuse(reason) => Err(ProtocolError::Refused { reason }),
+            Reply::Go => Err(ProtocolError::Kind { kind: KIND_GO }),
+        }
+    }
+
+    /// Tells the manager to start writing, and closes the handoff socket.
+    pub fn go(self) -> Result<(), ProtocolError> {
+        send_reply(self.sock.as_fd(), &Reply::Go)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        let mut head = Head::new(200);
+        head.headers
+            .push(Header::new("Content-Type", "application/pdf"));
+        head.headers.push(Header::new("Set-Cookie", "a=b; Path=/"));
+        Job {
+            framing: Framing::FastCgi { request_id: 1 },
+            head,
+            offset: 5,
+            length: 1 << 33,
+            client: "127.0.0.1".into(),
+            file_name: "/srv/files/ä.pdf".into(),
+        }
+    }
+
+    #[test]
+    fn job_round_trips() {
+        let j = job();
+        assert_eq!(Job::decode(&j.encode().unwrap()).unwrap(), j);
+        let mut h = j.clone();
+        h.framing = Framing::Http;
+        assert_eq!(Job::decode(&h.encode().unwrap()).unwrap(), h);
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let bytes = job().encode().unwrap();
+        for len in 0..bytes.len() {
+            assert!(Job::decode(&bytes[..len]).is_err(), "prefix of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn bad_version_magic_kind_and_trailing_bytes_are_rejected() {
+        let bytes = job().encode().unwrap();
+        let mut b = bytes.clone();
+        b[2] = 9;
+        assert!(matches!(
+            Job::decode(&b),
+            Err(ProtocolError::Version { version: 9 })
+        ));
+        let mut b = bytes.clone();
+        b[0] = b'X';
+        assert!(matches!(Job::decode(&b), Err(ProtocolError::BadMagic)));
+        let mut b = bytes.clone();
+        b[3] = KIND_GO;
+        assert!(matches!(Job::decode(&b), Err(ProtocolError::Kind { .. })));
+        let mut b = bytes.clone();
+        b.push(0);
+        assert!(matches!(
+            Job::decode(&b),
+            Err(ProtocolError::Trailing { extra: 1 })
+        ));
+    }
+
+    #[test]
+    fn a_lying_header_count_does_not_allocate_or_pass() {
+        let mut b = job().encode().unwrap();
+        b[10] = 0xff;
+        b[11] = 0xff;
+        assert!(matches!(
+            Job::decode(&b),
+            Err(ProtocolError::Overrun { .. })
+        ));
+    }
+
+    #[test]
+    fn a_head_that_would_split_the_response_is_rejected_on_both_sides() {
+        let mut j = job();
+        j.head.headers.push(Header::new("X-A", "1\r\n\r\ninjected"));
+        assert!(matches!(j.encode(), Err(ProtocolError::Head(_))));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for r in [Reply::Accept, Reply::Go, Reply::Refuse("busy".into())] {
+            assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
+        }
+        assert!(Reply::decode(b"HO").is_err());
+    }
+}

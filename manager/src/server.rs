@@ -1,0 +1,546 @@
+//! The manager's event loop: one mio `Poll` over the handoff listener, the signal
+//! descriptor, every handshake in progress and every running download.
+//!
+//! Guarantees:
+//! - A malformed or unacceptable handoff is refused with a reason (logged, and told to the
+//!   worker, which then serves the request itself); its descriptors are closed; everyone
+//!   else keeps being served.
+//! - Nothing is written to a connection before the worker's `Go`; a worker that goes away
+//!   before `Go` has its job dropped untouched.
+//! - SIGTERM / SIGINT: the socket is removed and no new handoff is taken; running downloads
+//!   get `grace` to finish, then the loop ends.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    accept4, bind, connect, listen, socket, AddressFamily, Backlog, MsgFlags, SockFlag, SockType,
+    UnixAddr,
+};
+use nix::sys::stat::Mode;
+
+use crate::download::{self, Download, Outcome, Step};
+use crate::protocol::{self, ProtocolError, Received, Reply};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// Bytes one download may write per wake-up before the others get their turn.
+const BUDGET: usize = 2 << 20;
+/// How often timeouts are checked.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Everything the loop needs to know; `main` fills it from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    /// A download whose client takes no byte for this long is dropped.
+    pub send_timeout: Duration,
+    /// How long a finished download waits for the peer to close.
+    pub linger_timeout: Duration,
+    /// How long a worker may take between connecting and `Go`.
+    pub handshake_timeout: Duration,
+    /// How long running downloads may continue after SIGTERM / SIGINT.
+    pub grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{op} {path}: {errno}")]
+    Socket {
+        op: &'static str,
+        path: PathBuf,
+        errno: Errno,
+    },
+    #[error("another manager is already listening on {path}")]
+    InUse { path: PathBuf },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("signal setup: {0}")]
+    Signal(Errno),
+}
+
+fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ServerError {
+    move |source| ServerError::Io { op, source }
+}
+
+enum Conn {
+    /// A worker's handoff socket; `job` is set once the job is accepted and `Go` awaited.
+    Handshake {
+        sock: OwnedFd,
+        since: Instant,
+        job: Option<Received>,
+    },
+    Download(Box<Download>),
+}
+
+/// Counters for the shutdown summary (and later, metrics).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub accepted: u64,
+    pub refused: u64,
+    pub dropped_before_go: u64,
+    pub complete: u64,
+    pub failed: u64,
+}
+
+pub struct Server {
+    config: Config,
+    poll: Poll,
+    listener: Option<OwnedFd>,
+    signals: SignalFd,
+    conns: HashMap<usize, Conn>,
+    next_token: usize,
+    /// Downloads that spent their budget with the socket still writable.
+    ready: Vec<usize>,
+    draining_until: Option<Instant>,
+    scratch: Vec<u8>,
+    pub stats: Stats,
+}
+
+impl Server {
+    /// Creates the socket (replacing a stale one), blocks SIGTERM/SIGINT into a signalfd and
+    /// registers both. Call from the main thread before any other thread starts.
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block().map_err(ServerError::Signal)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(ServerError::Signal)?;
+
+        let listener = listen_on(&config.socket, config.socket_mode)?;
+        let poll = Poll::new().map_err(io_err("creating poll"))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&listener.as_raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            )
+            .map_err(io_err("registering listener"))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&signals.as_fd().as_raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
+            .map_err(io_err("registering signals"))?;
+        info!(
+            "listening on {} (mode {:o})",
+            config.socket.display(),
+            config.socket_mode
+        );
+        Ok(Server {
+            config,
+            poll,
+            listener: Some(listener),
+            signals,
+            conns: HashMap::new(),
+            next_token: FIRST_CONN,
+            ready: Vec::new(),
+            draining_until: None,
+            scratch: vec![0u8; 64 * 1024],
+            stats: Stats::default(),
+        })
+    }
+
+    /// Runs until a stop signal has been handled and the downloads are over.
+    pub fn run(&mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = Instant::now();
+        loop {
+            let timeout = if self.ready.is_empty() {
+                TICK
+            } else {
+                Duration::ZERO
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(ServerError::Io {
+                        op: "poll",
+                        source: e,
+                    })
+                }
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_workers(now),
+                    SIGNALS => self.on_signal(now),
+                    Token(id) => self.on_event(id, event.is_readable(), event.is_writable(), now),
+                }
+            }
+            for id in std::mem::take(&mut self.ready) {
+                self.on_event(id, false, true, now);
+            }
+            if now.duration_since(last_tick) >= TICK {
+                last_tick = now;
+                self.check_timeouts(now);
+            }
+            if let Some(until) = self.draining_until {
+                if self.conns.is_empty() {
+                    info!("all downloads finished; exiting");
+                    break;
+                }
+                if now >= until {
+                    warn!(
+                        "grace period over; cutting {} connection(s)",
+                        self.conns.len()
+                    );
+                    for id in self.conns.keys().copied().collect::<Vec<_>>() {
+                        self.finish(id, Some(Outcome::Aborted("shutdown".into())));
+                    }
+                    break;
+                }
+            }
+        }
+        info!(
+            "stopped: {} accepted, {} refused, {} dropped before go, {} complete, {} failed",
+            self.stats.accepted,
+            self.stats.refused,
+            self.stats.dropped_before_go,
+            self.stats.complete,
+            self.stats.failed
+        );
+        Ok(())
+    }
+
+    fn accept_workers(&mut self, now: Instant) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        loop {
+            match accept4(
+                listener.as_raw_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            ) {
+                Ok(raw) => {
+                    let sock = crate::sys::own_new_fd(raw);
+                    let id = self.next_token;
+                    self.next_token += 1;
+                    if let Err(e) = self.poll.registry().register(
+                        &mut SourceFd(&sock.as_raw_fd()),
+                        Token(id),
+                        Interest::READABLE,
+                    ) {
+                        warn!("cannot watch a worker connection: {e}");
+                        continue;
+                    }
+                    self.conns.insert(
+                        id,
+                        Conn::Handshake {
+                            sock,
+                            since: now,
+                            job: None,
+                        },
+                    );
+                }
+                Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => {}
+                Err(Errno::EAGAIN) => return,
+                Err(e) => {
+                    // EMFILE and friends: leave the backlog to the workers' timeouts.
+                    warn!("accepting a worker connection: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            info!(
+                "signal {}: no new handoffs; {} connection(s) get {:?} to finish",
+                info.ssi_signo,
+                self.conns.len(),
+                self.config.grace
+            );
+        }
+        if self.draining_until.is_none() {
+            self.draining_until = Some(now + self.config.grace);
+            self.stop_listening();
+        }
+    }
+
+    fn stop_listening(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&listener.as_raw_fd()));
+            remove_socket_file(&self.config.socket);
+        }
+    }
+
+    fn on_event(&mut self, id: usize, readable: bool, writable: bool, now: Instant) {
+        let step = match self.conns.get_mut(&id) {
+            None => return,
+            Some(Conn::Handshake { .. }) => {
+                if readable {
+                    self.on_handshake(id, now);
+                }
+                return;
+            }
+            Some(Conn::Download(d)) => {
+                let mut step = Step::Wait;
+                if readable {
+                    step = d.on_readable(&mut self.scratch);
+                }
+                if writable && step == Step::Wait {
+                    step = d.on_writable(BUDGET, now);
+                }
+                step
+            }
+        };
+        match step {
+            Step::Wait => {}
+            Step::Yield => self.ready.push(id),
+            Step::Done(outcome) => self.finish(id, Some(outcome)),
+        }
+    }
+
+    fn on_handshake(&mut self, id: usize, now: Instant) {
+        let draining = self.draining_until.is_some();
+        let Some(Conn::Handshake { sock, job, .. }) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if job.is_none() {
+            match protocol::recv_job(sock.as_fd()) {
+                Ok(Some(rcv)) => {
+                    let verdict = if draining {
+                        Err("manager is shutting down".to_string())
+                    } else {
+                        download::validate(&rcv).map_err(|e| e.to_string())
+                    };
+                    match verdict {
+                        Ok(()) => {
+                            if let Err(e) = protocol::send_reply(sock.as_fd(), &Reply::Accept) {
+                                debug!("worker gone before accept: {e}");
+                                self.finish(id, None);
+                                return;
+                            }
+                            debug!("accepted job for {:?}", rcv.job.file_name);
+                            *job = Some(rcv);
+                        }
+                        Err(reason) => {
+                            warn!("refused handoff of {:?}: {reason}", rcv.job.file_name);
+                            let _ = protocol::send_reply(sock.as_fd(), &Reply::Refuse(reason));
+                            self.stats.refused += 1;
+                            self.finish(id, None);
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    self.finish(id, None);
+                    return;
+                }
+                Err(e) if e.is_would_block() => return,
+                Err(e) => {
+                    warn!("rejected malformed handoff: {e}");
+                    let _ = protocol::send_reply(sock.as_fd(), &Reply::Refuse(e.to_string()));
+                    self.stats.refused += 1;
+                    self.finish(id, None);
+                    return;
+                }
+            }
+        }
+        // The job is held: wait for go. Anything but go means the worker keeps the request.
+        match protocol::recv_reply(sock.as_fd(), MsgFlags::MSG_DONTWAIT) {
+            Ok(Reply::Go) => self.start_download(id, now),
+            Err(e) if e.is_would_block() => {}
+            Err(ProtocolError::Closed) => {
+                info!("worker went away before go; job dropped, nothing written");
+                self.stats.dropped_before_go += 1;
+                self.finish(id, None);
+            }
+            Ok(other) => {
+                warn!("expected go from worker, got {other:?}; job dropped");
+                self.stats.dropped_before_go += 1;
+                self.finish(id, None);
+            }
+            Err(e) => {
+                warn!("waiting for go: {e}; job dropped");
+                self.stats.dropped_before_go += 1;
+                self.finish(id, None);
+            }
+        }
+    }
+
+    fn start_download(&mut self, id: usize, now: Instant) {
+        let Some(Conn::Handshake { sock, job, .. }) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&sock.as_raw_fd()));
+        drop(sock);
+        let Some(rcv) = job else {
+            return;
+        };
+        // Only now, after go, may the shared file description become non-blocking: the
+        // worker no longer writes to it.
+        if let Err(e) = set_nonblocking(&rcv.conn) {
+            warn!("cannot make the connection non-blocking: {e}; dropped");
+            self.stats.failed += 1;
+            return;
+        }
+        let download = Download::new(rcv, now, self.config.linger_timeout);
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&download.socket().as_raw_fd()),
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot watch a download: {e}; dropped");
+            self.stats.failed += 1;
+            return;
+        }
+        self.stats.accepted += 1;
+        self.conns.insert(id, Conn::Download(Box::new(download)));
+        // Edge-triggered registration reports the current state, but start right away.
+        self.ready.push(id);
+    }
+
+    fn check_timeouts(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (&id, conn) in &self.conns {
+            match conn {
+                Conn::Handshake { since, .. } => {
+                    if now.duration_since(*since) > self.config.handshake_timeout {
+                        expired.push((id, None));
+                    }
+                }
+                Conn::Download(d) => {
+                    if let Some(outcome) = d.check_timeout(now, self.config.send_timeout) {
+                        expired.push((id, Some(outcome)));
+                    }
+                }
+            }
+        }
+        for (id, outcome) in expired {
+            if outcome.is_none() {
+                warn!("handshake timed out; job dropped, nothing written");
+                self.stats.dropped_before_go += 1;
+            }
+            self.finish(id, outcome);
+        }
+    }
+
+    /// Removes a connection, closing its descriptors, and logs a finished download.
+    fn finish(&mut self, id: usize, outcome: Option<Outcome>) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let fd = match &conn {
+            Conn::Handshake { sock, .. } => sock.as_raw_fd(),
+            Conn::Download(d) => d.socket().as_raw_fd(),
+        };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        if let (Conn::Download(d), Some(outcome)) = (&conn, outcome) {
+            if outcome == Outcome::Complete {
+                self.stats.complete += 1;
+            } else {
+                self.stats.failed += 1;
+            }
+            info!(
+                "download client={:?} file={:?} status={} bytes={} planned={} {} duration_ms={}",
+                d.client,
+                d.file_name,
+                d.status,
+                d.sent,
+                d.planned,
+                outcome,
+                d.started.elapsed().as_millis()
+            );
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_listening();
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Creates the listening socket at `path` with `mode`, replacing a stale socket file but
+/// never a live manager's socket or a file that is not a socket.
+fn listen_on(path: &Path, mode: u32) -> Result<OwnedFd, ServerError> {
+    let sock_err = |op: &'static str| {
+        let path = path.to_path_buf();
+        move |errno| ServerError::Socket { op, path, errno }
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        let probe = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(sock_err("socket"))?;
+        let addr = UnixAddr::new(path).map_err(sock_err("address"))?;
+        if connect(probe.as_raw_fd(), &addr).is_ok() {
+            return Err(ServerError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(io_err("removing stale socket"))?;
+    }
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sock_err("socket"))?;
+    let addr = UnixAddr::new(path).map_err(sock_err("address"))?;
+    // Bind with no permission for anyone, then open up to the requested mode: no moment
+    // where the socket is wider than asked.
+    let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o777));
+    let bound = bind(sock.as_raw_fd(), &addr);
+    nix::sys::stat::umask(old);
+    bound.map_err(sock_err("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting socket mode"))?;
+    let backlog = Backlog::new(1024).map_err(sock_err("listen"))?;
+    listen(&sock, backlog).map_err(sock_err("listen"))?;
+    Ok(sock)
+}
+
+fn remove_socket_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => debug!("removed {}", path.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn!("removing {}: {e}", path.display()),
+    }
+}

@@ -1,0 +1,16 @@
+//! The crate's only `unsafe` code: taking ownership of descriptor numbers that the kernel
+//! just created for this process (by `accept4` or by `SCM_RIGHTS`), which nix hands back as
+//! bare integers.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// Wraps a descriptor that the kernel has just created for us and that nothing else owns.
+///
+/// Callers pass only numbers returned by a successful `accept4()` or read from an
+/// `SCM_RIGHTS` control message of a `recvmsg()` that just returned; each number is wrapped
+/// exactly once, right away, so that every path (including errors) closes it.
+pub(crate) fn own_new_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: per the contract above, `fd` is open, was created by the kernel for this
+    // process during the call that returned it, and has no other owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
