@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Install what handoff needs on Debian 12 and build it.
+#
+#   bash scripts/setup.sh            install missing packages (as root), then cargo build --release
+#   HANDOFF_SKIP_BUILD=1 bash ...    install only
+#
+# Packages are installed only when `dpkg -s` says they are missing, and `apt-get update` runs
+# only then. Rust is not installed from Debian (bookworm's cargo is too old): Rust >= 1.85
+# must come from rustup. The distro's nginx and php-fpm services are never used: demo.sh and
+# the tests start their own instances with their own configs.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MIN_RUST="1.85"
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# php-fpm and nginx live in /usr/sbin, rustup's cargo in ~/.cargo/bin.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+
+PACKAGES=(
+    php-cli php-dev php-fpm     # the PHP the extension is built against and tested in
+    nginx                       # the demo and the integration tests run their own nginx
+    clang libclang-dev          # bindgen (ext-php-rs) needs libclang
+    gcc libc6-dev make pkg-config
+    curl ca-certificates
+    gettext-base                # envsubst for the nginx site template
+    docker-compose              # tests/compose.rs validates docker-compose.yml
+    shellcheck                  # scripts/test.sh lints the shell scripts
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" != "install ok installed" ]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing missing packages: ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        die "missing packages (${missing[*]}): run this script as root, or install them with apt-get"
+    fi
+    # Keep the package scripts from starting the distro's nginx / php-fpm services: nothing
+    # here uses them, and a stock nginx on port 80 only gets in the way. policy-rc.d is
+    # honoured by invoke-rc.d and deb-systemd-invoke; restore whatever was there before.
+    policy=/usr/sbin/policy-rc.d
+    policy_backup=""
+    if [ -e "$policy" ]; then
+        policy_backup="$(mktemp)"
+        cp -p "$policy" "$policy_backup"
+    fi
+    restore_policy() {
+        if [ -n "$policy_backup" ]; then
+            mv -f "$policy_backup" "$policy"
+        else
+            rm -f "$policy"
+        fi
+    }
+    trap restore_policy EXIT
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update </dev/null
+    apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
+    restore_policy
+    trap - EXIT
+else
+    log "all Debian packages present"
+fi
+
+# Rust: rustup's toolchain, not Debian's cargo (0.66 / rustc 1.63 in bookworm is too old).
+if ! command -v cargo >/dev/null 2>&1; then
+    cat >&2 <<EOF
+setup.sh: error: cargo not found.
+  handoff needs Rust >= $MIN_RUST (edition 2021, ext-php-rs 0.16). Debian 12's cargo package
+  is too old. Install Rust with rustup (https://rustup.rs), for example:
+      curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+      . "\$HOME/.cargo/env"
+  then run this script again.
+EOF
+    exit 1
+fi
+rust_version="$(rustc --version | awk '{print $2}')"
+if [ "$(printf '%s\n%s\n' "$MIN_RUST" "${rust_version%%-*}" | sort -V | head -n1)" != "$MIN_RUST" ]; then
+    die "rustc $rust_version is too old: handoff needs Rust >= $MIN_RUST (rustup update stable)"
+fi
+log "using $(cargo --version)"
+
+if [ "${HANDOFF_SKIP_BUILD:-0}" = "1" ]; then
+    log "HANDOFF_SKIP_BUILD=1: not building"
+    exit 0
+fi
+
+log "cargo build --release --workspace"
+cd "$REPO"
+cargo build --release --workspace </dev/null
+for artefact in target/release/libhandoff.so target/release/handoff-manager; do
+    [ -f "$artefact" ] || die "build finished but $artefact is missing"
+done
+log "built $REPO/target/release/libhandoff.so and $REPO/target/release/handoff-manager"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# THE test command (CI runs exactly this via .ci/run):
+#
+#   bash scripts/test.sh
+#
+# Installs what is missing and builds (scripts/setup.sh), then: rustfmt check, clippy with
+# warnings as errors, release build, and every test of the workspace in release mode (the
+# integration tests load target/release/libhandoff.so into real php / php-fpm / nginx).
+# Works as root with no stdin and CI=true.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+exec </dev/null
+
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "setup (packages + cargo build --release)"
+bash scripts/setup.sh
+
+step "bash -n / shellcheck scripts, php -l php/demo"
+for f in scripts/*.sh .ci/run docker/*.sh; do
+    bash -n "$f"
+done
+shellcheck scripts/*.sh .ci/run docker/*.sh
+for f in php/demo/*.php; do
+    php -l "$f" >/dev/null
+done
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --release --workspace"
+cargo build --release --workspace
+
+step "cargo test --release --workspace"
+# Last: CI reads cargo test's closing lines.
+cargo test --release --workspace
