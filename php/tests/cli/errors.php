@@ -1,0 +1,54 @@
+<?php
+// send_file() in the CLI SAPI: the errors that must throw HandoffException before any byte
+// is written. Prints one PASS/FAIL line per check; exits 1 if any failed.
+$failures = 0;
+
+function check(string $what, bool $ok): void
+{
+    global $failures;
+    echo ($ok ? 'PASS' : 'FAIL') . ": $what\n";
+    if (!$ok) {
+        $failures++;
+    }
+}
+
+/** Runs $call, returns the exception it threw (null if none) and what it printed. */
+function throws(callable $call): array
+{
+    ob_start();
+    try {
+        $call();
+        $thrown = null;
+    } catch (Throwable $e) {
+        $thrown = $e;
+    }
+    $printed = ob_get_clean();
+    return [$thrown, $printed];
+}
+
+$dir = getenv('HANDOFF_TEST_DIR');
+$file = "$dir/real.txt";
+file_put_contents($file, "real file\n");
+
+check('send_file exists', function_exists('send_file'));
+check('HandoffException exists', class_exists('HandoffException'));
+check('HandoffException extends RuntimeException', is_subclass_of('HandoffException', 'RuntimeException'));
+
+$cases = [
+    'missing file' => fn () => send_file("$dir/does-not-exist.bin"),
+    'directory' => fn () => send_file($dir),
+    'inline is an array' => fn () => send_file($file, ['inline' => []]),
+    'filename is an array' => fn () => send_file($file, ['filename' => ['a']]),
+    'content_type is an object' => fn () => send_file($file, ['content_type' => new stdClass()]),
+];
+foreach ($cases as $what => $call) {
+    [$e, $printed] = throws($call);
+    check("$what throws HandoffException", $e instanceof HandoffException);
+    check("$what: the exception is a RuntimeException", $e instanceof RuntimeException);
+    check("$what prints nothing", $printed === '');
+    if ($e !== null && !($e instanceof HandoffException)) {
+        echo "  got " . get_class($e) . ': ' . $e->getMessage() . "\n";
+    }
+}
+
+exit($failures === 0 ? 0 : 1);

@@ -1,0 +1,34 @@
+<?php
+// Sends $HANDOFF_TEST_DIR/data/<f> with send_file(). Query parameters:
+//   f             file name inside data/ (required)
+//   content_type  / filename / inline   the send_file() options of the same name
+//   headers=1     the script sets a cookie, X-Test and status 203 before sending
+//   result=NAME   write var_export(send_file(...)) to results/NAME afterwards
+//   garbage=1     echo after send_file(): must never reach the client
+$dir = getenv('HANDOFF_TEST_DIR');
+$path = $dir . '/data/' . basename($_GET['f'] ?? '');
+
+$options = [];
+if (isset($_GET['content_type'])) {
+    $options['content_type'] = $_GET['content_type'];
+}
+if (isset($_GET['filename'])) {
+    $options['filename'] = $_GET['filename'];
+}
+if (isset($_GET['inline'])) {
+    $options['inline'] = $_GET['inline'] === '1';
+}
+if (isset($_GET['headers'])) {
+    setcookie('handoff_test', 'cookie-value');
+    header('X-Test: kept-by-handoff');
+    http_response_code(203);
+}
+
+$returned = send_file($path, $options);
+
+if (isset($_GET['result'])) {
+    file_put_contents($dir . '/results/' . basename($_GET['result']), var_export($returned, true));
+}
+if (isset($_GET['garbage'])) {
+    echo "garbage";
+}

@@ -1,0 +1,36 @@
+//! The PHP built-in web server (`php -S`) with the extension loaded: the manager writes raw
+//! HTTP/1.1 on the handed-off TCP connection.
+
+use crate::util::scenarios;
+use crate::util::{heavy_lock, Config, Kind, Stack};
+
+#[test]
+fn byte_exact_downloads_through_manager() {
+    let _heavy = heavy_lock();
+    let stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::byte_exact_through_manager(&stack);
+}
+
+#[test]
+fn script_headers_reach_client() {
+    let stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::script_headers_reach_client(&stack);
+}
+
+#[test]
+fn fallback_without_manager_streams_in_process() {
+    let stack = Stack::start(Config::new(Kind::CliServer).without_manager());
+    scenarios::fallback_streams_in_process(&stack);
+}
+
+#[test]
+fn output_after_handoff_is_dropped() {
+    let stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::output_after_handoff_is_dropped(&stack);
+}
+
+#[test]
+fn missing_file_gives_script_404() {
+    let stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::missing_file_gives_script_page(&stack);
+}

@@ -1,0 +1,161 @@
+//! nginx in front of php-fpm with the extension loaded: downloads handed to the manager as
+//! FastCGI, the fallback without a manager, and what a handoff frees (the worker).
+
+use std::time::Duration;
+
+use crate::util::scenarios;
+use crate::util::{heavy_lock, raw_request, Config, Kind, Stack, MIB};
+
+#[test]
+fn byte_exact_downloads_through_manager() {
+    let _heavy = heavy_lock();
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    scenarios::byte_exact_through_manager(&stack);
+    stack.assert_no_worker_crash();
+}
+
+#[test]
+fn script_headers_reach_client() {
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    scenarios::script_headers_reach_client(&stack);
+    stack.assert_no_worker_crash();
+}
+
+#[test]
+fn fallback_without_manager_streams_in_process() {
+    let stack = Stack::start(Config::new(Kind::Fpm).without_manager());
+    scenarios::fallback_streams_in_process(&stack);
+    stack.assert_no_worker_crash();
+}
+
+#[test]
+fn output_after_handoff_is_dropped() {
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    scenarios::output_after_handoff_is_dropped(&stack);
+    stack.assert_no_worker_crash();
+}
+
+#[test]
+fn missing_file_gives_script_404() {
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    scenarios::missing_file_gives_script_page(&stack);
+    stack.assert_no_worker_crash();
+}
+
+/// With one worker, a slow 100 MiB download must not hold it: twenty other requests are
+/// served while the download is still running, and the download then completes intact.
+#[test]
+fn single_worker_is_free_during_slow_download() {
+    let _heavy = heavy_lock();
+    let mut stack = Stack::start(Config::new(Kind::Fpm).children(1));
+    let size = 100 * MIB;
+    let sha = stack.data_file("big.bin", size, 3);
+
+    let (proc, head, body) = stack
+        .curl("big", "/download.php?f=big.bin")
+        .args(&["--limit-rate", "20M"])
+        .spawn(stack.client_dir().join("big.curl.log"));
+    let big = stack.adopt(proc);
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&body).map(|m| m.len()).unwrap_or(0) == 0 {
+        if let Err(e) = stack.adopted(big).check_alive() {
+            panic!("the slow download ended before its first byte: {e}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the slow download sent no byte in 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    for i in 0..20 {
+        let r = stack
+            .curl(&format!("hello-{i}"), "/hello.php")
+            .args(&["--max-time", "5"])
+            .run();
+        assert_eq!(r.status, 200, "hello #{i}:\n{}", r.head_text);
+        assert_eq!(r.body(), b"hello from php\n", "hello #{i}");
+    }
+    assert!(
+        stack.adopted(big).is_running(),
+        "the 100 MiB download finished before the other requests did: the check proves nothing"
+    );
+
+    let status = stack
+        .adopted(big)
+        .wait_exit(Duration::from_secs(120))
+        .expect("the slow download did not finish within 120 s");
+    assert!(status.success(), "curl for the slow download: {status}");
+    let r = crate::util::response_from(&head, &body);
+    assert_eq!(r.status, 200, "{}", r.head_text);
+    assert_eq!(r.body_len(), size);
+    assert_eq!(r.body_sha(), sha, "the slow 100 MiB download");
+    stack.wait_outcome("complete", size, 1);
+    stack.assert_no_worker_crash();
+}
+
+/// Fifty simultaneous downloads through four workers all arrive intact while another client
+/// walks away in the middle of a large file; the manager logs that one as aborted.
+#[test]
+fn concurrent_downloads_and_an_aborting_client() {
+    let _heavy = heavy_lock();
+    let stack = Stack::start(Config::new(Kind::Fpm).children(4));
+    let size = 4 * MIB;
+    let shas: Vec<String> = (0..5)
+        .map(|i| stack.data_file(&format!("c{i}.bin"), size, 100 + i))
+        .collect();
+    let big_size = 64 * MIB;
+    stack.data_file("abort.bin", big_size, 99);
+
+    let mut clients = Vec::new();
+    for n in 0..50 {
+        let file = n % 5;
+        let (proc, head, body) = stack
+            .curl(&format!("c{n}"), &format!("/download.php?f=c{file}.bin"))
+            .spawn(stack.client_dir().join(format!("c{n}.curl.log")));
+        clients.push((proc, head, body, file));
+    }
+
+    // Read the first MiB of the big file, then close the connection.
+    {
+        let mut conn = stack.endpoint.connect().expect("connect aborting client");
+        conn.set_read_timeout(Duration::from_secs(30));
+        use std::io::{Read, Write};
+        conn.write_all(b"GET /download.php?f=abort.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("send request");
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < MIB as usize {
+            let n = conn.read(&mut buf).expect("read the start of abort.bin");
+            assert!(n > 0, "abort.bin ended after {got} bytes");
+            got += n;
+        }
+    }
+
+    for (n, (proc, head, body, file)) in clients.iter_mut().enumerate() {
+        let status = proc
+            .wait_exit(Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("download #{n} did not finish within 120 s"));
+        assert!(status.success(), "curl #{n}: {status}\n{}", proc.log_text());
+        let r = crate::util::response_from(head, body);
+        assert_eq!(r.status, 200, "download #{n}:\n{}", r.head_text);
+        assert_eq!(r.body_sha(), shas[*file], "download #{n} (c{file}.bin)");
+    }
+    stack.wait_outcome("complete", size, 50);
+    stack.wait_manager("a manager log line outcome=aborted for abort.bin", |s| {
+        s.outcome_bytes("aborted").iter().any(|&b| b < big_size)
+    });
+    assert_eq!(
+        stack.outcome_count("complete", big_size),
+        0,
+        "the aborted download was logged as complete"
+    );
+
+    // The stack still serves after all that.
+    let after = raw_request(
+        &stack.endpoint,
+        "GET /hello.php HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(after.ends_with(b"hello from php\n"));
+    stack.assert_no_worker_crash();
+}

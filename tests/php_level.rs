@@ -1,0 +1,57 @@
+//! PHP-level behaviour in the CLI SAPI, where send_file() cannot hand off and streams to
+//! stdout: the scripts in `php/tests/cli` assert and print PASS/FAIL lines.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::util::{extension, repo_root, sha256_bytes, write_random_file, MIB};
+
+/// Runs `php/tests/cli/<script>` with the extension and `envs`.
+fn run_php(script: &str, envs: &[(&str, &Path)]) -> (String, Output) {
+    let mut cmd = Command::new("php");
+    cmd.arg("-d")
+        .arg(format!("extension={}", extension().display()))
+        .args(["-d", "display_errors=stderr"])
+        .arg(repo_root().join("php/tests/cli").join(script));
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let cmdline = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmdline}: {e}"));
+    (cmdline, out)
+}
+
+#[test]
+fn errors_throw_handoff_exception() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cmdline, out) = run_php("errors.php", &[("HANDOFF_TEST_DIR", dir.path())]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!(
+        "{cmdline}\nexit: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(stdout.contains("PASS"), "{report}");
+    assert!(!stdout.contains("FAIL"), "{report}");
+}
+
+#[test]
+fn cli_streams_file_to_stdout_and_returns_false() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("payload.bin");
+    let sha = write_random_file(&file, 3 * MIB + 17, 42);
+    let (cmdline, out) = run_php("stream.php", &[("HANDOFF_TEST_FILE", &file)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!(
+        "{cmdline}\nexit: {}\nstdout: {} bytes\nstderr:\n{stderr}",
+        out.status,
+        out.stdout.len()
+    );
+    assert!(out.status.success(), "{report}");
+    assert_eq!(out.stdout.len() as u64, 3 * MIB + 17, "{report}");
+    assert_eq!(sha256_bytes(&out.stdout), sha, "{report}");
+    assert!(stderr.contains("returned=false"), "{report}");
+}
