@@ -24,6 +24,21 @@ step() { printf '\n==> %s\n' "$*"; }
 step "setup (packages + cargo build --release)"
 bash scripts/setup.sh
 
+# rustfmt and clippy are rustup components (not in the "minimal" profile).
+for tool in fmt clippy; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        component="$tool"
+        [ "$tool" = fmt ] && component=rustfmt
+        if command -v rustup >/dev/null 2>&1; then
+            step "rustup component add $component"
+            rustup component add "$component"
+        else
+            echo "test.sh: error: 'cargo $tool' is missing: install the $component component" >&2
+            exit 1
+        fi
+    fi
+done
+
 step "bash -n / shellcheck scripts, php -l php/demo"
 for f in scripts/*.sh .ci/run docker/*.sh; do
     bash -n "$f"
