@@ -1,1 +1,125 @@
+//! handoff: a PHP extension whose `send_file()` hands the request's connection and the open
+//! file to `handoff-manager`, so that the PHP worker is free at once.
+//!
+//! - [`send`]: `send_file()` in plain Rust: open, plan, hand off or stream in-process.
+//! - [`connection`]: finds the request's connection for php-fpm and `php -S`, validates
+//!   it, and makes the worker forget it after a handoff.
+//! - [`fallback`]: in-process streaming of the same plan through PHP's output layer.
+//! - [`options`], [`settings`], [`error`]: the `$options` array, the `handoff.*` ini
+//!   settings and the exceptions.
+//! - [`ffi`]: the only `unsafe` code: SAPI internals and PHP functions not in the bindings.
+//!
+//! The response planning, the handoff protocol and the head rendering live in the
+//! `handoff-manager` library, shared with the manager.
 
+#![cfg_attr(windows, feature(abi_vectorcall))]
+
+pub mod connection;
+pub mod error;
+pub mod fallback;
+pub mod ffi;
+pub mod options;
+pub mod send;
+pub mod settings;
+
+use ext_php_rs::exception::PhpException;
+use ext_php_rs::flags::IniEntryPermission;
+use ext_php_rs::prelude::*;
+use ext_php_rs::types::{ZendHashTable, Zval};
+use ext_php_rs::builders::ClassBuilder;
+use ext_php_rs::zend::{ClassEntry, IniEntryDef, IniEntryDefs};
+
+use crate::send::{Failure, Sent};
+
+/// `HandoffException extends RuntimeException`: thrown by `send_file()` for every error
+/// detected before a byte is sent. Registered as a plain PHP class (no Rust object behind
+/// it) so that scripts can also construct, extend and catch it like any exception.
+const EXCEPTION_CLASS: &str = "HandoffException";
+
+fn throw(e: error::SendFileError) -> PhpException {
+    let ce = ClassEntry::try_find(EXCEPTION_CLASS).unwrap_or_else(ffi::runtime_exception);
+    PhpException::new(e.to_string(), 0, ce)
+}
+
+/// Sends a file as the response: hands it to handoff-manager (returns true) or streams it
+/// from this process (returns false). Throws HandoffException before sending anything if
+/// the file or the options are unusable.
+#[php_function]
+pub fn send_file(path: &Zval, options: Option<&ZendHashTable>) -> PhpResult<bool> {
+    let Some(path) = path.zend_str() else {
+        return Err(throw(error::SendFileError::EmptyPath));
+    };
+    let options = options::parse(options).map_err(throw)?;
+    match send::send_file(path.as_bytes(), &options) {
+        Ok(Sent::HandedOff) => Ok(true),
+        Ok(Sent::Streamed) => Ok(false),
+        Err(Failure::Error(e)) => Err(throw(e)),
+        Err(Failure::Bailout) => ffi::resume_bailout(),
+    }
+}
+
+/// Whether handoff-manager answers at `handoff.socket`: lets an application decide, for
+/// example, between send_file() and its own strategy.
+#[php_function]
+pub fn handoff_available() -> bool {
+    send::manager_answers(&settings::current()).is_ok()
+}
+
+static INI_ENTRIES: IniEntryDefs<4> = IniEntryDefs::new([
+    IniEntryDef::new(
+        c"handoff.socket",
+        c"/run/handoff/manager.sock",
+        IniEntryPermission::All,
+    ),
+    IniEntryDef::new(c"handoff.fallback", c"stream", IniEntryPermission::All),
+    IniEntryDef::new(c"handoff.timeout_ms", c"1000", IniEntryPermission::All),
+    IniEntryDef::end(),
+]);
+
+pub fn startup(_ty: i32, module_number: i32) -> i32 {
+    IniEntryDef::register(INI_ENTRIES.as_slice(), module_number);
+    let registered = ClassBuilder::new(EXCEPTION_CLASS)
+        .extends((ffi::runtime_exception, "RuntimeException"))
+        // No methods of our own, so there are no argument tables to keep alive.
+        .registration(|_class, _arg_info| {})
+        .register();
+    i32::from(registered.is_err()).wrapping_neg()
+}
+
+/// Rows of the phpinfo() section.
+pub fn info_rows() -> Vec<(String, String)> {
+    let s = settings::current();
+    let manager = match send::manager_answers(&s) {
+        Ok(()) => "answers".to_string(),
+        Err(e) => format!("not reachable: {e}"),
+    };
+    let last = send::LAST_FALLBACK
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    vec![
+        ("handoff support".into(), "enabled".into()),
+        ("version".into(), env!("CARGO_PKG_VERSION").into()),
+        ("SAPI handoff".into(), ffi::sapi_name()),
+        (settings::SOCKET.into(), s.socket.display().to_string()),
+        (
+            settings::FALLBACK.into(),
+            format!("{:?}", s.fallback).to_lowercase(),
+        ),
+        (
+            settings::TIMEOUT_MS.into(),
+            s.timeout.as_millis().to_string(),
+        ),
+        ("manager".into(), manager),
+        ("last fallback reason (this process)".into(), last),
+    ]
+}
+
+#[php_module]
+#[php(startup = "startup")]
+pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
+    module
+        .function(wrap_function!(send_file))
+        .function(wrap_function!(handoff_available))
+        .info_function(ffi::module_info)
+}

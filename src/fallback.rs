@@ -1,0 +1,59 @@
+//! In-process streaming, for when the file cannot be handed off (manager unreachable,
+//! busy or refusing, or a SAPI without handoff support).
+//!
+//! It executes the same [`Plan`] as the manager, through PHP's own header API and output
+//! layer, so every SAPI frames it correctly. Output buffers are dropped first (the file is
+//! the response; buffering it would cost its size in memory), and output is switched off
+//! afterwards so a later `echo` cannot corrupt the response.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use ext_php_rs::zend as headers;
+use handoff_manager::plan::Plan;
+
+use crate::ffi::{self, Bailout};
+
+const CHUNK: usize = 128 * 1024;
+
+pub fn stream(plan: &Plan, file: &File) -> Result<(), Bailout> {
+    ffi::discard_output_buffers();
+    // Command-line SAPIs may have written already and send no head: body only.
+    if !ffi::headers_sent() {
+        apply_head(&plan.head);
+    }
+    // Sends the head now, also when there is no body to trigger it.
+    ffi::send_headers();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = plan.offset;
+    let end = plan.offset + plan.length;
+    while pos < end {
+        let want = usize::try_from(end - pos).unwrap_or(CHUNK).min(CHUNK);
+        match file.read_at(&mut buf[..want], pos) {
+            // The file shrank: stop; the client sees a short body against Content-Length.
+            Ok(0) => break,
+            Ok(n) => {
+                ffi::output_write(&buf[..n])?;
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    ffi::disable_output();
+    Ok(())
+}
+
+/// Replaces the SAPI's pending head with the planned one (which already holds the
+/// script's surviving fields).
+fn apply_head(head: &handoff_manager::head::Head) {
+    let _ = headers::remove_all_headers();
+    if head.reason.is_empty() {
+        let _ = headers::set_response_code(head.status);
+    } else {
+        let _ = headers::set_header(&format!("HTTP/1.1 {} {}", head.status, head.reason));
+    }
+    for h in &head.headers {
+        let _ = headers::add_header(&format!("{}: {}", h.name, h.value));
+    }
+}

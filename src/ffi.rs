@@ -1,0 +1,260 @@
+//! The extension's only `unsafe` code: reading PHP's SAPI state, finding the request's
+//! connection inside the SAPI's private structures, and switching PHP's output off.
+//!
+//! Everything here is called from inside a PHP request on the request's own thread (the
+//! extension supports NTS builds), where the SAPI globals are live and nothing else runs.
+//! The struct offsets come from `handoff-facts.md` (measured on PHP 8.2; the `fcgi_request`
+//! field order is the same in all PHP 7 and 8 sources) and are never trusted alone: the
+//! caller validates every descriptor read from them before using it (see `connection.rs`).
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::os::fd::{BorrowedFd, RawFd};
+use std::panic::AssertUnwindSafe;
+
+use ext_php_rs::ffi;
+use ext_php_rs::zend::ModuleEntry;
+
+/// `PHP_OUTPUT_DISABLED` from main/php_output.h.
+const PHP_OUTPUT_DISABLED: c_int = 0x02;
+
+extern "C" {
+    // Exported by every PHP binary (php-fpm, php, libphp) but not in ext-php-rs' bindings.
+    fn php_output_discard_all();
+    fn php_output_set_status(status: c_int);
+    fn php_check_open_basedir_ex(path: *const c_char, warn: c_int) -> c_int;
+    fn zend_ini_string_ex(
+        name: *const c_char,
+        name_length: usize,
+        orig: bool,
+        exists: *mut bool,
+    ) -> *mut c_char;
+    fn sapi_getenv(name: *const c_char, name_len: usize) -> *mut c_char;
+    fn sapi_send_headers() -> c_int;
+    static mut spl_ce_RuntimeException: *mut ffi::zend_class_entry;
+}
+
+fn sg() -> *mut ffi::sapi_globals_struct {
+    // SAFETY: returns the address of the SAPI globals of this thread, which exist for the
+    // life of the process.
+    unsafe { ffi::ext_php_rs_sapi_globals() }
+}
+
+fn c_str_to_string(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: PHP's SAPI strings are NUL-terminated and live for the request.
+    Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// `sapi_module.name`: "fpm-fcgi", "cli-server", "cli", "apache2handler", ...
+pub fn sapi_name() -> String {
+    // SAFETY: sapi_module is initialised before any extension runs and `name` is static.
+    let name = unsafe { (*ffi::ext_php_rs_sapi_module()).name };
+    c_str_to_string(name).unwrap_or_default()
+}
+
+/// `SG(headers_sent)`.
+pub fn headers_sent() -> bool {
+    // SAFETY: see `sg`; reading a plain byte of the live globals.
+    unsafe { (*sg()).headers_sent != 0 }
+}
+
+/// `SG(request_info).headers_only`: the request is a HEAD.
+pub fn headers_only() -> bool {
+    // SAFETY: as `headers_sent`.
+    unsafe { (*sg()).request_info.headers_only }
+}
+
+/// `SG(sapi_headers).http_response_code` and the script's own status line, if any.
+pub fn response_status() -> (i32, Option<String>) {
+    // SAFETY: as `headers_sent`; the status line is NULL or a request-lifetime string.
+    unsafe {
+        let h = &(*sg()).sapi_headers;
+        (h.http_response_code, c_str_to_string(h.http_status_line))
+    }
+}
+
+/// The header lines the script set (`header()`, `setcookie()`, session), in order.
+pub fn script_header_lines() -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    // SAFETY: `SG(sapi_headers).headers` is a zend_llist whose elements each store one
+    // `sapi_header_struct` inline in `data`; the list is not modified while we walk it
+    // (we are the only code running). Each `header` points to `header_len` bytes.
+    unsafe {
+        let list = &(*sg()).sapi_headers.headers;
+        let mut el = list.head;
+        while !el.is_null() {
+            let h = (*el).data.as_ptr().cast::<ffi::sapi_header_struct>();
+            let h = std::ptr::read_unaligned(h);
+            if !h.header.is_null() {
+                let bytes = std::slice::from_raw_parts(h.header.cast::<u8>(), h.header_len);
+                lines.push(bytes.to_vec());
+            }
+            el = (*el).next;
+        }
+    }
+    lines
+}
+
+/// The request's connection as php-fpm keeps it (`fcgi_request`).
+#[derive(Debug, Clone, Copy)]
+pub struct FpmRequest {
+    pub listen_socket: RawFd,
+    pub fd: RawFd,
+    pub id: i32,
+    pub keep: i32,
+    pub ended: i32,
+}
+
+/// Reads php-fpm's `fcgi_request` behind `SG(server_context)`. Only call under the
+/// `fpm-fcgi` SAPI; validate every field before use.
+pub fn fpm_request() -> Option<FpmRequest> {
+    // SAFETY: under fpm-fcgi, SG(server_context) is the current `fcgi_request*` (or NULL);
+    // the struct is at least 28 bytes and starts with the int fields read here at the
+    // offsets measured in handoff-facts.md.
+    unsafe {
+        let p = (*sg()).server_context.cast::<u8>();
+        if p.is_null() {
+            return None;
+        }
+        let int_at = |off: usize| std::ptr::read_unaligned(p.add(off).cast::<c_int>());
+        Some(FpmRequest {
+            listen_socket: int_at(0),
+            fd: int_at(8),
+            id: int_at(12),
+            keep: int_at(16),
+            ended: int_at(24),
+        })
+    }
+}
+
+/// Reads the client socket of `php -S` (`php_cli_server_client.sock`). Only call under
+/// the `cli-server` SAPI; validate before use.
+pub fn cli_server_socket() -> Option<RawFd> {
+    // SAFETY: under cli-server, SG(server_context) is the current
+    // `php_cli_server_client*`, whose `sock` int follows the 8-byte server pointer.
+    unsafe {
+        let p = (*sg()).server_context.cast::<u8>();
+        if p.is_null() {
+            return None;
+        }
+        Some(std::ptr::read_unaligned(p.add(8).cast::<c_int>()))
+    }
+}
+
+/// Borrows a descriptor number that the SAPI owns for the whole request.
+///
+/// Only for numbers read from the SAPI's request structure and checked with `fstat`
+/// (see `connection.rs`); the borrow must not outlive the `send_file()` call.
+pub fn borrow_sapi_fd<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: the SAPI keeps this descriptor open until the request ends, which is after
+    // send_file() returns; callers do not keep the borrow longer.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Switches PHP's output off for the rest of the request: buffered output is discarded,
+/// later `echo`s go nowhere, `header()` only warns, and the SAPI sends no head of its own.
+pub fn disable_output() {
+    // SAFETY: all four are valid during a request; they only touch request globals.
+    unsafe {
+        php_output_discard_all();
+        php_output_set_status(PHP_OUTPUT_DISABLED);
+        (*sg()).headers_sent = 1;
+        (*sg()).request_info.no_headers = true;
+    }
+}
+
+/// Sends the response head now if PHP has not yet (a file with an empty body).
+pub fn send_headers() {
+    if !headers_sent() {
+        // SAFETY: valid during a request; sends SG(sapi_headers) through the SAPI once.
+        unsafe { sapi_send_headers() };
+    }
+}
+
+/// Drops every output buffer the script started (their content is not the file).
+pub fn discard_output_buffers() {
+    // SAFETY: valid during a request; discards user and default output buffers.
+    unsafe { php_output_discard_all() }
+}
+
+/// A PHP bailout (fatal error, aborted connection) happened inside a call and must be
+/// resumed with [`resume_bailout`] once Rust resources are dropped.
+#[derive(Debug)]
+pub struct Bailout;
+
+/// Writes through PHP's output layer (and so the SAPI: headers first, then the body).
+pub fn output_write(bytes: &[u8]) -> Result<usize, Bailout> {
+    let r = ext_php_rs::zend::try_catch(AssertUnwindSafe(|| {
+        // SAFETY: `bytes` is valid for its length for the duration of the call.
+        unsafe { ffi::php_output_write(bytes.as_ptr().cast(), bytes.len()) }
+    }));
+    r.map_err(|_| Bailout)
+}
+
+/// Continues a bailout caught by [`output_write`]. Call with no Rust value that needs
+/// dropping left in the calling frames.
+pub fn resume_bailout() -> ! {
+    // SAFETY: the caller dropped its resources; PHP's bailout longjmps to the request's
+    // zend_try, as it would have without our catch.
+    unsafe { ext_php_rs::zend::bailout() }
+}
+
+/// `open_basedir` check, without PHP's own warning (we throw instead).
+pub fn open_basedir_allows(path: &CStr) -> bool {
+    // SAFETY: `path` is a valid C string for the call.
+    unsafe { php_check_open_basedir_ex(path.as_ptr(), 0) == 0 }
+}
+
+/// The current value of an ini setting.
+pub fn ini_string(name: &str) -> Option<String> {
+    let mut exists = false;
+    // SAFETY: `name` is valid for its length; the returned value is owned by the ini
+    // table and valid until the setting changes, and we copy it at once.
+    let p = unsafe { zend_ini_string_ex(name.as_ptr().cast(), name.len(), false, &mut exists) };
+    if !exists {
+        return None;
+    }
+    c_str_to_string(p)
+}
+
+/// A request variable from the SAPI (FastCGI params under php-fpm).
+pub fn request_env(name: &str) -> Option<String> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid C string; sapi_getenv returns NULL or an emalloc'd copy that
+    // we free after copying it.
+    unsafe {
+        let p = sapi_getenv(c.as_ptr(), name.len());
+        let v = c_str_to_string(p);
+        if !p.is_null() {
+            ext_php_rs::alloc::efree(p.cast());
+        }
+        v
+    }
+}
+
+/// The class entry of SPL's `RuntimeException`, the parent of `HandoffException`.
+pub fn runtime_exception() -> &'static ext_php_rs::zend::ClassEntry {
+    // SAFETY: SPL is always compiled in and registers its classes before any shared
+    // extension starts, so the pointer is set and valid for the life of the process.
+    unsafe {
+        let p = spl_ce_RuntimeException;
+        match p.as_ref() {
+            Some(ce) => ce,
+            None => ext_php_rs::zend::ce::exception(),
+        }
+    }
+}
+
+/// `phpinfo()` section: rows computed by safe code in `lib.rs`.
+pub extern "C" fn module_info(_module: *mut ModuleEntry) {
+    let rows = crate::info_rows();
+    // SAFETY: called by PHP while printing phpinfo(); the table functions write output.
+    unsafe { ffi::php_info_print_table_start() };
+    for (k, v) in rows {
+        ext_php_rs::info_table_row!(k.as_str(), v.as_str());
+    }
+    // SAFETY: as above.
+    unsafe { ffi::php_info_print_table_end() };
+}

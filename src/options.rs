@@ -1,0 +1,61 @@
+//! The `$options` array of `send_file()`, checked strictly: a wrong type or an unknown key
+//! is a programming error and throws before anything is sent.
+
+use ext_php_rs::types::{ArrayKey, ZendHashTable};
+
+use crate::error::SendFileError;
+use handoff_manager::plan::Options;
+
+pub fn parse(table: Option<&ZendHashTable>) -> Result<Options, SendFileError> {
+    let mut options = Options::default();
+    let Some(table) = table else {
+        return Ok(options);
+    };
+    for (key, value) in table {
+        let name = match key {
+            ArrayKey::Long(i) => i.to_string(),
+            other => other.to_string(),
+        };
+        let string = |expected| {
+            value
+                .zend_str()
+                .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
+                .ok_or(SendFileError::OptionType {
+                    name: name.clone(),
+                    expected,
+                })
+        };
+        match name.as_str() {
+            "content_type" => {
+                let v = string("a string")?;
+                if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
+                    return Err(SendFileError::OptionType {
+                        name,
+                        expected: "a non-empty media type without control characters",
+                    });
+                }
+                options.content_type = Some(v);
+            }
+            "filename" => {
+                let v = string("a string")?;
+                if v.is_empty() {
+                    return Err(SendFileError::OptionType {
+                        name,
+                        expected: "a non-empty string",
+                    });
+                }
+                options.filename = Some(v);
+            }
+            "inline" => {
+                options.inline = value.bool().filter(|_| value.is_bool()).ok_or(
+                    SendFileError::OptionType {
+                        name,
+                        expected: "a bool",
+                    },
+                )?;
+            }
+            _ => return Err(SendFileError::UnknownOption { name }),
+        }
+    }
+    Ok(options)
+}

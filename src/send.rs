@@ -1,0 +1,250 @@
+//! `send_file()` itself, in plain Rust: open and check the file, plan the response, hand
+//! the connection and the file to the manager, or stream in-process.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use handoff_manager::head::Header;
+use handoff_manager::plan::{self, FileInfo, Options, Plan, Request, ScriptResponse, Transport};
+use handoff_manager::protocol::{Framing, Job, Offer};
+
+use crate::connection::{self, Connection, Kind, Neutered};
+use crate::error::SendFileError;
+use crate::ffi::{self, Bailout};
+use crate::settings::{self, Fallback, Settings};
+
+/// Why the last `send_file()` of this process did not hand off (shown by phpinfo()).
+pub static LAST_FALLBACK: Mutex<String> = Mutex::new(String::new());
+
+/// How the file went out.
+pub enum Sent {
+    HandedOff,
+    Streamed,
+}
+
+pub enum Failure {
+    Error(SendFileError),
+    /// PHP bailed out while streaming (client gone with ignore_user_abort off, fatal
+    /// error): resume it once our resources are dropped.
+    Bailout,
+}
+
+impl From<SendFileError> for Failure {
+    fn from(e: SendFileError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl From<Bailout> for Failure {
+    fn from(_: Bailout) -> Self {
+        Failure::Bailout
+    }
+}
+
+/// Whether earlier output already committed a response head. Command-line SAPIs write no
+/// head, so earlier output there does not stop a file from following it.
+fn head_already_sent() -> bool {
+    ffi::headers_sent() && !matches!(ffi::sapi_name().as_str(), "cli" | "phpdbg" | "embed")
+}
+
+pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
+    if head_already_sent() {
+        return Err(SendFileError::HeadersSent.into());
+    }
+    let file = open(path)?;
+    let meta = file
+        .metadata()
+        .map_err(|e| SendFileError::Open { kind: e.kind() })?;
+    let info = FileInfo {
+        size: meta.len(),
+        modified: meta.modified().ok(),
+    };
+    let request = Request {
+        head_only: ffi::headers_only(),
+    };
+    let script = script_response();
+    let name = Path::new(OsStr::from_bytes(path))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let settings = settings::current();
+
+    let (conn, transport) = match connection::find() {
+        Ok(conn) => {
+            let t = match conn.kind {
+                Kind::FastCgi { .. } => Transport::FastCgi,
+                Kind::Http => Transport::Http,
+            };
+            (Some(conn), t)
+        }
+        Err(reason) => {
+            note_fallback(&reason);
+            let t = if ffi::sapi_name() == "fpm-fcgi" {
+                Transport::FastCgi
+            } else {
+                Transport::Http
+            };
+            (None, t)
+        }
+    };
+    let plan = plan::plan(info, &request, &script, options, &name, transport);
+
+    let reason = match conn {
+        Some(conn) => {
+            let file_name = String::from_utf8_lossy(path).into_owned();
+            match hand_off(&conn, &plan, &file, &settings, file_name) {
+                Ok(()) => {
+                    ffi::disable_output();
+                    return Ok(Sent::HandedOff);
+                }
+                Err(reason) => {
+                    note_fallback(&reason);
+                    reason
+                }
+            }
+        }
+        None => LAST_FALLBACK
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default(),
+    };
+    if settings.fallback == Fallback::Off {
+        return Err(SendFileError::NoFallback { reason }.into());
+    }
+    crate::fallback::stream(&plan, &file)?;
+    Ok(Sent::Streamed)
+}
+
+fn note_fallback(reason: &str) {
+    if let Ok(mut last) = LAST_FALLBACK.lock() {
+        reason.clone_into(&mut last);
+    }
+}
+
+/// Opens the file for reading, refusing what cannot be a download. `O_NONBLOCK` keeps a
+/// FIFO from blocking the open (it is refused right after); it has no effect on files.
+fn open(path: &[u8]) -> Result<File, SendFileError> {
+    if path.is_empty() {
+        return Err(SendFileError::EmptyPath);
+    }
+    let c = CString::new(path).map_err(|_| SendFileError::NulByte)?;
+    if !ffi::open_basedir_allows(&c) {
+        return Err(SendFileError::OpenBasedir);
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(OsStr::from_bytes(path))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SendFileError::NotFound,
+            std::io::ErrorKind::PermissionDenied => SendFileError::PermissionDenied,
+            kind => {
+                if e.raw_os_error() == Some(nix::libc::EISDIR) {
+                    SendFileError::NotRegular
+                } else {
+                    SendFileError::Open { kind }
+                }
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| SendFileError::Open { kind: e.kind() })?;
+    if !meta.is_file() {
+        return Err(SendFileError::NotRegular);
+    }
+    Ok(file)
+}
+
+/// The status and header fields the script set so far.
+fn script_response() -> ScriptResponse {
+    let (code, status_line) = ffi::response_status();
+    let status = u16::try_from(code)
+        .ok()
+        .filter(|c| (100..=599).contains(c))
+        .unwrap_or(200);
+    // "HTTP/1.1 299 Custom Reason" set by header(): keep the reason if its code is ours.
+    let reason = status_line
+        .as_deref()
+        .and_then(|l| l.split_once(' '))
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .filter(|(c, _)| c.parse::<u16>().ok() == Some(status))
+        .map(|(_, r)| r.trim().to_string())
+        .unwrap_or_default();
+    let headers = ffi::script_header_lines()
+        .iter()
+        .filter_map(|line| {
+            let line = String::from_utf8_lossy(line);
+            let (name, value) = line.split_once(':')?;
+            Some(Header::new(name.trim(), value.trim()))
+        })
+        .collect();
+    ScriptResponse {
+        status,
+        reason,
+        headers,
+    }
+}
+
+/// The client's address for the manager's log: the web server's `REMOTE_ADDR` under
+/// FastCGI, the socket's peer under `php -S`.
+fn client_address(conn: &Connection) -> String {
+    if let Some(addr) = ffi::request_env("REMOTE_ADDR") {
+        return addr;
+    }
+    nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.borrow().as_raw_fd())
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
+/// The two-phase handoff. `Ok` means the manager owns the connection and the worker's
+/// copy is harmless; `Err` means the worker still owns it, untouched, and must serve it.
+fn hand_off(
+    conn: &Connection,
+    plan: &Plan,
+    file: &File,
+    settings: &Settings,
+    file_name: String,
+) -> Result<(), String> {
+    let framing = match conn.kind {
+        Kind::FastCgi { request_id } => Framing::FastCgi { request_id },
+        Kind::Http => Framing::Http,
+    };
+    let job = Job {
+        framing,
+        head: plan.head.clone(),
+        offset: plan.offset,
+        length: plan.length,
+        client: client_address(conn),
+        file_name,
+    };
+    let offer = Offer::connect(&settings.socket, settings.timeout)
+        .map_err(|e| format!("manager unreachable: {e}"))?;
+    offer
+        .propose(&job, conn.borrow(), file.as_fd())
+        .map_err(|e| format!("handoff not accepted: {e}"))?;
+    // Dropping `offer` on any error below closes the socket before go: the manager then
+    // drops the job without writing.
+    let neutered = Neutered::new(conn)?;
+    match offer.go() {
+        Ok(()) => {
+            neutered.commit();
+            Ok(())
+        }
+        Err(e) => {
+            neutered.restore()?;
+            Err(format!("manager went away before go: {e}"))
+        }
+    }
+}
+
+/// Whether a manager answers at the configured socket (for `handoff_available()`).
+pub fn manager_answers(settings: &Settings) -> Result<(), String> {
+    Offer::connect(&settings.socket, settings.timeout)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,49 @@
+//! The extension's ini settings (`handoff.*`), read at each call so `ini_set()` and
+//! per-pool `php_value` work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ffi;
+
+pub const SOCKET: &str = "handoff.socket";
+pub const FALLBACK: &str = "handoff.fallback";
+pub const TIMEOUT_MS: &str = "handoff.timeout_ms";
+
+pub const DEFAULT_SOCKET: &str = "/run/handoff/manager.sock";
+pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
+
+/// What `send_file()` does when the file cannot be handed off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Stream the file from the worker itself.
+    Stream,
+    /// Throw `HandoffException`.
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub socket: PathBuf,
+    pub fallback: Fallback,
+    pub timeout: Duration,
+}
+
+pub fn current() -> Settings {
+    let socket = ffi::ini_string(SOCKET)
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
+    let fallback = match ffi::ini_string(FALLBACK).as_deref().map(str::trim) {
+        Some(v) if v.eq_ignore_ascii_case("off") || v == "0" => Fallback::Off,
+        _ => Fallback::Stream,
+    };
+    let timeout_ms = ffi::ini_string(TIMEOUT_MS)
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .unwrap_or(DEFAULT_TIMEOUT_MS);
+    Settings {
+        socket: PathBuf::from(socket),
+        fallback,
+        timeout: Duration::from_millis(timeout_ms),
+    }
+}
