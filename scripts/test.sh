@@ -3,9 +3,10 @@
 #
 #   bash scripts/test.sh
 #
-# Installs what is missing and builds (scripts/setup.sh), then: rustfmt check, clippy with
-# warnings as errors, release build, and every test of the workspace in release mode (the
-# integration tests load target/release/libhandoff.so into real php / php-fpm / nginx).
+# Installs what is missing and builds (scripts/setup.sh), then: shell/PHP lint, rustfmt check,
+# clippy with warnings as errors, release build, a smoke test of scripts/demo.sh, and every
+# test of the workspace in release mode (the integration tests load
+# target/release/libhandoff.so into real php / php-fpm / nginx).
 # Works as root with no stdin and CI=true.
 set -euo pipefail
 
@@ -58,5 +59,8 @@ step "cargo build --release --workspace"
 cargo build --release --workspace
 
 step "cargo test --release --workspace"
+step "demo smoke test (scripts/demo.sh end to end)"
+bash scripts/demo-smoke.sh
+
 # Last: CI reads cargo test's closing lines.
 cargo test --release --workspace
