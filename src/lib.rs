@@ -22,11 +22,11 @@ pub mod options;
 pub mod send;
 pub mod settings;
 
+use ext_php_rs::builders::ClassBuilder;
 use ext_php_rs::exception::PhpException;
 use ext_php_rs::flags::IniEntryPermission;
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendHashTable, Zval};
-use ext_php_rs::builders::ClassBuilder;
 use ext_php_rs::zend::{ClassEntry, IniEntryDef, IniEntryDefs};
 
 use crate::send::{Failure, Sent};

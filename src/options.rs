@@ -47,12 +47,14 @@ pub fn parse(table: Option<&ZendHashTable>) -> Result<Options, SendFileError> {
                 options.filename = Some(v);
             }
             "inline" => {
-                options.inline = value.bool().filter(|_| value.is_bool()).ok_or(
-                    SendFileError::OptionType {
-                        name,
-                        expected: "a bool",
-                    },
-                )?;
+                options.inline =
+                    value
+                        .bool()
+                        .filter(|_| value.is_bool())
+                        .ok_or(SendFileError::OptionType {
+                            name,
+                            expected: "a bool",
+                        })?;
             }
             _ => return Err(SendFileError::UnknownOption { name }),
         }

@@ -108,10 +108,7 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
                 }
             }
         }
-        None => LAST_FALLBACK
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default(),
+        None => LAST_FALLBACK.lock().map(|s| s.clone()).unwrap_or_default(),
     };
     if settings.fallback == Fallback::Off {
         return Err(SendFileError::NoFallback { reason }.into());

@@ -1,0 +1,354 @@
+//! The manager binary against real sockets: a test plays the PHP worker (handoff socket)
+//! and the client (the other end of a socketpair handed over as "the connection").
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use handoff_manager::head::{Head, Header};
+use handoff_manager::protocol::{Framing, Job, Offer, ProtocolError};
+use nix::sys::socket::{
+    connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use std::io::IoSlice;
+use std::os::fd::AsRawFd;
+
+struct Manager {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Manager {
+    fn start(extra: &[&str]) -> Manager {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("manager.sock");
+        let log = dir.path().join("manager.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_handoff-manager"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn handoff-manager");
+        let m = Manager {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Offer::connect(&m.socket, Duration::from_secs(1)).is_err() {
+            assert!(Instant::now() < deadline, "manager did not start listening");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        m
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "log never showed {needle:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- manager log ---\n{}", self.log());
+        }
+    }
+}
+
+fn data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn file_with(dir: &Path, bytes: &[u8]) -> std::fs::File {
+    let path = dir.join("data.bin");
+    std::fs::write(&path, bytes).expect("write file");
+    std::fs::File::open(&path).expect("open file")
+}
+
+fn job(framing: Framing, length: u64) -> Job {
+    let mut head = Head::new(200);
+    head.headers
+        .push(Header::new("Content-Length", length.to_string()));
+    Job {
+        framing,
+        head,
+        offset: 0,
+        length,
+        client: "test".into(),
+        file_name: "data.bin".into(),
+    }
+}
+
+fn read_all(mut s: UnixStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read response");
+    out
+}
+
+#[test]
+fn http_handoff_sends_head_then_exact_body() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(3 * 1024 * 1024 + 17);
+    let file = file_with(dir.path(), &body);
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(
+            &job(Framing::Http, body.len() as u64),
+            ours.as_fd(),
+            file.as_fd(),
+        )
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    let got = read_all(client);
+    let split = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of head")
+        + 4;
+    let head = String::from_utf8_lossy(&got[..split]);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+    assert!(head.contains("\r\nDate: "), "{head}");
+    assert!(got[split..] == body[..], "body differs");
+    m.wait_log("outcome=complete");
+}
+
+/// Parses FastCGI records: returns the STDOUT stream and whether END_REQUEST came last.
+fn parse_fcgi(bytes: &[u8], id: u16) -> (Vec<u8>, bool) {
+    let mut pos = 0;
+    let mut stdout = Vec::new();
+    let mut ended = false;
+    while pos + 8 <= bytes.len() {
+        let h = &bytes[pos..pos + 8];
+        assert_eq!(h[0], 1, "version");
+        assert_eq!(u16::from_be_bytes([h[2], h[3]]), id, "request id");
+        let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+        let pad = usize::from(h[6]);
+        let content = &bytes[pos + 8..pos + 8 + len];
+        match h[1] {
+            6 => stdout.extend_from_slice(content),
+            3 => {
+                assert_eq!(len, 8);
+                ended = true;
+            }
+            t => panic!("unexpected record type {t}"),
+        }
+        pos += 8 + len + pad;
+        if ended {
+            assert_eq!(pos, bytes.len(), "bytes after END_REQUEST");
+        }
+    }
+    assert_eq!(pos, bytes.len(), "partial record");
+    (stdout, ended)
+}
+
+#[test]
+fn fastcgi_handoff_frames_records_and_ends_the_request() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    for len in [0usize, 1, 65_528, 65_529, 1_000_003] {
+        let body = data(len);
+        let file = file_with(dir.path(), &body);
+        let (ours, mut client) = UnixStream::pair().unwrap();
+        // What nginx sends and PHP never reads: an empty STDIN record.
+        client.write_all(&[1, 5, 0, 7, 0, 0, 0, 0]).unwrap();
+        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+        offer
+            .propose(
+                &job(Framing::FastCgi { request_id: 7 }, len as u64),
+                ours.as_fd(),
+                file.as_fd(),
+            )
+            .unwrap();
+        drop(ours);
+        offer.go().unwrap();
+        let got = read_all(client);
+        let (stdout, ended) = parse_fcgi(&got, 7);
+        assert!(ended, "no END_REQUEST for {len} bytes");
+        let split = stdout
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of head")
+            + 4;
+        assert!(stdout.starts_with(b"Status: 200 OK\r\n"));
+        assert!(stdout[split..] == body[..], "body differs for {len} bytes");
+    }
+}
+
+#[test]
+fn nothing_is_written_when_the_worker_leaves_before_go() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"secret");
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(&job(Framing::Http, 6), ours.as_fd(), file.as_fd())
+        .unwrap();
+    drop(offer);
+    m.wait_log("went away before go");
+    drop(ours);
+    // The manager closed its copy without writing: the client sees EOF and no byte.
+    assert!(read_all(client).is_empty());
+}
+
+fn raw_send(socket: &Path, bytes: &[u8], fds: &[&OwnedFd]) -> Vec<u8> {
+    let sock = socket_seqpacket();
+    connect(sock.as_raw_fd(), &UnixAddr::new(socket).unwrap()).unwrap();
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
+        vec![]
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(bytes)],
+        &cmsgs,
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    let mut buf = [0u8; 2048];
+    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+    buf[..n].to_vec()
+}
+
+fn socket_seqpacket() -> OwnedFd {
+    let s = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let tv = nix::sys::time::TimeVal::new(5, 0);
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::ReceiveTimeout, &tv).unwrap();
+    s
+}
+
+#[test]
+fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file: OwnedFd = file_with(dir.path(), b"0123456789").into();
+    let (ours, _client) = UnixStream::pair().unwrap();
+    let conn: OwnedFd = ours.into();
+    let good = job(Framing::Http, 10).encode().unwrap();
+    let dir_fd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+
+    let mut bad_version = good.clone();
+    bad_version[2] = 99;
+    let cases: Vec<(&str, Vec<u8>, Vec<&OwnedFd>)> = vec![
+        ("bad version", bad_version, vec![&conn, &file]),
+        (
+            "truncated",
+            good[..good.len() - 3].to_vec(),
+            vec![&conn, &file],
+        ),
+        ("no fds", good.clone(), vec![]),
+        ("one fd", good.clone(), vec![&conn]),
+        ("three fds", good.clone(), vec![&conn, &file, &file]),
+        ("file is a directory", good.clone(), vec![&conn, &dir_fd]),
+        ("connection is a file", good.clone(), vec![&file, &file]),
+        (
+            "range beyond the file",
+            job(Framing::Http, 11).encode().unwrap(),
+            vec![&conn, &file],
+        ),
+    ];
+    for (what, bytes, fds) in cases {
+        let reply = raw_send(&m.socket, &bytes, &fds);
+        assert_eq!(
+            &reply[..4],
+            &[b'H', b'O', 1, 3],
+            "{what}: expected a refusal"
+        );
+    }
+    let log = m.log();
+    assert!(
+        log.matches("refused").count() + log.matches("rejected").count() >= 8,
+        "{log}"
+    );
+
+    // And a good one still works.
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(&job(Framing::Http, 10), ours.as_fd(), file.as_fd())
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    assert!(read_all(client).ends_with(b"\r\n\r\n0123456789"));
+}
+
+#[test]
+fn sigterm_lets_running_downloads_finish_and_removes_the_socket() {
+    let m = Manager::start(&["--grace", "20"]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(8 * 1024 * 1024);
+    let file = file_with(dir.path(), &body);
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(
+            &job(Framing::Http, body.len() as u64),
+            ours.as_fd(),
+            file.as_fd(),
+        )
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    // Nobody reads yet: the download is stuck in the socket buffer when SIGTERM arrives.
+    m.wait_log("accepted job");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    m.wait_log("no new handoffs");
+    assert!(!m.socket.exists(), "socket file still there");
+    assert!(matches!(
+        Offer::connect(&m.socket, Duration::from_secs(1)),
+        Err(ProtocolError::Io { .. })
+    ));
+    let got = read_all(client);
+    assert!(got.ends_with(&body), "download was cut by shutdown");
+    m.wait_log("all downloads finished; exiting");
+}
