@@ -58,7 +58,12 @@ code { background: #f3f3f3; padding: 0 .2rem; }
 <td><?= $loaded ? '<span class="ok">loaded</span>' : '<span class="bad">not loaded</span> (downloads will fail)' ?></td></tr>
 <?php if ($loaded): ?>
 <tr><th>handoff.socket</th><td><code><?= h($socket) ?></code>
-<?= @file_exists($socket) ? '<span class="ok">(socket exists)</span>' : '<span class="bad">(no socket: manager down? send_file() will stream in-process)</span>' ?></td></tr>
+<?php
+$up = function_exists('handoff_available') ? handoff_available() : @file_exists($socket);
+echo $up
+    ? '<span class="ok">(handoff-manager answers)</span>'
+    : '<span class="bad">(handoff-manager not reachable: send_file() streams in-process)</span>';
+?></td></tr>
 <tr><th>handoff.fallback</th><td><code><?= h((string) ini_get('handoff.fallback')) ?></code></td></tr>
 <tr><th>handoff.timeout_ms</th><td><code><?= h((string) ini_get('handoff.timeout_ms')) ?></code></td></tr>
 <?php endif; ?>
