@@ -18,8 +18,8 @@ die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 
 # php-fpm and nginx live in /usr/sbin, rustup's cargo in ~/.cargo/bin.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
-    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if [ -d "${CARGO_HOME:-${HOME:-/root}/.cargo}/bin" ]; then
+    export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 fi
 
 PACKAGES=(

@@ -15,8 +15,8 @@ cd "$REPO"
 exec </dev/null
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
-    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if [ -d "${CARGO_HOME:-${HOME:-/root}/.cargo}/bin" ]; then
+    export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
