@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use ext_php_rs::zend as headers;
-use handoff_manager::plan::Plan;
+use handoff_manager::plan::{Piece, Plan};
 
 use crate::ffi::{self, Bailout};
 
@@ -25,19 +25,27 @@ pub fn stream(plan: &Plan, file: &File) -> Result<(), Bailout> {
     // Sends the head now, also when there is no body to trigger it.
     ffi::send_headers();
     let mut buf = vec![0u8; CHUNK];
-    let mut pos = plan.offset;
-    let end = plan.offset + plan.length;
-    while pos < end {
-        let want = usize::try_from(end - pos).unwrap_or(CHUNK).min(CHUNK);
-        match file.read_at(&mut buf[..want], pos) {
-            // The file shrank: stop; the client sees a short body against Content-Length.
-            Ok(0) => break,
-            Ok(n) => {
-                ffi::output_write(&buf[..n])?;
-                pos += n as u64;
+    'body: for piece in &plan.body {
+        match piece {
+            Piece::Bytes(b) => {
+                ffi::output_write(b)?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Piece::File { offset, length } => {
+                let (mut pos, end) = (*offset, offset + length);
+                while pos < end {
+                    let want = usize::try_from(end - pos).unwrap_or(CHUNK).min(CHUNK);
+                    match file.read_at(&mut buf[..want], pos) {
+                        // The file shrank: stop; the client sees a short body.
+                        Ok(0) => break 'body,
+                        Ok(n) => {
+                            ffi::output_write(&buf[..n])?;
+                            pos += n as u64;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break 'body,
+                    }
+                }
+            }
         }
     }
     ffi::disable_output();

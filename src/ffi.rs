@@ -30,6 +30,7 @@ extern "C" {
     ) -> *mut c_char;
     fn sapi_getenv(name: *const c_char, name_len: usize) -> *mut c_char;
     fn sapi_send_headers() -> c_int;
+    fn zend_is_auto_global_str(name: *const c_char, len: usize) -> bool;
     static mut spl_ce_RuntimeException: *mut ffi::zend_class_entry;
 }
 
@@ -232,6 +233,28 @@ pub fn request_env(name: &str) -> Option<String> {
         }
         v
     }
+}
+
+/// The request method (`SG(request_info).request_method`).
+pub fn request_method() -> Option<String> {
+    // SAFETY: as `headers_sent`; NULL or a request-lifetime C string.
+    c_str_to_string(unsafe { (*sg()).request_info.request_method })
+}
+
+/// A `$_SERVER` entry (request headers appear as `HTTP_*`). Under php-fpm they come
+/// straight from the FastCGI params; other SAPIs fill `$_SERVER`, which PHP creates
+/// lazily, so it is created here first.
+pub fn server_var(name: &str) -> Option<String> {
+    if let Some(v) = request_env(name) {
+        return Some(v);
+    }
+    // SAFETY: a valid string for the call; creates $_SERVER if a JIT auto-global.
+    unsafe { zend_is_auto_global_str(c"_SERVER".as_ptr(), "_SERVER".len()) };
+    let globals = ext_php_rs::zend::ProcessGlobals::get();
+    let value = globals.http_server_vars()?.get(name)?;
+    value
+        .zend_str()
+        .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
 }
 
 /// The class entry of SPL's `RuntimeException`, the parent of `HandoffException`.

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use handoff_manager::head::Header;
-use handoff_manager::plan::{self, FileInfo, Options, Plan, Request, ScriptResponse, Transport};
+use handoff_manager::conditional::Conditions;
+use handoff_manager::plan::{self, FileInfo, Method, Options, Plan, Request, ScriptResponse, Transport};
 use handoff_manager::protocol::{Framing, Job, Offer};
 
 use crate::connection::{self, Connection, Kind, Neutered};
@@ -63,10 +64,9 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
     let info = FileInfo {
         size: meta.len(),
         modified: meta.modified().ok(),
+        inode: std::os::unix::fs::MetadataExt::ino(&meta),
     };
-    let request = Request {
-        head_only: ffi::headers_only(),
-    };
+    let request = request();
     let script = script_response();
     let name = Path::new(OsStr::from_bytes(path))
         .file_name()
@@ -157,6 +157,30 @@ fn open(path: &[u8]) -> Result<File, SendFileError> {
     Ok(file)
 }
 
+/// The request as the planner needs it: method, `Range` and the conditional fields.
+fn request() -> Request {
+    let method = if ffi::headers_only() {
+        Method::Head
+    } else {
+        match ffi::request_method().as_deref() {
+            None | Some("GET") => Method::Get,
+            Some("HEAD") => Method::Head,
+            Some(_) => Method::Other,
+        }
+    };
+    Request {
+        method,
+        range: ffi::server_var("HTTP_RANGE"),
+        conditions: Conditions {
+            if_match: ffi::server_var("HTTP_IF_MATCH"),
+            if_none_match: ffi::server_var("HTTP_IF_NONE_MATCH"),
+            if_modified_since: ffi::server_var("HTTP_IF_MODIFIED_SINCE"),
+            if_unmodified_since: ffi::server_var("HTTP_IF_UNMODIFIED_SINCE"),
+            if_range: ffi::server_var("HTTP_IF_RANGE"),
+        },
+    }
+}
+
 /// The status and header fields the script set so far.
 fn script_response() -> ScriptResponse {
     let (code, status_line) = ffi::response_status();
@@ -214,8 +238,7 @@ fn hand_off(
     let job = Job {
         framing,
         head: plan.head.clone(),
-        offset: plan.offset,
-        length: plan.length,
+        body: plan.body.clone(),
         client: client_address(conn),
         file_name,
     };

@@ -13,6 +13,7 @@
 //! kernel says `EAGAIN` or the per-wake-up byte budget is spent (fairness between
 //! downloads), and says which of the two happened.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +24,7 @@ use nix::sys::socket::{getsockopt, send, shutdown, sockopt, MsgFlags, Shutdown};
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::fcgi;
+use crate::plan::Piece;
 use crate::protocol::{Framing, Job, Received};
 
 /// How a download ended.
@@ -80,13 +82,16 @@ pub fn validate(rcv: &Received) -> Result<(), Rejected> {
         return Err(Rejected::NotAFile);
     }
     let size = u64::try_from(st.st_size).unwrap_or(0);
-    let job = &rcv.job;
-    if job.offset.saturating_add(job.length) > size {
-        return Err(Rejected::Range {
-            offset: job.offset,
-            length: job.length,
-            size,
-        });
+    for piece in &rcv.job.body {
+        if let Piece::File { offset, length } = *piece {
+            if offset.saturating_add(length) > size {
+                return Err(Rejected::Range {
+                    offset,
+                    length,
+                    size,
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -116,13 +121,20 @@ pub struct Download {
     out_pos: usize,
     /// Body bytes inside `out`, counted as sent once `out` is flushed.
     body_in_out: u64,
-    /// Next file offset to send, and the end of the planned range.
+    /// Body still to queue, in order.
+    pieces: VecDeque<Piece>,
+    /// Body bytes not yet framed into a FastCGI record.
+    unframed: u64,
+    /// Content bytes of the current FastCGI record not yet queued.
+    record_left: u64,
+    /// The current `sendfile` run: next file offset and bytes left.
     pos: u64,
-    end: u64,
-    /// Bytes of the current `sendfile` run (one FastCGI record, or the whole HTTP body).
     run_left: u64,
     trailer_queued: bool,
     state: State,
+    /// Bytes of the response head at the start of `out`, and bytes written so far.
+    head_len: u64,
+    written: u64,
     pub status: u16,
     pub planned: u64,
     pub sent: u64,
@@ -141,11 +153,11 @@ impl Download {
         let Job {
             framing,
             head,
-            offset,
-            length,
+            body,
             client,
             file_name,
         } = job;
+        let planned: u64 = body.iter().map(Piece::len).sum();
         let mut out = Vec::with_capacity(1024);
         match framing {
             Framing::Http => out.extend_from_slice(&head.render_http(SystemTime::now())),
@@ -153,6 +165,7 @@ impl Download {
                 fcgi::push_stdout(&mut out, request_id, &head.render_cgi())
             }
         }
+        let head_len = out.len() as u64;
         Download {
             sock: conn,
             file,
@@ -160,13 +173,17 @@ impl Download {
             out,
             out_pos: 0,
             body_in_out: 0,
-            pos: offset,
-            end: offset + length,
+            head_len,
+            written: 0,
+            pieces: body.into_iter().filter(|p| !p.is_empty()).collect(),
+            unframed: planned,
+            record_left: 0,
+            pos: 0,
             run_left: 0,
             trailer_queued: framing == Framing::Http,
             state: State::Sending,
             status: head.status,
-            planned: length,
+            planned,
             sent: 0,
             client,
             file_name,
@@ -181,7 +198,7 @@ impl Download {
     }
 
     fn more_after_out(&self) -> bool {
-        self.pos < self.end || !self.trailer_queued
+        self.run_left > 0 || !self.pieces.is_empty() || !self.trailer_queued
     }
 
     /// Writes as much as the socket takes, up to `budget` bytes.
@@ -202,6 +219,7 @@ impl Download {
                 match send(self.sock.as_raw_fd(), &self.out[self.out_pos..], flags) {
                     Ok(n) => {
                         self.out_pos += n;
+                        self.written += n as u64;
                         spent += n;
                         self.last_progress = now;
                         if self.out_pos == self.out.len() {
@@ -213,7 +231,7 @@ impl Download {
                     }
                     Err(Errno::EINTR) => {}
                     Err(Errno::EAGAIN) => return Step::Wait,
-                    Err(e) => return Step::Done(Outcome::Aborted(e.desc().to_string())),
+                    Err(e) => return Step::Done(self.write_failed(e)),
                 }
                 continue;
             }
@@ -230,6 +248,7 @@ impl Download {
                         self.pos += n64;
                         self.run_left -= n64;
                         self.sent += n64;
+                        self.written += n64;
                         spent += n;
                         self.last_progress = now;
                     }
@@ -239,23 +258,14 @@ impl Download {
                 }
                 continue;
             }
-            if self.pos < self.end {
-                match self.framing {
-                    Framing::Http => self.run_left = self.end - self.pos,
-                    Framing::FastCgi { request_id } => {
-                        let left = self.end - self.pos;
-                        if left <= fcgi::MAX_RECORD_BODY as u64 {
-                            if let Err(outcome) = self.queue_last_record(request_id, left) {
-                                return Step::Done(outcome);
-                            }
-                        } else {
-                            let len = fcgi::MAX_RECORD_BODY as u16;
-                            self.out
-                                .extend_from_slice(&fcgi::stdout_header(request_id, len));
-                            self.run_left = u64::from(len);
-                        }
-                    }
-                }
+            let queued = match self.framing {
+                Framing::Http => self.queue_next_piece(u64::MAX),
+                Framing::FastCgi { request_id } => match self.frame_next(request_id) {
+                    Ok(queued) => queued,
+                    Err(outcome) => return Step::Done(outcome),
+                },
+            };
+            if queued {
                 continue;
             }
             if !self.trailer_queued {
@@ -269,25 +279,95 @@ impl Download {
         }
     }
 
-    /// Reads the last (at most one record of) body bytes so that they leave in the same
-    /// send as the end-of-stream records.
-    fn queue_last_record(&mut self, request_id: u16, left: u64) -> Result<(), Outcome> {
-        let mut buf = vec![0u8; left as usize];
-        let mut filled = 0usize;
-        while filled < buf.len() {
-            let off = i64::try_from(self.pos + filled as u64).unwrap_or(i64::MAX);
-            match nix::sys::uio::pread(&self.file, &mut buf[filled..], off) {
+    /// A write error ends the download. When the head and every body byte were already
+    /// written, only FastCGI's end records were refused: nginx closes the upstream early
+    /// when it needs no body (HEAD, 304), so that is a complete response.
+    fn write_failed(&self, e: Errno) -> Outcome {
+        if self.written >= self.head_len && self.sent == self.planned {
+            Outcome::Complete
+        } else {
+            Outcome::Aborted(e.desc().to_string())
+        }
+    }
+
+    /// Queues up to `max` bytes of the next body piece: literal bytes into `out`, a file
+    /// range as the next `sendfile` run. Returns false when the body is all queued.
+    fn queue_next_piece(&mut self, max: u64) -> bool {
+        let Some(piece) = self.pieces.front_mut() else {
+            return false;
+        };
+        match piece {
+            Piece::Bytes(b) => {
+                let n = usize::try_from(max).unwrap_or(usize::MAX).min(b.len());
+                self.out.extend_from_slice(&b[..n]);
+                self.body_in_out += n as u64;
+                b.drain(..n);
+            }
+            Piece::File { offset, length } => {
+                let n = max.min(*length);
+                self.pos = *offset;
+                self.run_left = n;
+                *offset += n;
+                *length -= n;
+            }
+        }
+        if piece.is_empty() {
+            self.pieces.pop_front();
+        }
+        true
+    }
+
+    /// FastCGI: fills the current record, or starts the next one. The last record is read
+    /// into memory so that it leaves in the same send as the end-of-stream records.
+    fn frame_next(&mut self, request_id: u16) -> Result<bool, Outcome> {
+        if self.record_left > 0 {
+            let before = self.body_in_out + self.run_left;
+            let left = self.record_left;
+            if !self.queue_next_piece(left) {
+                return Err(Outcome::Aborted("body shorter than its records".into()));
+            }
+            self.record_left -= self.body_in_out + self.run_left - before;
+            return Ok(true);
+        }
+        if self.unframed == 0 {
+            return Ok(false);
+        }
+        if self.unframed <= fcgi::MAX_RECORD_BODY as u64 {
+            let mut last = Vec::with_capacity(self.unframed as usize);
+            while let Some(piece) = self.pieces.pop_front() {
+                match piece {
+                    Piece::Bytes(b) => last.extend_from_slice(&b),
+                    Piece::File { offset, length } => self.read_into(&mut last, offset, length)?,
+                }
+            }
+            fcgi::push_stdout(&mut self.out, request_id, &last);
+            fcgi::push_end(&mut self.out, request_id);
+            self.trailer_queued = true;
+            self.body_in_out += last.len() as u64;
+            self.unframed = 0;
+            return Ok(true);
+        }
+        let len = fcgi::MAX_RECORD_BODY as u16;
+        self.out
+            .extend_from_slice(&fcgi::stdout_header(request_id, len));
+        self.record_left = u64::from(len);
+        self.unframed -= u64::from(len);
+        Ok(true)
+    }
+
+    fn read_into(&self, out: &mut Vec<u8>, offset: u64, length: u64) -> Result<(), Outcome> {
+        let start = out.len();
+        out.resize(start + length as usize, 0);
+        let mut filled = start;
+        while filled < out.len() {
+            let off = i64::try_from(offset + (filled - start) as u64).unwrap_or(i64::MAX);
+            match nix::sys::uio::pread(&self.file, &mut out[filled..], off) {
                 Ok(0) => return Err(Outcome::Truncated),
                 Ok(n) => filled += n,
                 Err(Errno::EINTR) => {}
                 Err(e) => return Err(Outcome::Aborted(format!("reading file: {}", e.desc()))),
             }
         }
-        fcgi::push_stdout(&mut self.out, request_id, &buf);
-        fcgi::push_end(&mut self.out, request_id);
-        self.trailer_queued = true;
-        self.body_in_out += left;
-        self.pos = self.end;
         Ok(())
     }
 

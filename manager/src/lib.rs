@@ -6,6 +6,8 @@
 //!
 //! - [`protocol`]: the handoff message, its wire format, the two-phase accept/go handshake
 //!   and the only code that touches `SCM_RIGHTS`; used by the manager and the extension.
+//! - [`range`] and [`conditional`]: `Range` parsing and the RFC 9110 preconditions, used
+//!   by the planner.
 //! - [`plan`]: decides the status, the head and the byte range of a download before the
 //!   first byte leaves; used by the extension for both the handoff and its in-process
 //!   fallback, so both paths send the same response.
@@ -16,10 +18,12 @@
 //! - [`server`]: the mio event loop: accepts handoffs, runs downloads, timeouts, signals.
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of received descriptors).
 
+pub mod conditional;
 pub mod download;
 pub mod fcgi;
 pub mod head;
 pub mod plan;
 pub mod protocol;
+pub mod range;
 pub mod server;
 mod sys;

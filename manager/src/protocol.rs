@@ -19,11 +19,14 @@
 //!
 //! ```text
 //! "HO" version:u8 kind:u8=1 framing:u8 reserved:u8 request_id:u16 status:u16
-//! header_count:u16 offset:u64 length:u64
-//! reason:str16 (name:str16 value:str16)*header_count client:str16 file_name:str16
+//! header_count:u16 piece_count:u16
+//! reason:str16 (name:str16 value:str16)*header_count piece*piece_count
+//! client:str16 file_name:str16
+//! piece = 0:u8 len:u32 bytes | 1:u8 offset:u64 length:u64
 //! ```
 //!
-//! where `str16` is a `u16` length followed by that many bytes of UTF-8. Replies are
+//! where `str16` is a `u16` length followed by that many bytes of UTF-8. A piece is either
+//! literal body bytes (multipart part heads) or a range of the file. Replies are
 //! `"HO" version kind` followed, for a refusal, by the reason text.
 //!
 //! This is the only module that touches `SCM_RIGHTS`.
@@ -41,6 +44,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use crate::head::{Head, HeadError, Header};
+use crate::plan::Piece;
 use crate::sys::own_new_fd;
 
 /// The protocol version this build speaks; a message with another version is refused.
@@ -52,7 +56,7 @@ const KIND_JOB: u8 = 1;
 const KIND_ACCEPT: u8 = 2;
 const KIND_REFUSE: u8 = 3;
 const KIND_GO: u8 = 4;
-const FIXED_LEN: usize = 28;
+const FIXED_LEN: usize = 14;
 /// Descriptors we make room for when receiving, so that a message with too many is seen
 /// (and all of them closed) instead of being silently cut by the kernel.
 const MAX_FDS_RECEIVED: usize = 8;
@@ -72,10 +76,8 @@ pub enum Framing {
 pub struct Job {
     pub framing: Framing,
     pub head: Head,
-    /// First byte of the file to send.
-    pub offset: u64,
-    /// Number of bytes to send from `offset` (0 for HEAD or an empty file).
-    pub length: u64,
+    /// The body in order: file ranges and literal bytes (empty for HEAD).
+    pub body: Vec<Piece>,
     /// Client address as the SAPI reported it, for the log.
     pub client: String,
     /// The file's name as the script gave it, for the log; never sent to the client.
@@ -112,8 +114,10 @@ pub enum ProtocolError {
     FieldTooLong { field: &'static str },
     #[error("unknown framing {framing}")]
     Framing { framing: u8 },
-    #[error("offset {offset} + length {length} overflows")]
+    #[error("file range {offset}+{length} overflows")]
     Range { offset: u64, length: u64 },
+    #[error("unknown body piece kind {kind}")]
+    PieceKind { kind: u8 },
     #[error("invalid head: {0}")]
     Head(#[from] HeadError),
     #[error("expected 2 descriptors (connection, file), got {got}")]
@@ -210,12 +214,9 @@ impl Job {
     /// long for the format.
     pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
         self.head.validate()?;
-        if self.offset.checked_add(self.length).is_none() {
-            return Err(ProtocolError::Range {
-                offset: self.offset,
-                length: self.length,
-            });
-        }
+        let pieces = u16::try_from(self.body.len()).map_err(|_| ProtocolError::FieldTooLong {
+            field: "piece count",
+        })?;
         let count =
             u16::try_from(self.head.headers.len()).map_err(|_| ProtocolError::FieldTooLong {
                 field: "header count",
@@ -230,12 +231,33 @@ impl Job {
         out.extend_from_slice(&request_id.to_be_bytes());
         out.extend_from_slice(&self.head.status.to_be_bytes());
         out.extend_from_slice(&count.to_be_bytes());
-        out.extend_from_slice(&self.offset.to_be_bytes());
-        out.extend_from_slice(&self.length.to_be_bytes());
+        out.extend_from_slice(&pieces.to_be_bytes());
         put_str(&mut out, "reason", &self.head.reason)?;
         for h in &self.head.headers {
             put_str(&mut out, "header name", &h.name)?;
             put_str(&mut out, "header value", &h.value)?;
+        }
+        for piece in &self.body {
+            match piece {
+                Piece::Bytes(b) => {
+                    let len = u32::try_from(b.len())
+                        .map_err(|_| ProtocolError::TooLarge { len: b.len() })?;
+                    out.push(0);
+                    out.extend_from_slice(&len.to_be_bytes());
+                    out.extend_from_slice(b);
+                }
+                Piece::File { offset, length } => {
+                    if offset.checked_add(*length).is_none() {
+                        return Err(ProtocolError::Range {
+                            offset: *offset,
+                            length: *length,
+                        });
+                    }
+                    out.push(1);
+                    out.extend_from_slice(&offset.to_be_bytes());
+                    out.extend_from_slice(&length.to_be_bytes());
+                }
+            }
         }
         put_str(&mut out, "client", &self.client)?;
         put_str(&mut out, "file name", &self.file_name)?;
@@ -268,11 +290,7 @@ impl Job {
         };
         let status = r.u16("status")?;
         let count = r.u16("header count")?;
-        let offset = r.u64("offset")?;
-        let length = r.u64("length")?;
-        if offset.checked_add(length).is_none() {
-            return Err(ProtocolError::Range { offset, length });
-        }
+        let piece_count = r.u16("piece count")?;
         let reason = r.str16("reason")?;
         // Each header needs at least 4 length bytes, so `count` cannot make us allocate
         // more than the message could describe.
@@ -285,6 +303,30 @@ impl Job {
             let name = r.str16("header name")?;
             let value = r.str16("header value")?;
             headers.push(Header { name, value });
+        }
+        // Each piece takes at least 5 bytes: again no allocation beyond the message.
+        if usize::from(piece_count) * 5 > buf.len() - r.pos {
+            return Err(ProtocolError::Overrun { field: "pieces" });
+        }
+        let mut body = Vec::with_capacity(usize::from(piece_count));
+        for _ in 0..piece_count {
+            let kind = r.bytes(1, "piece kind")?[0];
+            match kind {
+                0 => {
+                    let b = r.bytes(4, "piece length")?;
+                    let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                    body.push(Piece::Bytes(r.bytes(len, "piece bytes")?.to_vec()));
+                }
+                1 => {
+                    let offset = r.u64("piece offset")?;
+                    let length = r.u64("piece length")?;
+                    if offset.checked_add(length).is_none() {
+                        return Err(ProtocolError::Range { offset, length });
+                    }
+                    body.push(Piece::File { offset, length });
+                }
+                kind => return Err(ProtocolError::PieceKind { kind }),
+            }
         }
         let client = r.str16("client")?;
         let file_name = r.str16("file name")?;
@@ -302,8 +344,7 @@ impl Job {
         Ok(Job {
             framing,
             head,
-            offset,
-            length,
+            body,
             client,
             file_name,
         })
@@ -495,8 +536,13 @@ mod tests {
         Job {
             framing: Framing::FastCgi { request_id: 1 },
             head,
-            offset: 5,
-            length: 1 << 33,
+            body: vec![
+                Piece::Bytes(b"--part\r\n".to_vec()),
+                Piece::File {
+                    offset: 5,
+                    length: 1 << 33,
+                },
+            ],
             client: "127.0.0.1".into(),
             file_name: "/srv/files/ä.pdf".into(),
         }
@@ -547,6 +593,13 @@ mod tests {
         let mut b = job().encode().unwrap();
         b[10] = 0xff;
         b[11] = 0xff;
+        assert!(matches!(
+            Job::decode(&b),
+            Err(ProtocolError::Overrun { .. })
+        ));
+        let mut b = job().encode().unwrap();
+        b[12] = 0xff;
+        b[13] = 0xff;
         assert!(matches!(
             Job::decode(&b),
             Err(ProtocolError::Overrun { .. })

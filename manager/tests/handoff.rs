@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use handoff_manager::head::{Head, Header};
+use handoff_manager::plan::Piece;
 use handoff_manager::protocol::{Framing, Job, Offer, ProtocolError};
 use nix::sys::socket::{
     connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
@@ -104,8 +105,7 @@ fn job(framing: Framing, length: u64) -> Job {
     Job {
         framing,
         head,
-        offset: 0,
-        length,
+        body: vec![Piece::File { offset: 0, length }],
         client: "test".into(),
         file_name: "data.bin".into(),
     }
@@ -351,4 +351,54 @@ fn sigterm_lets_running_downloads_finish_and_removes_the_socket() {
     let got = read_all(client);
     assert!(got.ends_with(&body), "download was cut by shutdown");
     m.wait_log("all downloads finished; exiting");
+}
+
+#[test]
+fn multipart_pieces_arrive_in_order_on_both_framings() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(200_000);
+    let file = file_with(dir.path(), &content);
+    let body = vec![
+        Piece::Bytes(b"\r\n--b\r\n\r\n".to_vec()),
+        Piece::File {
+            offset: 3,
+            length: 70_000,
+        },
+        Piece::Bytes(b"\r\n--b\r\n\r\n".to_vec()),
+        Piece::File {
+            offset: 199_990,
+            length: 10,
+        },
+        Piece::Bytes(b"\r\n--b--\r\n".to_vec()),
+    ];
+    let mut expected = Vec::new();
+    for p in &body {
+        match p {
+            Piece::Bytes(b) => expected.extend_from_slice(b),
+            Piece::File { offset, length } => {
+                expected.extend_from_slice(&content[*offset as usize..(*offset + *length) as usize])
+            }
+        }
+    }
+    for framing in [Framing::Http, Framing::FastCgi { request_id: 1 }] {
+        let mut j = job(framing, 0);
+        j.body = body.clone();
+        let (ours, client) = UnixStream::pair().unwrap();
+        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+        offer.propose(&j, ours.as_fd(), file.as_fd()).unwrap();
+        drop(ours);
+        offer.go().unwrap();
+        let got = read_all(client);
+        let stream = match framing {
+            Framing::Http => got,
+            Framing::FastCgi { request_id } => parse_fcgi(&got, request_id).0,
+        };
+        let split = stream
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of head")
+            + 4;
+        assert!(stream[split..] == expected[..], "{framing:?}: body differs");
+    }
 }
