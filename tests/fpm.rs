@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::util::scenarios;
-use crate::util::{heavy_lock, raw_request, Config, Kind, Stack, MIB};
+use crate::util::{heavy_lock, Config, Kind, Stack, MIB};
 
 #[test]
 fn byte_exact_downloads_through_manager() {
@@ -152,10 +152,23 @@ fn concurrent_downloads_and_an_aborting_client() {
     );
 
     // The stack still serves after all that.
-    let after = raw_request(
-        &stack.endpoint,
-        "GET /hello.php HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    );
-    assert!(after.ends_with(b"hello from php\n"));
+    let after = stack.get("after", "/hello.php");
+    assert_eq!(after.body(), b"hello from php\n", "{}", after.head_text);
+    stack.assert_no_worker_crash();
+}
+
+/// `handoff.fallback=off`: without a manager send_file() throws instead of streaming, and the
+/// script's own error page is all the client gets.
+#[test]
+fn fallback_off_throws_without_manager() {
+    let mut config = Config::new(Kind::Fpm).without_manager();
+    config
+        .ini
+        .push(("handoff.fallback".to_string(), "off".to_string()));
+    let stack = Stack::start(config);
+    stack.data_file("strict.bin", 100_000, 5);
+    let r = stack.get("strict", "/strict.php?f=strict.bin");
+    assert_eq!(r.status, 503, "{}", r.head_text);
+    assert_eq!(r.body(), b"<h1>try again later</h1>\n");
     stack.assert_no_worker_crash();
 }

@@ -52,7 +52,7 @@ fn built_binary(env_var: &str, name: &str) -> PathBuf {
     };
     assert!(
         path.is_file(),
-        "{} not found: run `cargo build --release` in {} first (or set {env_var})",
+        "{} not found: run `cargo build --release --workspace` in {} first (or set {env_var})",
         path.display(),
         repo_root().display()
     );
