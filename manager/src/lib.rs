@@ -15,6 +15,7 @@
 //! - [`fcgi`]: FastCGI record framing (behind nginx and other FastCGI front ends).
 //! - [`download`]: one connection's state machine: head, body by zero-copy `sendfile`,
 //!   trailer, lingering close.
+//! - [`sandbox`]: least privilege after start-up: `--user`, socket group, Landlock.
 //! - [`server`]: the mio event loop: accepts handoffs, runs downloads, timeouts, signals.
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of received descriptors).
 
@@ -25,5 +26,6 @@ pub mod head;
 pub mod plan;
 pub mod protocol;
 pub mod range;
+pub mod sandbox;
 pub mod server;
 mod sys;

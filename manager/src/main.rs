@@ -29,6 +29,41 @@ struct Args {
     /// Seconds running downloads may continue after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     grace: u64,
+    /// Group (name or id) that owns the socket, e.g. the PHP workers' group.
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// User (name or id) to run as after creating the socket, when started as root.
+    #[arg(long)]
+    user: Option<String>,
+    /// Accept handoffs only from this peer uid (name or id; repeatable). With neither
+    /// --allow-uid nor --allow-gid, the socket's permissions decide.
+    #[arg(long = "allow-uid", value_parser = parse_uid)]
+    allow_uids: Vec<u32>,
+    /// Accept handoffs only from peers with this primary gid (name or id; repeatable).
+    #[arg(long = "allow-gid", value_parser = parse_gid)]
+    allow_gids: Vec<u32>,
+    /// Keep filesystem access after start-up (by default Landlock removes it where the
+    /// kernel supports it).
+    #[arg(long)]
+    no_sandbox: bool,
+}
+
+fn parse_uid(s: &str) -> Result<u32, String> {
+    if let Ok(uid) = s.parse() {
+        return Ok(uid);
+    }
+    handoff_manager::sandbox::lookup_user(s)
+        .map(|u| u.uid.as_raw())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_gid(s: &str) -> Result<u32, String> {
+    if let Ok(gid) = s.parse() {
+        return Ok(gid);
+    }
+    handoff_manager::sandbox::lookup_group(s)
+        .map(|g| g.gid.as_raw())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -48,6 +83,11 @@ fn main() -> anyhow::Result<()> {
         linger_timeout: Duration::from_secs(args.linger_timeout),
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         grace: Duration::from_secs(args.grace),
+        socket_group: args.socket_group,
+        user: args.user,
+        allow_uids: args.allow_uids,
+        allow_gids: args.allow_gids,
+        sandbox: !args.no_sandbox,
     };
     let mut server = Server::bind(config).context("starting handoff-manager")?;
     server.run().context("running handoff-manager")?;

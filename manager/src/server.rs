@@ -31,6 +31,7 @@ use nix::sys::stat::Mode;
 
 use crate::download::{self, Download, Outcome, Step};
 use crate::protocol::{self, ProtocolError, Received, Reply};
+use crate::sandbox;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -53,6 +54,16 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long running downloads may continue after SIGTERM / SIGINT.
     pub grace: Duration,
+    /// Group to give the socket to (with `socket_mode` 0660: who may hand off).
+    pub socket_group: Option<String>,
+    /// Unprivileged user to become after binding (when started as root).
+    pub user: Option<String>,
+    /// Peers allowed by `SO_PEERCRED`, checked on every connection; both empty means any
+    /// peer that the socket's permissions let in.
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
+    /// Give up filesystem access with Landlock after start-up.
+    pub sandbox: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +86,8 @@ pub enum ServerError {
     },
     #[error("signal setup: {0}")]
     Signal(Errno),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ServerError {
@@ -83,10 +96,13 @@ fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ServerError {
 
 enum Conn {
     /// A worker's handoff socket; `job` is set once the job is accepted and `Go` awaited.
+    /// `refuse` is set for a peer that may not hand off: its job is read (so that the
+    /// refusal is not lost to a reset) and refused.
     Handshake {
         sock: OwnedFd,
         since: Instant,
         job: Option<Received>,
+        refuse: Option<String>,
     },
     Download(Box<Download>),
 }
@@ -127,6 +143,17 @@ impl Server {
             .map_err(ServerError::Signal)?;
 
         let listener = listen_on(&config.socket, config.socket_mode)?;
+        if let Some(group) = &config.socket_group {
+            let group = sandbox::lookup_group(group)?;
+            sandbox::set_socket_group(&config.socket, &group)?;
+        }
+        if let Some(user) = &config.user {
+            let user = sandbox::lookup_user(user)?;
+            sandbox::drop_to(&user, &config.socket)?;
+        }
+        if config.sandbox {
+            sandbox::restrict_filesystem(&config.socket)?;
+        }
         let poll = Poll::new().map_err(io_err("creating poll"))?;
         poll.registry()
             .register(
@@ -235,6 +262,7 @@ impl Server {
             ) {
                 Ok(raw) => {
                     let sock = crate::sys::own_new_fd(raw);
+                    let refuse = self.check_peer(&sock).err();
                     let id = self.next_token;
                     self.next_token += 1;
                     if let Err(e) = self.poll.registry().register(
@@ -251,6 +279,7 @@ impl Server {
                             sock,
                             since: now,
                             job: None,
+                            refuse,
                         },
                     );
                 }
@@ -262,6 +291,27 @@ impl Server {
                     return;
                 }
             }
+        }
+    }
+
+    /// `SO_PEERCRED` against `--allow-uid` / `--allow-gid`.
+    fn check_peer(&self, sock: &OwnedFd) -> Result<(), String> {
+        if self.config.allow_uids.is_empty() && self.config.allow_gids.is_empty() {
+            return Ok(());
+        }
+        let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+        if self.config.allow_uids.contains(&cred.uid())
+            || self.config.allow_gids.contains(&cred.gid())
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "peer uid {} gid {} (pid {}) is not allowed",
+                cred.uid(),
+                cred.gid(),
+                cred.pid()
+            ))
         }
     }
 
@@ -319,13 +369,18 @@ impl Server {
 
     fn on_handshake(&mut self, id: usize, now: Instant) {
         let draining = self.draining_until.is_some();
-        let Some(Conn::Handshake { sock, job, .. }) = self.conns.get_mut(&id) else {
+        let Some(Conn::Handshake {
+            sock, job, refuse, ..
+        }) = self.conns.get_mut(&id)
+        else {
             return;
         };
         if job.is_none() {
             match protocol::recv_job(sock.as_fd()) {
                 Ok(Some(rcv)) => {
-                    let verdict = if draining {
+                    let verdict = if let Some(why) = refuse.take() {
+                        Err(why)
+                    } else if draining {
                         Err("manager is shutting down".to_string())
                     } else {
                         download::validate(&rcv).map_err(|e| e.to_string())

@@ -272,6 +272,20 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
     let conn: OwnedFd = ours.into();
     let good = job(Framing::Http, 10).encode().unwrap();
     let dir_fd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+    let zero: OwnedFd = std::fs::File::open("/dev/zero").unwrap().into();
+    let fifo_path = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo_path)
+        .unwrap()
+        .into();
+    let (dgram, _dgram_peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let dgram: OwnedFd = dgram.into();
+    let listener: OwnedFd = std::os::unix::net::UnixListener::bind(dir.path().join("l.sock"))
+        .unwrap()
+        .into();
 
     let mut bad_version = good.clone();
     bad_version[2] = 99;
@@ -287,12 +301,32 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
         ("three fds", good.clone(), vec![&conn, &file, &file]),
         ("file is a directory", good.clone(), vec![&conn, &dir_fd]),
         ("connection is a file", good.clone(), vec![&file, &file]),
+        ("file is /dev/zero", good.clone(), vec![&conn, &zero]),
+        ("file is a FIFO", good.clone(), vec![&conn, &fifo]),
+        ("file is a socket", good.clone(), vec![&conn, &conn]),
+        (
+            "connection is a datagram socket",
+            good.clone(),
+            vec![&dgram, &file],
+        ),
+        (
+            "connection is a listening socket",
+            good.clone(),
+            vec![&listener, &file],
+        ),
+        ("garbage", b"\x00\x01garbage".to_vec(), vec![&conn, &file]),
         (
             "range beyond the file",
             job(Framing::Http, 11).encode().unwrap(),
             vec![&conn, &file],
         ),
     ];
+    let fd_count = || {
+        std::fs::read_dir(format!("/proc/{}/fd", m.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = fd_count();
     for (what, bytes, fds) in cases {
         let reply = raw_send(&m.socket, &bytes, &fds);
         assert_eq!(
@@ -401,4 +435,54 @@ fn multipart_pieces_arrive_in_order_on_both_framings() {
             + 4;
         assert!(stream[split..] == expected[..], "{framing:?}: body differs");
     }
+}
+
+#[test]
+fn peers_outside_the_allowed_uids_are_refused() {
+    let me = nix::unistd::getuid().as_raw();
+    let other = (me + 4242).to_string();
+    let m = Manager::start(&["--allow-uid", &other]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"abc");
+    let (ours, _client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    let refused = offer.propose(&job(Framing::Http, 3), ours.as_fd(), file.as_fd());
+    assert!(
+        matches!(&refused, Err(ProtocolError::Refused { reason }) if reason.contains("not allowed")),
+        "{refused:?}"
+    );
+    drop(m);
+
+    let m = Manager::start(&["--allow-uid", &me.to_string()]);
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(&job(Framing::Http, 3), ours.as_fd(), file.as_fd())
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    assert!(read_all(client).ends_with(b"\r\n\r\nabc"));
+}
+
+#[test]
+fn a_path_in_the_message_is_never_opened() {
+    // The message's file name is only for the log: the manager serves the descriptor it
+    // received and, under Landlock, could not open /etc/shadow even if it tried.
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"harmless");
+    let mut j = job(Framing::Http, 8);
+    j.file_name = "/etc/shadow".into();
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer.propose(&j, ours.as_fd(), file.as_fd()).unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    let got = read_all(client);
+    assert!(got.ends_with(b"\r\n\r\nharmless"));
+    let log = m.wait_log("outcome=complete");
+    assert!(
+        log.contains("landlock: no filesystem access") || log.contains("landlock is not supported"),
+        "{log}"
+    );
 }
