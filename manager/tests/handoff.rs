@@ -335,9 +335,19 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
             "{what}: expected a refusal"
         );
     }
+    // Every received descriptor was closed again (bounded wait: closing follows the reply).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fd_count() != before {
+        assert!(
+            Instant::now() < deadline,
+            "manager kept {} fds",
+            fd_count() - before
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let log = m.log();
     assert!(
-        log.matches("refused").count() + log.matches("rejected").count() >= 8,
+        log.matches("refused").count() + log.matches("rejected").count() >= 14,
         "{log}"
     );
 
