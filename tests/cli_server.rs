@@ -30,6 +30,12 @@ fn output_after_handoff_is_dropped() {
 }
 
 #[test]
+fn send_file_after_flush_throws() {
+    let stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::flushed_headers_throw(&stack);
+}
+
+#[test]
 fn missing_file_gives_script_404() {
     let stack = Stack::start(Config::new(Kind::CliServer));
     scenarios::missing_file_gives_script_page(&stack);

@@ -36,6 +36,13 @@ fn output_after_handoff_is_dropped() {
 }
 
 #[test]
+fn send_file_after_flush_throws() {
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    scenarios::flushed_headers_throw(&stack);
+    stack.assert_no_worker_crash();
+}
+
+#[test]
 fn missing_file_gives_script_404() {
     let stack = Stack::start(Config::new(Kind::Fpm));
     scenarios::missing_file_gives_script_page(&stack);

@@ -4,15 +4,23 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::util::{extension, repo_root, sha256_bytes, write_random_file, MIB};
+use crate::util::{extension, repo_root, sha256_bytes, start_manager, write_random_file, MIB};
 
 /// Runs `php/tests/cli/<script>` with the extension and `envs`.
 fn run_php(script: &str, envs: &[(&str, &Path)]) -> (String, Output) {
+    run_php_ini(script, envs, &[])
+}
+
+/// Like [`run_php`], with extra `-d` settings.
+fn run_php_ini(script: &str, envs: &[(&str, &Path)], ini: &[String]) -> (String, Output) {
     let mut cmd = Command::new("php");
     cmd.arg("-d")
         .arg(format!("extension={}", extension().display()))
-        .args(["-d", "display_errors=stderr"])
-        .arg(repo_root().join("php/tests/cli").join(script));
+        .args(["-d", "display_errors=stderr"]);
+    for setting in ini {
+        cmd.arg("-d").arg(setting);
+    }
+    cmd.arg(repo_root().join("php/tests/cli").join(script));
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -54,4 +62,24 @@ fn cli_streams_file_to_stdout_and_returns_false() {
     assert_eq!(out.stdout.len() as u64, 3 * MIB + 17, "{report}");
     assert_eq!(sha256_bytes(&out.stdout), sha, "{report}");
     assert!(stderr.contains("returned=false"), "{report}");
+}
+
+#[test]
+fn handoff_available_tells_whether_the_manager_answers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("manager.sock");
+    let setting = format!("handoff.socket={}", socket.display());
+    let available = |expected: &str| {
+        let (cmdline, out) = run_php_ini("available.php", &[], std::slice::from_ref(&setting));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.trim() == format!("available={expected}"),
+            "{cmdline}\nexit: {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    available("false");
+    let _manager = start_manager(&socket, &dir.path().join("manager.log"));
+    available("true");
 }

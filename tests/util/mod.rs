@@ -313,6 +313,27 @@ fn tail(text: &str, lines: usize) -> String {
     out
 }
 
+/// Starts handoff-manager on `socket` with debug logging into `log`; does not wait.
+pub fn spawn_manager(socket: &Path, log: &Path) -> Proc {
+    let mut cmd = Command::new(manager_binary());
+    cmd.arg("--socket").arg(socket).env("RUST_LOG", "debug");
+    Proc::spawn("handoff-manager", cmd, log.to_path_buf(), Signal::SIGKILL)
+}
+
+/// Starts handoff-manager and waits until its socket accepts; panics with its log if not.
+pub fn start_manager(socket: &Path, log: &Path) -> Proc {
+    let mut proc = spawn_manager(socket, log);
+    if let Err(e) = wait_until(
+        "handoff-manager",
+        START_DEADLINE,
+        || seqpacket_accepts(socket),
+        || proc.check_alive(),
+    ) {
+        panic!("{e}\n{}: {}\n{}", proc.name, proc.cmdline, proc.log_text());
+    }
+    proc
+}
+
 /// How a client reaches a stack.
 #[derive(Clone, Debug)]
 pub enum Endpoint {
@@ -767,17 +788,10 @@ impl Stack {
     }
 
     fn start_manager(&mut self) {
-        let mut cmd = Command::new(manager_binary());
-        cmd.arg("--socket")
-            .arg(&self.manager_socket)
-            .env("RUST_LOG", "debug");
-        let proc = Proc::spawn(
-            "handoff-manager",
-            cmd,
-            self.path().join("manager.log"),
-            Signal::SIGKILL,
-        );
-        self.procs.push(proc);
+        self.procs.push(spawn_manager(
+            &self.manager_socket,
+            &self.path().join("manager.log"),
+        ));
         let sock = self.manager_socket.clone();
         self.wait_ready("handoff-manager", move || seqpacket_accepts(&sock));
     }

@@ -265,3 +265,19 @@ pub fn missing_file_gives_script_page(stack: &Stack) {
         r.head_text
     );
 }
+
+/// Once the script has flushed output, send_file() must throw and write nothing: the
+/// client sees the early output and what the script printed after catching.
+pub fn flushed_headers_throw(stack: &Stack) {
+    stack.data_file("flushed.bin", 10_000, 9);
+    let r = stack.get("flushed", "/flushed.php?f=flushed.bin");
+    assert_eq!(r.status, 200, "{}", r.head_text);
+    let body = r.body();
+    let expected = b"early output\ncaught HandoffException\n";
+    assert!(
+        body == expected,
+        "send_file() after flush(): got {} bytes starting {:?}",
+        body.len(),
+        String::from_utf8_lossy(&body[..body.len().min(80)])
+    );
+}

@@ -40,12 +40,14 @@ $cases = [
     'inline is an array' => fn () => send_file($file, ['inline' => []]),
     'filename is an array' => fn () => send_file($file, ['filename' => ['a']]),
     'content_type is an object' => fn () => send_file($file, ['content_type' => new stdClass()]),
+    'unknown option' => fn () => send_file($file, ['no_such_option' => 1]),
 ];
 foreach ($cases as $what => $call) {
     [$e, $printed] = throws($call);
     check("$what throws HandoffException", $e instanceof HandoffException);
     check("$what: the exception is a RuntimeException", $e instanceof RuntimeException);
     check("$what prints nothing", $printed === '');
+    check("$what: the message does not contain the path", $e === null || strpos($e->getMessage(), $dir) === false);
     if ($e !== null && !($e instanceof HandoffException)) {
         echo "  got " . get_class($e) . ': ' . $e->getMessage() . "\n";
     }
