@@ -140,6 +140,8 @@ pub struct Download {
     pub sent: u64,
     pub client: String,
     pub file_name: String,
+    /// The `Content-Range` sent, for the access log.
+    pub range: Option<String>,
     pub started: Instant,
     last_progress: Instant,
     linger: Duration,
@@ -166,6 +168,7 @@ impl Download {
             }
         }
         let head_len = out.len() as u64;
+        let range = head.get("Content-Range").map(str::to_owned);
         Download {
             sock: conn,
             file,
@@ -187,6 +190,7 @@ impl Download {
             sent: 0,
             client,
             file_name,
+            range,
             started: now,
             last_progress: now,
             linger,

@@ -13,12 +13,14 @@
 //!   fallback, so both paths send the same response.
 //! - [`head`]: renders a planned head as an HTTP/1.1 status line + headers or as a CGI head.
 //! - [`fcgi`]: FastCGI record framing (behind nginx and other FastCGI front ends).
+//! - [`access_log`]: one JSON line per finished download (bytes, outcome, duration).
 //! - [`download`]: one connection's state machine: head, body by zero-copy `sendfile`,
 //!   trailer, lingering close.
 //! - [`sandbox`]: least privilege after start-up: `--user`, socket group, Landlock.
 //! - [`server`]: the mio event loop: accepts handoffs, runs downloads, timeouts, signals.
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of received descriptors).
 
+pub mod access_log;
 pub mod conditional;
 pub mod download;
 pub mod fcgi;

@@ -46,6 +46,13 @@ struct Args {
     /// kernel supports it).
     #[arg(long)]
     no_sandbox: bool,
+    /// Refuse new handoffs while this many downloads run (0 = no limit); refused requests
+    /// are served by PHP itself, or throw, per handoff.fallback.
+    #[arg(long, default_value_t = 0)]
+    max_downloads: usize,
+    /// Write one JSON line per finished download to this file (`-` = stderr).
+    #[arg(long)]
+    access_log: Option<PathBuf>,
 }
 
 fn parse_uid(s: &str) -> Result<u32, String> {
@@ -88,6 +95,8 @@ fn main() -> anyhow::Result<()> {
         allow_uids: args.allow_uids,
         allow_gids: args.allow_gids,
         sandbox: !args.no_sandbox,
+        max_downloads: args.max_downloads,
+        access_log: args.access_log,
     };
     let mut server = Server::bind(config).context("starting handoff-manager")?;
     server.run().context("running handoff-manager")?;

@@ -29,6 +29,7 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::Mode;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::download::{self, Download, Outcome, Step};
 use crate::protocol::{self, ProtocolError, Received, Reply};
 use crate::sandbox;
@@ -64,6 +65,10 @@ pub struct Config {
     pub allow_gids: Vec<u32>,
     /// Give up filesystem access with Landlock after start-up.
     pub sandbox: bool,
+    /// Refuse new handoffs while this many downloads run (0: no limit but the fd limit).
+    pub max_downloads: usize,
+    /// JSON access log: a file, `-` for stderr, or none.
+    pub access_log: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +117,9 @@ enum Conn {
 pub struct Stats {
     pub accepted: u64,
     pub refused: u64,
+    /// Refusals because `max_downloads` downloads were running.
+    pub refused_full: u64,
+    pub bytes_sent: u64,
     pub dropped_before_go: u64,
     pub complete: u64,
     pub failed: u64,
@@ -128,6 +136,9 @@ pub struct Server {
     ready: Vec<usize>,
     draining_until: Option<Instant>,
     scratch: Vec<u8>,
+    access_log: AccessLog,
+    /// Downloads running now (connections in `conns` that are downloads).
+    active: usize,
     pub stats: Stats,
 }
 
@@ -142,6 +153,9 @@ impl Server {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(ServerError::Signal)?;
 
+        raise_fd_limit();
+        let access_log = AccessLog::open(config.access_log.as_deref())
+            .map_err(io_err("opening the access log"))?;
         let listener = listen_on(&config.socket, config.socket_mode)?;
         if let Some(group) = &config.socket_group {
             let group = sandbox::lookup_group(group)?;
@@ -184,6 +198,8 @@ impl Server {
             ready: Vec::new(),
             draining_until: None,
             scratch: vec![0u8; 64 * 1024],
+            access_log,
+            active: 0,
             stats: Stats::default(),
         })
     }
@@ -241,12 +257,14 @@ impl Server {
             }
         }
         info!(
-            "stopped: {} accepted, {} refused, {} dropped before go, {} complete, {} failed",
+            "stopped: {} accepted, {} refused ({} at the limit), {} dropped before go, {} complete, {} failed, {} bytes sent",
             self.stats.accepted,
             self.stats.refused,
+            self.stats.refused_full,
             self.stats.dropped_before_go,
             self.stats.complete,
-            self.stats.failed
+            self.stats.failed,
+            self.stats.bytes_sent
         );
         Ok(())
     }
@@ -369,6 +387,8 @@ impl Server {
 
     fn on_handshake(&mut self, id: usize, now: Instant) {
         let draining = self.draining_until.is_some();
+        let max = self.config.max_downloads;
+        let full = max > 0 && self.active >= max;
         let Some(Conn::Handshake {
             sock, job, refuse, ..
         }) = self.conns.get_mut(&id)
@@ -382,6 +402,9 @@ impl Server {
                         Err(why)
                     } else if draining {
                         Err("manager is shutting down".to_string())
+                    } else if full {
+                        self.stats.refused_full += 1;
+                        Err(format!("manager is at --max-downloads ({max})"))
                     } else {
                         download::validate(&rcv).map_err(|e| e.to_string())
                     };
@@ -470,6 +493,7 @@ impl Server {
             return;
         }
         self.stats.accepted += 1;
+        self.active += 1;
         self.conns.insert(id, Conn::Download(Box::new(download)));
         // Edge-triggered registration reports the current state, but start right away.
         self.ready.push(id);
@@ -510,7 +534,21 @@ impl Server {
             Conn::Download(d) => d.socket().as_raw_fd(),
         };
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        if let Conn::Download(d) = &conn {
+            self.active -= 1;
+            self.stats.bytes_sent += d.sent;
+        }
         if let (Conn::Download(d), Some(outcome)) = (&conn, outcome) {
+            self.access_log.write(&Entry {
+                client: &d.client,
+                file: &d.file_name,
+                status: d.status,
+                range: d.range.as_deref(),
+                bytes_sent: d.sent,
+                bytes_planned: d.planned,
+                outcome: &outcome,
+                duration: d.started.elapsed(),
+            });
             if outcome == Outcome::Complete {
                 self.stats.complete += 1;
             } else {
@@ -533,6 +571,19 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_listening();
+    }
+}
+
+/// Each download holds two descriptors: take the whole hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!("open file limit raised from {soft} to {hard}"),
+            Err(e) => warn!("cannot raise the open file limit from {soft}: {e}"),
+        },
+        Ok((soft, _)) => debug!("open file limit {soft}"),
+        Err(e) => warn!("reading the open file limit: {e}"),
     }
 }
 

@@ -496,3 +496,64 @@ fn a_path_in_the_message_is_never_opened() {
         "{log}"
     );
 }
+
+#[test]
+fn max_downloads_refuses_in_the_handshake_and_the_access_log_records_each_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.jsonl");
+    let access_arg = access.to_str().unwrap().to_string();
+    let m = Manager::start(&["--max-downloads", "1", "--access-log", &access_arg]);
+    let body = data(16 * 1024 * 1024);
+    let file = file_with(dir.path(), &body);
+
+    // The first download stays running: its client does not read yet.
+    let (ours, slow_client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(
+            &job(Framing::Http, body.len() as u64),
+            ours.as_fd(),
+            file.as_fd(),
+        )
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    m.wait_log("accepted job");
+
+    let (ours2, _c2) = UnixStream::pair().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+        match offer.propose(&job(Framing::Http, 10), ours2.as_fd(), file.as_fd()) {
+            Err(ProtocolError::Refused { reason }) => break reason,
+            // The first download may not have been registered yet: try again.
+            Ok(()) => drop(offer),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "never refused");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(refused.contains("max-downloads"), "{refused}");
+
+    let got = read_all(slow_client);
+    assert!(got.ends_with(&body));
+    m.wait_log("outcome=complete");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&access).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("\"complete\"")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access log line");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        line.contains(&format!("\"bytes_sent\":{}", body.len())),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("\"bytes_planned\":{}", body.len())),
+        "{line}"
+    );
+    assert!(line.contains("\"file\":\"data.bin\""), "{line}");
+}
