@@ -17,7 +17,11 @@
 //! - [`download`]: one connection's state machine: head, body by zero-copy `sendfile`,
 //!   trailer, lingering close.
 //! - [`sandbox`]: least privilege after start-up: `--user`, socket group, Landlock.
-//! - [`server`]: the mio event loop: accepts handoffs, runs downloads, timeouts, signals.
+//! - [`server`]: the handshake loop: accepts handoffs, checks them, hands each started
+//!   download to a download loop; signals and shutdown.
+//! - [`worker`]: the download loops, one thread and one mio `Poll` each.
+//! - [`stats`] and [`metrics`]: shared counters, the live download list, `/metrics`,
+//!   `/status` and `handoff-manager status`.
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of received descriptors).
 
 pub mod access_log;
@@ -25,9 +29,12 @@ pub mod conditional;
 pub mod download;
 pub mod fcgi;
 pub mod head;
+pub mod metrics;
 pub mod plan;
 pub mod protocol;
 pub mod range;
 pub mod sandbox;
 pub mod server;
+pub mod stats;
 mod sys;
+pub mod worker;

@@ -1,5 +1,6 @@
 //! `handoff-manager`: parses the command line and runs the event loop from the library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,6 +54,25 @@ struct Args {
     /// Write one JSON line per finished download to this file (`-` = stderr).
     #[arg(long)]
     access_log: Option<PathBuf>,
+    /// Download loops (threads); 0 = one per CPU.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Serve /metrics (Prometheus) and /status (JSON) on this local address, e.g.
+    /// 127.0.0.1:9901.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Print the running downloads of a manager started with --metrics.
+    Status {
+        /// The manager's --metrics address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        metrics: SocketAddr,
+    },
 }
 
 fn parse_uid(s: &str) -> Result<u32, String> {
@@ -83,6 +103,10 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    if let Some(Cmd::Status { metrics }) = args.command {
+        return handoff_manager::metrics::print_status(metrics, &mut std::io::stdout())
+            .with_context(|| format!("reading status from {metrics}"));
+    }
     let config = Config {
         socket: args.socket,
         socket_mode: args.socket_mode,
@@ -97,6 +121,8 @@ fn main() -> anyhow::Result<()> {
         sandbox: !args.no_sandbox,
         max_downloads: args.max_downloads,
         access_log: args.access_log,
+        threads: args.threads,
+        metrics: args.metrics,
     };
     let mut server = Server::bind(config).context("starting handoff-manager")?;
     server.run().context("running handoff-manager")?;

@@ -1,5 +1,6 @@
-//! The manager's event loop: one mio `Poll` over the handoff listener, the signal
-//! descriptor, every handshake in progress and every running download.
+//! The handshake loop: one mio `Poll` over the handoff listener, the signal descriptor
+//! and every handshake in progress. Each job whose worker said go is given to the least
+//! loaded download loop ([`crate::worker`], one thread per CPU by default).
 //!
 //! Guarantees:
 //! - A malformed or unacceptable handoff is refused with a reason (logged, and told to the
@@ -8,13 +9,15 @@
 //! - Nothing is written to a connection before the worker's `Go`; a worker that goes away
 //!   before `Go` has its job dropped untouched.
 //! - SIGTERM / SIGINT: the socket is removed and no new handoff is taken; running downloads
-//!   get `grace` to finish, then the loop ends.
+//!   get `grace` to finish, then the manager exits.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -29,17 +32,17 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::Mode;
 
-use crate::access_log::{AccessLog, Entry};
-use crate::download::{self, Download, Outcome, Step};
+use crate::access_log::AccessLog;
+use crate::download;
 use crate::protocol::{self, ProtocolError, Received, Reply};
 use crate::sandbox;
+use crate::stats::Counters;
+use crate::worker::{self, Command, Handle, LoopConfig};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_CONN: usize = 2;
-/// Bytes one download may write per wake-up before the others get their turn.
-const BUDGET: usize = 2 << 20;
-/// How often timeouts are checked.
+/// How often handshake timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
 
 /// Everything the loop needs to know; `main` fills it from the command line.
@@ -69,6 +72,10 @@ pub struct Config {
     pub max_downloads: usize,
     /// JSON access log: a file, `-` for stderr, or none.
     pub access_log: Option<PathBuf>,
+    /// Number of download loops (threads); 0 means one per CPU.
+    pub threads: usize,
+    /// Address for `/metrics` (Prometheus) and `/status` (JSON), e.g. 127.0.0.1:9901.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,30 +106,14 @@ fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ServerError {
     move |source| ServerError::Io { op, source }
 }
 
-enum Conn {
-    /// A worker's handoff socket; `job` is set once the job is accepted and `Go` awaited.
-    /// `refuse` is set for a peer that may not hand off: its job is read (so that the
-    /// refusal is not lost to a reset) and refused.
-    Handshake {
-        sock: OwnedFd,
-        since: Instant,
-        job: Option<Received>,
-        refuse: Option<String>,
-    },
-    Download(Box<Download>),
-}
-
-/// Counters for the shutdown summary (and later, metrics).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub accepted: u64,
-    pub refused: u64,
-    /// Refusals because `max_downloads` downloads were running.
-    pub refused_full: u64,
-    pub bytes_sent: u64,
-    pub dropped_before_go: u64,
-    pub complete: u64,
-    pub failed: u64,
+/// A worker's handoff socket; `job` is set once the job is accepted and `Go` awaited.
+/// `refuse` is set for a peer that may not hand off: its job is read (so that the refusal
+/// is not lost to a reset) and refused.
+struct Handshake {
+    sock: OwnedFd,
+    since: Instant,
+    job: Option<Received>,
+    refuse: Option<String>,
 }
 
 pub struct Server {
@@ -130,16 +121,11 @@ pub struct Server {
     poll: Poll,
     listener: Option<OwnedFd>,
     signals: SignalFd,
-    conns: HashMap<usize, Conn>,
+    conns: HashMap<usize, Handshake>,
     next_token: usize,
-    /// Downloads that spent their budget with the socket still writable.
-    ready: Vec<usize>,
     draining_until: Option<Instant>,
-    scratch: Vec<u8>,
-    access_log: AccessLog,
-    /// Downloads running now (connections in `conns` that are downloads).
-    active: usize,
-    pub stats: Stats,
+    workers: Vec<Handle>,
+    pub counters: Arc<Counters>,
 }
 
 impl Server {
@@ -154,8 +140,10 @@ impl Server {
             .map_err(ServerError::Signal)?;
 
         raise_fd_limit();
-        let access_log = AccessLog::open(config.access_log.as_deref())
-            .map_err(io_err("opening the access log"))?;
+        let access_log = Arc::new(Mutex::new(
+            AccessLog::open(config.access_log.as_deref())
+                .map_err(io_err("opening the access log"))?,
+        ));
         let listener = listen_on(&config.socket, config.socket_mode)?;
         if let Some(group) = &config.socket_group {
             let group = sandbox::lookup_group(group)?;
@@ -183,8 +171,28 @@ impl Server {
                 Interest::READABLE,
             )
             .map_err(io_err("registering signals"))?;
+        let counters = Arc::new(Counters::default());
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.threads
+        };
+        let loop_config = LoopConfig {
+            send_timeout: config.send_timeout,
+            linger_timeout: config.linger_timeout,
+        };
+        let workers = (0..threads)
+            .map(|i| worker::spawn(i, loop_config, counters.clone(), access_log.clone()))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(io_err("starting download loops"))?;
+        if let Some(addr) = config.metrics {
+            let boards = workers.iter().map(|w| w.board.clone()).collect();
+            crate::metrics::serve(addr, counters.clone(), boards)
+                .map_err(io_err("starting the metrics listener"))?;
+            info!("metrics on http://{addr}/metrics, status on http://{addr}/status");
+        }
         info!(
-            "listening on {} (mode {:o})",
+            "listening on {} (mode {:o}), {threads} download loop(s)",
             config.socket.display(),
             config.socket_mode
         );
@@ -195,12 +203,9 @@ impl Server {
             signals,
             conns: HashMap::new(),
             next_token: FIRST_CONN,
-            ready: Vec::new(),
             draining_until: None,
-            scratch: vec![0u8; 64 * 1024],
-            access_log,
-            active: 0,
-            stats: Stats::default(),
+            workers,
+            counters,
         })
     }
 
@@ -209,12 +214,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         loop {
-            let timeout = if self.ready.is_empty() {
-                TICK
-            } else {
-                Duration::ZERO
-            };
-            match self.poll.poll(&mut events, Some(timeout)) {
+            match self.poll.poll(&mut events, Some(TICK)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -229,42 +229,39 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept_workers(now),
                     SIGNALS => self.on_signal(now),
-                    Token(id) => self.on_event(id, event.is_readable(), event.is_writable(), now),
+                    Token(id) => {
+                        if event.is_readable() {
+                            self.on_handshake(id);
+                        }
+                    }
                 }
-            }
-            for id in std::mem::take(&mut self.ready) {
-                self.on_event(id, false, true, now);
             }
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
                 self.check_timeouts(now);
             }
-            if let Some(until) = self.draining_until {
-                if self.conns.is_empty() {
-                    info!("all downloads finished; exiting");
-                    break;
-                }
-                if now >= until {
-                    warn!(
-                        "grace period over; cutting {} connection(s)",
-                        self.conns.len()
-                    );
-                    for id in self.conns.keys().copied().collect::<Vec<_>>() {
-                        self.finish(id, Some(Outcome::Aborted("shutdown".into())));
-                    }
-                    break;
-                }
+            if self.draining_until.is_some() && self.conns.is_empty() {
+                break;
             }
         }
+        let cut: usize = std::mem::take(&mut self.workers)
+            .into_iter()
+            .map(Handle::join)
+            .sum();
+        if cut == 0 {
+            info!("all downloads finished; exiting");
+        }
+        let c = &self.counters;
         info!(
-            "stopped: {} accepted, {} refused ({} at the limit), {} dropped before go, {} complete, {} failed, {} bytes sent",
-            self.stats.accepted,
-            self.stats.refused,
-            self.stats.refused_full,
-            self.stats.dropped_before_go,
-            self.stats.complete,
-            self.stats.failed,
-            self.stats.bytes_sent
+            "stopped: {} accepted, {} refused ({} at the limit), {} dropped before go, \
+             {} complete, {} failed, {} bytes sent",
+            Counters::get(&c.accepted),
+            Counters::get(&c.refused),
+            Counters::get(&c.refused_full),
+            Counters::get(&c.dropped_before_go),
+            Counters::get(&c.complete),
+            Counters::get(&c.failed),
+            Counters::get(&c.bytes_sent)
         );
         Ok(())
     }
@@ -293,7 +290,7 @@ impl Server {
                     }
                     self.conns.insert(
                         id,
-                        Conn::Handshake {
+                        Handshake {
                             sock,
                             since: now,
                             job: None,
@@ -343,8 +340,12 @@ impl Server {
             );
         }
         if self.draining_until.is_none() {
-            self.draining_until = Some(now + self.config.grace);
+            let until = now + self.config.grace;
+            self.draining_until = Some(until);
             self.stop_listening();
+            for w in &self.workers {
+                w.send(Command::Drain(until));
+            }
         }
     }
 
@@ -358,38 +359,11 @@ impl Server {
         }
     }
 
-    fn on_event(&mut self, id: usize, readable: bool, writable: bool, now: Instant) {
-        let step = match self.conns.get_mut(&id) {
-            None => return,
-            Some(Conn::Handshake { .. }) => {
-                if readable {
-                    self.on_handshake(id, now);
-                }
-                return;
-            }
-            Some(Conn::Download(d)) => {
-                let mut step = Step::Wait;
-                if readable {
-                    step = d.on_readable(&mut self.scratch);
-                }
-                if writable && step == Step::Wait {
-                    step = d.on_writable(BUDGET, now);
-                }
-                step
-            }
-        };
-        match step {
-            Step::Wait => {}
-            Step::Yield => self.ready.push(id),
-            Step::Done(outcome) => self.finish(id, Some(outcome)),
-        }
-    }
-
-    fn on_handshake(&mut self, id: usize, now: Instant) {
+    fn on_handshake(&mut self, id: usize) {
         let draining = self.draining_until.is_some();
         let max = self.config.max_downloads;
-        let full = max > 0 && self.active >= max;
-        let Some(Conn::Handshake {
+        let full = max > 0 && Counters::get(&self.counters.active) >= max as u64;
+        let Some(Handshake {
             sock, job, refuse, ..
         }) = self.conns.get_mut(&id)
         else {
@@ -403,7 +377,7 @@ impl Server {
                     } else if draining {
                         Err("manager is shutting down".to_string())
                     } else if full {
-                        self.stats.refused_full += 1;
+                        Counters::add(&self.counters.refused_full, 1);
                         Err(format!("manager is at --max-downloads ({max})"))
                     } else {
                         download::validate(&rcv).map_err(|e| e.to_string())
@@ -412,7 +386,7 @@ impl Server {
                         Ok(()) => {
                             if let Err(e) = protocol::send_reply(sock.as_fd(), &Reply::Accept) {
                                 debug!("worker gone before accept: {e}");
-                                self.finish(id, None);
+                                self.finish(id);
                                 return;
                             }
                             debug!("accepted job for {:?}", rcv.job.file_name);
@@ -421,50 +395,50 @@ impl Server {
                         Err(reason) => {
                             warn!("refused handoff of {:?}: {reason}", rcv.job.file_name);
                             let _ = protocol::send_reply(sock.as_fd(), &Reply::Refuse(reason));
-                            self.stats.refused += 1;
-                            self.finish(id, None);
+                            Counters::add(&self.counters.refused, 1);
+                            self.finish(id);
                             return;
                         }
                     }
                 }
                 Ok(None) => {
-                    self.finish(id, None);
+                    self.finish(id);
                     return;
                 }
                 Err(e) if e.is_would_block() => return,
                 Err(e) => {
                     warn!("rejected malformed handoff: {e}");
                     let _ = protocol::send_reply(sock.as_fd(), &Reply::Refuse(e.to_string()));
-                    self.stats.refused += 1;
-                    self.finish(id, None);
+                    Counters::add(&self.counters.refused, 1);
+                    self.finish(id);
                     return;
                 }
             }
         }
         // The job is held: wait for go. Anything but go means the worker keeps the request.
         match protocol::recv_reply(sock.as_fd(), MsgFlags::MSG_DONTWAIT) {
-            Ok(Reply::Go) => self.start_download(id, now),
+            Ok(Reply::Go) => self.start_download(id),
             Err(e) if e.is_would_block() => {}
             Err(ProtocolError::Closed) => {
                 info!("worker went away before go; job dropped, nothing written");
-                self.stats.dropped_before_go += 1;
-                self.finish(id, None);
+                Counters::add(&self.counters.dropped_before_go, 1);
+                self.finish(id);
             }
             Ok(other) => {
                 warn!("expected go from worker, got {other:?}; job dropped");
-                self.stats.dropped_before_go += 1;
-                self.finish(id, None);
+                Counters::add(&self.counters.dropped_before_go, 1);
+                self.finish(id);
             }
             Err(e) => {
                 warn!("waiting for go: {e}; job dropped");
-                self.stats.dropped_before_go += 1;
-                self.finish(id, None);
+                Counters::add(&self.counters.dropped_before_go, 1);
+                self.finish(id);
             }
         }
     }
 
-    fn start_download(&mut self, id: usize, now: Instant) {
-        let Some(Conn::Handshake { sock, job, .. }) = self.conns.remove(&id) else {
+    fn start_download(&mut self, id: usize) {
+        let Some(Handshake { sock, job, .. }) = self.conns.remove(&id) else {
             return;
         };
         let _ = self
@@ -475,95 +449,40 @@ impl Server {
         let Some(rcv) = job else {
             return;
         };
-        // Only now, after go, may the shared file description become non-blocking: the
-        // worker no longer writes to it.
-        if let Err(e) = set_nonblocking(&rcv.conn) {
-            warn!("cannot make the connection non-blocking: {e}; dropped");
-            self.stats.failed += 1;
+        let Some(worker) = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+        else {
             return;
+        };
+        if !worker.send(Command::Start(rcv)) {
+            warn!("a download loop is gone; download dropped");
+            Counters::add(&self.counters.failed, 1);
         }
-        let download = Download::new(rcv, now, self.config.linger_timeout);
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&download.socket().as_raw_fd()),
-            Token(id),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("cannot watch a download: {e}; dropped");
-            self.stats.failed += 1;
-            return;
-        }
-        self.stats.accepted += 1;
-        self.active += 1;
-        self.conns.insert(id, Conn::Download(Box::new(download)));
-        // Edge-triggered registration reports the current state, but start right away.
-        self.ready.push(id);
     }
 
     fn check_timeouts(&mut self, now: Instant) {
-        let mut expired = Vec::new();
-        for (&id, conn) in &self.conns {
-            match conn {
-                Conn::Handshake { since, .. } => {
-                    if now.duration_since(*since) > self.config.handshake_timeout {
-                        expired.push((id, None));
-                    }
-                }
-                Conn::Download(d) => {
-                    if let Some(outcome) = d.check_timeout(now, self.config.send_timeout) {
-                        expired.push((id, Some(outcome)));
-                    }
-                }
-            }
-        }
-        for (id, outcome) in expired {
-            if outcome.is_none() {
-                warn!("handshake timed out; job dropped, nothing written");
-                self.stats.dropped_before_go += 1;
-            }
-            self.finish(id, outcome);
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, h)| now.duration_since(h.since) > self.config.handshake_timeout)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            warn!("handshake timed out; job dropped, nothing written");
+            Counters::add(&self.counters.dropped_before_go, 1);
+            self.finish(id);
         }
     }
 
-    /// Removes a connection, closing its descriptors, and logs a finished download.
-    fn finish(&mut self, id: usize, outcome: Option<Outcome>) {
-        let Some(conn) = self.conns.remove(&id) else {
-            return;
-        };
-        let fd = match &conn {
-            Conn::Handshake { sock, .. } => sock.as_raw_fd(),
-            Conn::Download(d) => d.socket().as_raw_fd(),
-        };
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        if let Conn::Download(d) = &conn {
-            self.active -= 1;
-            self.stats.bytes_sent += d.sent;
-        }
-        if let (Conn::Download(d), Some(outcome)) = (&conn, outcome) {
-            self.access_log.write(&Entry {
-                client: &d.client,
-                file: &d.file_name,
-                status: d.status,
-                range: d.range.as_deref(),
-                bytes_sent: d.sent,
-                bytes_planned: d.planned,
-                outcome: &outcome,
-                duration: d.started.elapsed(),
-            });
-            if outcome == Outcome::Complete {
-                self.stats.complete += 1;
-            } else {
-                self.stats.failed += 1;
-            }
-            info!(
-                "download client={:?} file={:?} status={} bytes={} planned={} {} duration_ms={}",
-                d.client,
-                d.file_name,
-                d.status,
-                d.sent,
-                d.planned,
-                outcome,
-                d.started.elapsed().as_millis()
-            );
+    /// Removes a handshake, closing its socket and any descriptors it received.
+    fn finish(&mut self, id: usize) {
+        if let Some(h) = self.conns.remove(&id) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
         }
     }
 }
@@ -571,6 +490,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_listening();
+        let until = Instant::now();
+        for w in &self.workers {
+            w.send(Command::Drain(until));
+        }
     }
 }
 
@@ -585,13 +508,6 @@ fn raise_fd_limit() {
         Ok((soft, _)) => debug!("open file limit {soft}"),
         Err(e) => warn!("reading the open file limit: {e}"),
     }
-}
-
-fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_retain(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    Ok(())
 }
 
 /// Creates the listening socket at `path` with `mode`, replacing a stale socket file but

@@ -1,0 +1,157 @@
+//! The optional local HTTP endpoint: `GET /metrics` in Prometheus text format and
+//! `GET /status` as JSON (what `handoff-manager status` shows).
+//!
+//! It runs on its own thread with blocking I/O and short timeouts, so a slow scraper can
+//! never delay a handoff. Bind it to a loopback address: it is for operators, not clients.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::debug;
+
+use crate::stats::{status_json, Board, Counters};
+
+/// Binds `addr` and answers requests on a background thread.
+pub fn serve(addr: SocketAddr, counters: Arc<Counters>, boards: Vec<Arc<Board>>) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer(stream, &counters, &boards) {
+                    debug!("metrics request: {e}");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(stream: TcpStream, counters: &Counters, boards: &[Arc<Board>]) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.by_ref().take(8192).read_line(&mut request_line)?;
+    // Read the rest of the head so that closing does not reset the connection.
+    loop {
+        let mut line = String::new();
+        let n = reader.by_ref().take(8192).read_line(&mut line)?;
+        if n == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("");
+    let (status, ctype, body) = match path {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", counters.prometheus()),
+        "/status" => {
+            let downloads: Vec<_> = boards.iter().flat_map(|b| b.read()).collect();
+            (
+                "200 OK",
+                "application/json",
+                status_json(counters, &downloads),
+            )
+        }
+        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    };
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
+/// `handoff-manager status`: fetches `/status` from a running manager and renders the
+/// running downloads with progress bars and rates.
+pub fn print_status(addr: SocketAddr, out: &mut impl Write) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    io::Read::read_to_string(&mut stream, &mut response)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP body"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    render(&v, out)
+}
+
+fn human(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+fn render(v: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    writeln!(
+        out,
+        "active {}  accepted {}  refused {}  complete {}  failed {}  sent {}",
+        n("active"),
+        n("accepted"),
+        n("refused"),
+        n("complete"),
+        n("failed"),
+        human(n("bytes_sent") as f64)
+    )?;
+    let empty = Vec::new();
+    for d in v["downloads"].as_array().unwrap_or(&empty) {
+        let sent = d["sent"].as_u64().unwrap_or(0);
+        let planned = d["planned"].as_u64().unwrap_or(0);
+        let ms = d["elapsed_ms"].as_u64().unwrap_or(0).max(1);
+        let frac = if planned == 0 {
+            1.0
+        } else {
+            sent as f64 / planned as f64
+        };
+        let filled = (frac * 20.0).round() as usize;
+        writeln!(
+            out,
+            "{:>3} [{}{}] {:>5.1}% {:>10} / {:<10} {:>10}/s  {}  {}",
+            d["status"].as_u64().unwrap_or(0),
+            "#".repeat(filled.min(20)),
+            ".".repeat(20 - filled.min(20)),
+            frac * 100.0,
+            human(sent as f64),
+            human(planned as f64),
+            human(sent as f64 * 1000.0 / ms as f64),
+            d["client"].as_str().unwrap_or(""),
+            d["file"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_renders_a_bar_per_download() {
+        let v = serde_json::json!({
+            "active": 1, "accepted": 1, "refused": 0, "complete": 0, "failed": 0,
+            "bytes_sent": 0,
+            "downloads": [{"client": "c", "file": "big.iso", "status": 200,
+                           "sent": 512, "planned": 1024, "elapsed_ms": 1000}]
+        });
+        let mut out = Vec::new();
+        render(&v, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("[##########..........]  50.0%"), "{text}");
+        assert!(text.contains("512.0 B/s"), "{text}");
+        assert!(text.contains("big.iso"), "{text}");
+    }
+}

@@ -1,0 +1,311 @@
+//! A download loop: one thread with its own mio `Poll` that owns the downloads handed to
+//! it and runs them to the end. The manager starts one per CPU by default; the handshake
+//! loop ([`crate::server`]) gives each accepted job to the least loaded one.
+//!
+//! Guarantees: a download is touched by exactly one thread; a loop told to drain takes no
+//! new work, finishes what it has, and cuts what is left when the grace period ends.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::errno::Errno;
+
+use crate::access_log::{AccessLog, Entry};
+use crate::download::{Download, Outcome, Step};
+use crate::protocol::Received;
+use crate::stats::{Board, Counters, Snapshot};
+
+const WAKER: Token = Token(0);
+const FIRST: usize = 1;
+/// Bytes one download may write per wake-up before the others get their turn.
+const BUDGET: usize = 2 << 20;
+/// How often timeouts are checked and the status board is refreshed.
+const TICK: Duration = Duration::from_millis(250);
+
+/// What the handshake loop tells a download loop.
+pub enum Command {
+    /// The worker said go: run this download.
+    Start(Received),
+    /// Take no more work; finish by this deadline, then cut what is left.
+    Drain(Instant),
+}
+
+/// Settings every download loop shares.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopConfig {
+    pub send_timeout: Duration,
+    pub linger_timeout: Duration,
+}
+
+/// The handshake loop's end of one download loop.
+pub struct Handle {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    /// Downloads this loop runs now (for picking the least loaded one).
+    pub load: Arc<AtomicUsize>,
+    pub board: Arc<Board>,
+    thread: Option<JoinHandle<usize>>,
+}
+
+impl Handle {
+    pub fn send(&self, cmd: Command) -> bool {
+        // Counted here so that a burst of handoffs spreads before the loop wakes up.
+        if matches!(cmd, Command::Start(_)) {
+            self.load.fetch_add(1, Ordering::Relaxed);
+        }
+        self.tx.send(cmd).is_ok() && self.waker.wake().is_ok()
+    }
+
+    /// Waits for the loop to end; returns how many downloads it had to cut.
+    pub fn join(mut self) -> usize {
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+/// Starts download loop number `index`.
+pub fn spawn(
+    index: usize,
+    config: LoopConfig,
+    counters: Arc<Counters>,
+    access_log: Arc<Mutex<AccessLog>>,
+) -> io::Result<Handle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    let load = Arc::new(AtomicUsize::new(0));
+    let board = Arc::new(Board::default());
+    let mut lp = Loop {
+        poll,
+        rx,
+        config,
+        counters,
+        access_log,
+        load: load.clone(),
+        board: board.clone(),
+        downloads: HashMap::new(),
+        next: FIRST,
+        ready: Vec::new(),
+        scratch: vec![0u8; 64 * 1024],
+        drain_until: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("download-{index}"))
+        .spawn(move || lp.run())?;
+    Ok(Handle {
+        tx,
+        waker,
+        load,
+        board,
+        thread: Some(thread),
+    })
+}
+
+struct Loop {
+    poll: Poll,
+    rx: Receiver<Command>,
+    config: LoopConfig,
+    counters: Arc<Counters>,
+    access_log: Arc<Mutex<AccessLog>>,
+    load: Arc<AtomicUsize>,
+    board: Arc<Board>,
+    downloads: HashMap<usize, Download>,
+    next: usize,
+    /// Downloads that spent their budget with the socket still writable.
+    ready: Vec<usize>,
+    scratch: Vec<u8>,
+    drain_until: Option<Instant>,
+}
+
+impl Loop {
+    fn run(&mut self) -> usize {
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = Instant::now();
+        loop {
+            let timeout = if self.ready.is_empty() {
+                TICK
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("download loop poll: {e}");
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.take_commands(now),
+                    Token(id) => self.on_event(id, event.is_readable(), event.is_writable(), now),
+                }
+            }
+            for id in std::mem::take(&mut self.ready) {
+                self.on_event(id, false, true, now);
+            }
+            if now.duration_since(last_tick) >= TICK {
+                last_tick = now;
+                self.check_timeouts(now);
+                self.publish(now);
+            }
+            if let Some(until) = self.drain_until {
+                if self.downloads.is_empty() {
+                    self.publish(now);
+                    return 0;
+                }
+                if now >= until {
+                    let cut = self.downloads.len();
+                    warn!("grace period over; cutting {cut} download(s)");
+                    for id in self.downloads.keys().copied().collect::<Vec<_>>() {
+                        self.finish(id, Outcome::Aborted("shutdown".into()));
+                    }
+                    self.publish(now);
+                    return cut;
+                }
+            }
+        }
+    }
+
+    fn take_commands(&mut self, now: Instant) {
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Start(rcv) => self.start(rcv, now),
+                Command::Drain(until) => self.drain_until = Some(until),
+            }
+        }
+    }
+
+    fn start(&mut self, rcv: Received, now: Instant) {
+        // Only now, after go, may the shared file description become non-blocking: the
+        // worker no longer writes to it.
+        if let Err(e) = set_nonblocking(&rcv.conn) {
+            warn!("cannot make the connection non-blocking: {e}; dropped");
+            self.load.fetch_sub(1, Ordering::Relaxed);
+            Counters::add(&self.counters.failed, 1);
+            return;
+        }
+        let download = Download::new(rcv, now, self.config.linger_timeout);
+        let id = self.next;
+        self.next += 1;
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&download.socket().as_raw_fd()),
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot watch a download: {e}; dropped");
+            self.load.fetch_sub(1, Ordering::Relaxed);
+            Counters::add(&self.counters.failed, 1);
+            return;
+        }
+        Counters::add(&self.counters.accepted, 1);
+        Counters::add(&self.counters.active, 1);
+        self.downloads.insert(id, download);
+        // Edge-triggered registration reports the current state, but start right away.
+        self.ready.push(id);
+    }
+
+    fn on_event(&mut self, id: usize, readable: bool, writable: bool, now: Instant) {
+        let Some(d) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        let mut step = Step::Wait;
+        if readable {
+            step = d.on_readable(&mut self.scratch);
+        }
+        if writable && step == Step::Wait {
+            step = d.on_writable(BUDGET, now);
+        }
+        match step {
+            Step::Wait => {}
+            Step::Yield => self.ready.push(id),
+            Step::Done(outcome) => self.finish(id, outcome),
+        }
+    }
+
+    fn check_timeouts(&mut self, now: Instant) {
+        let expired: Vec<(usize, Outcome)> = self
+            .downloads
+            .iter()
+            .filter_map(|(&id, d)| {
+                d.check_timeout(now, self.config.send_timeout)
+                    .map(|o| (id, o))
+            })
+            .collect();
+        for (id, outcome) in expired {
+            self.finish(id, outcome);
+        }
+    }
+
+    fn publish(&self, now: Instant) {
+        let list = self
+            .downloads
+            .values()
+            .map(|d| Snapshot {
+                client: d.client.clone(),
+                file: d.file_name.clone(),
+                status: d.status,
+                sent: d.sent,
+                planned: d.planned,
+                elapsed_ms: now.duration_since(d.started).as_millis() as u64,
+            })
+            .collect();
+        self.board.publish(list);
+    }
+
+    /// Removes a download, closing its descriptors, and logs it.
+    fn finish(&mut self, id: usize, outcome: Outcome) {
+        let Some(d) = self.downloads.remove(&id) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&d.socket().as_raw_fd()));
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+        Counters::add(&self.counters.bytes_sent, d.sent);
+        if outcome == Outcome::Complete {
+            Counters::add(&self.counters.complete, 1);
+        } else {
+            Counters::add(&self.counters.failed, 1);
+        }
+        let duration = d.started.elapsed();
+        info!(
+            "download client={:?} file={:?} status={} bytes={} planned={} {} duration_ms={}",
+            d.client,
+            d.file_name,
+            d.status,
+            d.sent,
+            d.planned,
+            outcome,
+            duration.as_millis()
+        );
+        if let Ok(mut log) = self.access_log.lock() {
+            log.write(&Entry {
+                client: &d.client,
+                file: &d.file_name,
+                status: d.status,
+                range: d.range.as_deref(),
+                bytes_sent: d.sent,
+                bytes_planned: d.planned,
+                outcome: &outcome,
+                duration,
+            });
+        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
