@@ -65,7 +65,7 @@ pub fn handoff_available() -> bool {
     send::manager_answers(&settings::current()).is_ok()
 }
 
-static INI_ENTRIES: IniEntryDefs<4> = IniEntryDefs::new([
+static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
     IniEntryDef::new(
         c"handoff.socket",
         c"/run/handoff/manager.sock",
@@ -73,6 +73,7 @@ static INI_ENTRIES: IniEntryDefs<4> = IniEntryDefs::new([
     ),
     IniEntryDef::new(c"handoff.fallback", c"stream", IniEntryPermission::All),
     IniEntryDef::new(c"handoff.timeout_ms", c"1000", IniEntryPermission::All),
+    IniEntryDef::new(c"handoff.inline_below", c"0", IniEntryPermission::All),
     IniEntryDef::end(),
 ]);
 
@@ -110,6 +111,7 @@ pub fn info_rows() -> Vec<(String, String)> {
             settings::TIMEOUT_MS.into(),
             s.timeout.as_millis().to_string(),
         ),
+        (settings::INLINE_BELOW.into(), s.inline_below.to_string()),
         ("manager".into(), manager),
         ("last fallback reason (this process)".into(), last),
     ]

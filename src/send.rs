@@ -95,6 +95,12 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
     let plan = plan::plan(info, &request, &script, options, &name, transport);
 
     let reason = match conn {
+        // Small enough that serving it here is cheaper than a handoff: not a fallback,
+        // so handoff.fallback=off does not apply.
+        Some(_) if plan.body_len() < settings.inline_below => {
+            crate::fallback::stream(&plan, &file)?;
+            return Ok(Sent::Streamed);
+        }
         Some(conn) => {
             let file_name = String::from_utf8_lossy(path).into_owned();
             match hand_off(&conn, &plan, &file, &settings, file_name) {

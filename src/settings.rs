@@ -9,9 +9,11 @@ use crate::ffi;
 pub const SOCKET: &str = "handoff.socket";
 pub const FALLBACK: &str = "handoff.fallback";
 pub const TIMEOUT_MS: &str = "handoff.timeout_ms";
+pub const INLINE_BELOW: &str = "handoff.inline_below";
 
 pub const DEFAULT_SOCKET: &str = "/run/handoff/manager.sock";
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_INLINE_BELOW: u64 = 0;
 
 /// What `send_file()` does when the file cannot be handed off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,9 @@ pub struct Settings {
     pub socket: PathBuf,
     pub fallback: Fallback,
     pub timeout: Duration,
+    /// Files with fewer body bytes than this are streamed by the worker itself: for tiny
+    /// files the handoff costs more than the transfer.
+    pub inline_below: u64,
 }
 
 pub fn current() -> Settings {
@@ -41,9 +46,13 @@ pub fn current() -> Settings {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .filter(|&ms| ms > 0)
         .unwrap_or(DEFAULT_TIMEOUT_MS);
+    let inline_below = ffi::ini_string(INLINE_BELOW)
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_INLINE_BELOW);
     Settings {
         socket: PathBuf::from(socket),
         fallback,
         timeout: Duration::from_millis(timeout_ms),
+        inline_below,
     }
 }
