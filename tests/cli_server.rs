@@ -40,3 +40,19 @@ fn missing_file_gives_script_404() {
     let stack = Stack::start(Config::new(Kind::CliServer));
     scenarios::missing_file_gives_script_page(&stack);
 }
+
+/// `php -S` serves one request at a time: only a handoff lets it answer others during a slow
+/// download.
+#[test]
+fn server_free_during_slow_download() {
+    let _heavy = heavy_lock();
+    let mut stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::server_free_during_slow_download(&mut stack);
+}
+
+#[test]
+fn aborted_download_is_logged() {
+    let _heavy = heavy_lock();
+    let stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::aborted_download_is_logged(&stack);
+}

@@ -55,49 +55,7 @@ fn missing_file_gives_script_404() {
 fn single_worker_is_free_during_slow_download() {
     let _heavy = heavy_lock();
     let mut stack = Stack::start(Config::new(Kind::Fpm).children(1));
-    let size = 100 * MIB;
-    let sha = stack.data_file("big.bin", size, 3);
-
-    let (proc, head, body) = stack
-        .curl("big", "/download.php?f=big.bin")
-        .args(&["--limit-rate", "20M"])
-        .spawn(stack.client_dir().join("big.curl.log"));
-    let big = stack.adopt(proc);
-    let started = std::time::Instant::now();
-    while std::fs::metadata(&body).map(|m| m.len()).unwrap_or(0) == 0 {
-        if let Err(e) = stack.adopted(big).check_alive() {
-            panic!("the slow download ended before its first byte: {e}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the slow download sent no byte in 15 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-
-    for i in 0..20 {
-        let r = stack
-            .curl(&format!("hello-{i}"), "/hello.php")
-            .args(&["--max-time", "5"])
-            .run();
-        assert_eq!(r.status, 200, "hello #{i}:\n{}", r.head_text);
-        assert_eq!(r.body(), b"hello from php\n", "hello #{i}");
-    }
-    assert!(
-        stack.adopted(big).is_running(),
-        "the 100 MiB download finished before the other requests did: the check proves nothing"
-    );
-
-    let status = stack
-        .adopted(big)
-        .wait_exit(Duration::from_secs(120))
-        .expect("the slow download did not finish within 120 s");
-    assert!(status.success(), "curl for the slow download: {status}");
-    let r = crate::util::response_from(&head, &body);
-    assert_eq!(r.status, 200, "{}", r.head_text);
-    assert_eq!(r.body_len(), size);
-    assert_eq!(r.body_sha(), sha, "the slow 100 MiB download");
-    stack.wait_outcome("complete", size, 1);
+    scenarios::server_free_during_slow_download(&mut stack);
     stack.assert_no_worker_crash();
 }
 
@@ -123,21 +81,7 @@ fn concurrent_downloads_and_an_aborting_client() {
         clients.push((proc, head, body, file));
     }
 
-    // Read the first MiB of the big file, then close the connection.
-    {
-        let mut conn = stack.endpoint.connect().expect("connect aborting client");
-        conn.set_read_timeout(Duration::from_secs(30));
-        use std::io::{Read, Write};
-        conn.write_all(b"GET /download.php?f=abort.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .expect("send request");
-        let mut got = 0usize;
-        let mut buf = vec![0u8; 64 * 1024];
-        while got < MIB as usize {
-            let n = conn.read(&mut buf).expect("read the start of abort.bin");
-            assert!(n > 0, "abort.bin ended after {got} bytes");
-            got += n;
-        }
-    }
+    scenarios::read_part_then_close(&stack, "/download.php?f=abort.bin", MIB as usize);
 
     for (n, (proc, head, body, file)) in clients.iter_mut().enumerate() {
         let status = proc

@@ -3,7 +3,10 @@
 //! Each takes a started [`Stack`] and panics with a precise message on the first difference;
 //! the stack prints its logs when that happens.
 
-use super::{raw_request, sha256_bytes, split_head, urlencode, Stack, MIB};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use super::{raw_request, response_from, sha256_bytes, split_head, urlencode, Stack, MIB};
 
 /// The sizes every server must deliver byte-exact.
 pub const SIZES: [u64; 4] = [0, 1, MIB, 100 * MIB];
@@ -278,4 +281,89 @@ pub fn flushed_headers_throw(stack: &Stack) {
         body.len(),
         String::from_utf8_lossy(&body[..body.len().min(80)])
     );
+}
+
+/// While a rate-limited 100 MiB download runs through the manager, twenty other requests are
+/// served (each within 5 s) before it ends; then it completes byte-exact. Behind php-fpm run
+/// this with one worker: only a handoff frees it.
+pub fn server_free_during_slow_download(stack: &mut Stack) {
+    let size = 100 * MIB;
+    let sha = stack.data_file("big.bin", size, 3);
+
+    let (proc, head, body) = stack
+        .curl("big", "/download.php?f=big.bin")
+        .args(&["--limit-rate", "20M"])
+        .spawn(stack.client_dir().join("big.curl.log"));
+    let big = stack.adopt(proc);
+    let started = Instant::now();
+    while std::fs::metadata(&body).map(|m| m.len()).unwrap_or(0) == 0 {
+        if let Err(e) = stack.adopted(big).check_alive() {
+            panic!("the slow download ended before its first byte: {e}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the slow download sent no byte in 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    for i in 0..20 {
+        let r = stack
+            .curl(&format!("hello-{i}"), "/hello.php")
+            .args(&["--max-time", "5"])
+            .run();
+        assert_eq!(r.status, 200, "hello #{i}:\n{}", r.head_text);
+        assert_eq!(r.body(), b"hello from php\n", "hello #{i}");
+    }
+    assert!(
+        stack.adopted(big).is_running(),
+        "the 100 MiB download finished before the other requests did: the check proves nothing"
+    );
+
+    let status = stack
+        .adopted(big)
+        .wait_exit(Duration::from_secs(120))
+        .expect("the slow download did not finish within 120 s");
+    assert!(status.success(), "curl for the slow download: {status}");
+    let r = response_from(&head, &body);
+    assert_eq!(r.status, 200, "{}", r.head_text);
+    assert_eq!(r.body_len(), size);
+    assert_eq!(r.body_sha(), sha, "the slow 100 MiB download");
+    stack.wait_outcome("complete", size, 1);
+}
+
+/// A client that GETs `path_and_query`, reads `limit` bytes of the response and closes.
+pub fn read_part_then_close(stack: &Stack, path_and_query: &str, limit: usize) {
+    let mut conn = stack
+        .endpoint
+        .connect()
+        .expect("connect the aborting client");
+    conn.set_read_timeout(Duration::from_secs(30));
+    conn.write_all(format!("GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .expect("send request");
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < limit {
+        let n = conn.read(&mut buf).expect("read the start of the response");
+        assert!(n > 0, "{path_and_query} ended after {got} bytes");
+        got += n;
+    }
+}
+
+/// A client that walks away in the middle of a large download is logged as aborted (not
+/// complete), and the server goes on serving.
+pub fn aborted_download_is_logged(stack: &Stack) {
+    let size = 64 * MIB;
+    let sha = stack.data_file("abort.bin", size, 99);
+    read_part_then_close(stack, "/download.php?f=abort.bin", MIB as usize);
+    stack.wait_manager("a manager log line outcome=aborted for abort.bin", |s| {
+        s.outcome_bytes("aborted").iter().any(|&b| b < size)
+    });
+    assert_eq!(
+        stack.outcome_count("complete", size),
+        0,
+        "the aborted download was logged as complete"
+    );
+    let returned = download_exact(stack, "abort.bin", &sha, size, "");
+    assert_eq!(returned, "true", "the same file right after the abort");
 }
