@@ -61,6 +61,10 @@ struct Args {
     /// 127.0.0.1:9901.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Upgrade without cutting downloads: take the socket path over from the manager
+    /// running there, which stops taking handoffs and finishes its downloads.
+    #[arg(long)]
+    takeover: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -123,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         access_log: args.access_log,
         threads: args.threads,
         metrics: args.metrics,
+        takeover: args.takeover,
     };
     let mut server = Server::bind(config).context("starting handoff-manager")?;
     server.run().context("running handoff-manager")?;

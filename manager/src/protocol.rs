@@ -56,6 +56,7 @@ const KIND_JOB: u8 = 1;
 const KIND_ACCEPT: u8 = 2;
 const KIND_REFUSE: u8 = 3;
 const KIND_GO: u8 = 4;
+const KIND_DRAIN: u8 = 5;
 const FIXED_LEN: usize = 14;
 /// Descriptors we make room for when receiving, so that a message with too many is seen
 /// (and all of them closed) instead of being silently cut by the kernel.
@@ -84,12 +85,22 @@ pub struct Job {
     pub file_name: String,
 }
 
-/// A manager's answer to a job, or a worker's go-ahead.
+/// A manager's answer to a job, a worker's go-ahead, or a new manager's request that the
+/// old one hand over the socket path (`--takeover`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Accept,
     Refuse(String),
     Go,
+    Drain,
+}
+
+/// What a peer opened a connection with.
+#[derive(Debug)]
+pub enum Incoming {
+    Job(Received),
+    /// A new manager took over the socket path: stop taking handoffs and finish.
+    Drain,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +368,7 @@ impl Reply {
             Reply::Accept => (KIND_ACCEPT, ""),
             Reply::Refuse(reason) => (KIND_REFUSE, reason.as_str()),
             Reply::Go => (KIND_GO, ""),
+            Reply::Drain => (KIND_DRAIN, ""),
         };
         let mut out = Vec::with_capacity(4 + text.len().min(1024));
         out.extend_from_slice(&MAGIC);
@@ -374,10 +386,11 @@ impl Reply {
         match check_preamble(buf)? {
             KIND_ACCEPT if buf.len() == 4 => Ok(Reply::Accept),
             KIND_GO if buf.len() == 4 => Ok(Reply::Go),
+            KIND_DRAIN if buf.len() == 4 => Ok(Reply::Drain),
             KIND_REFUSE => Ok(Reply::Refuse(
                 String::from_utf8_lossy(&buf[4..]).into_owned(),
             )),
-            KIND_ACCEPT | KIND_GO => Err(ProtocolError::Trailing {
+            KIND_ACCEPT | KIND_GO | KIND_DRAIN => Err(ProtocolError::Trailing {
                 extra: buf.len() - 4,
             }),
             kind => Err(ProtocolError::Kind { kind }),
@@ -393,9 +406,10 @@ pub struct Received {
     pub file: OwnedFd,
 }
 
-/// Reads one job message and its descriptors. Every received descriptor is owned (and so
-/// closed) whatever the outcome. `Ok(None)` means the peer closed the socket.
-pub fn recv_job(sock: BorrowedFd<'_>) -> Result<Option<Received>, ProtocolError> {
+/// Reads the first message of a connection: a job and its descriptors, or a drain request.
+/// Every received descriptor is owned (and so closed) whatever the outcome. `Ok(None)`
+/// means the peer closed the socket.
+pub fn recv_job(sock: BorrowedFd<'_>) -> Result<Option<Incoming>, ProtocolError> {
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS_RECEIVED]);
     let mut iov = [IoSliceMut::new(&mut buf)];
@@ -425,13 +439,16 @@ pub fn recv_job(sock: BorrowedFd<'_>) -> Result<Option<Received>, ProtocolError>
     if flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_MESSAGE {
         return Err(ProtocolError::MessageTruncated);
     }
+    if fds.is_empty() && matches!(Reply::decode(&buf[..len]), Ok(Reply::Drain)) {
+        return Ok(Some(Incoming::Drain));
+    }
     let job = Job::decode(&buf[..len])?;
     if fds.len() != 2 {
         return Err(ProtocolError::FdCount { got: fds.len() });
     }
     let file = fds.pop().ok_or(ProtocolError::FdCount { got: 0 })?;
     let conn = fds.pop().ok_or(ProtocolError::FdCount { got: 1 })?;
-    Ok(Some(Received { job, conn, file }))
+    Ok(Some(Incoming::Job(Received { job, conn, file })))
 }
 
 /// Sends a reply (either direction). Never blocks longer than the socket's send timeout.
@@ -514,7 +531,7 @@ impl Offer {
         match recv_reply(self.sock.as_fd(), MsgFlags::empty())? {
             Reply::Accept => Ok(()),
             Reply::Refuse(reason) => Err(ProtocolError::Refused { reason }),
-            Reply::Go => Err(ProtocolError::Kind { kind: KIND_GO }),
+            Reply::Go | Reply::Drain => Err(ProtocolError::Kind { kind: KIND_GO }),
         }
     }
 
@@ -615,7 +632,12 @@ mod tests {
 
     #[test]
     fn replies_round_trip() {
-        for r in [Reply::Accept, Reply::Go, Reply::Refuse("busy".into())] {
+        for r in [
+            Reply::Accept,
+            Reply::Go,
+            Reply::Drain,
+            Reply::Refuse("busy".into()),
+        ] {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
         }
         assert!(Reply::decode(b"HO").is_err());

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,7 @@ use nix::sys::stat::Mode;
 
 use crate::access_log::AccessLog;
 use crate::download;
-use crate::protocol::{self, ProtocolError, Received, Reply};
+use crate::protocol::{self, Incoming, ProtocolError, Received, Reply};
 use crate::sandbox;
 use crate::stats::Counters;
 use crate::worker::{self, Command, Handle, LoopConfig};
@@ -76,6 +76,8 @@ pub struct Config {
     pub threads: usize,
     /// Address for `/metrics` (Prometheus) and `/status` (JSON), e.g. 127.0.0.1:9901.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Take the socket path over from a running manager, which then drains.
+    pub takeover: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,8 @@ pub struct Server {
     config: Config,
     poll: Poll,
     listener: Option<OwnedFd>,
+    /// Inode of our socket file: only that file is removed at shutdown.
+    socket_ino: u64,
     signals: SignalFd,
     conns: HashMap<usize, Handshake>,
     next_token: usize,
@@ -144,7 +148,14 @@ impl Server {
             AccessLog::open(config.access_log.as_deref())
                 .map_err(io_err("opening the access log"))?,
         ));
-        let listener = listen_on(&config.socket, config.socket_mode)?;
+        let Bound {
+            sock: listener,
+            ino: socket_ino,
+            previous,
+        } = listen_on(&config.socket, config.socket_mode, config.takeover)?;
+        if let Some(prev) = previous {
+            tell_previous_to_drain(&prev);
+        }
         if let Some(group) = &config.socket_group {
             let group = sandbox::lookup_group(group)?;
             sandbox::set_socket_group(&config.socket, &group)?;
@@ -200,6 +211,7 @@ impl Server {
             config,
             poll,
             listener: Some(listener),
+            socket_ino,
             signals,
             conns: HashMap::new(),
             next_token: FIRST_CONN,
@@ -339,6 +351,11 @@ impl Server {
                 self.config.grace
             );
         }
+        self.drain(now);
+    }
+
+    /// Stops taking handoffs; running downloads get the grace period.
+    fn drain(&mut self, now: Instant) {
         if self.draining_until.is_none() {
             let until = now + self.config.grace;
             self.draining_until = Some(until);
@@ -355,7 +372,7 @@ impl Server {
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&listener.as_raw_fd()));
-            remove_socket_file(&self.config.socket);
+            remove_socket_file(&self.config.socket, self.socket_ino);
         }
     }
 
@@ -371,7 +388,26 @@ impl Server {
         };
         if job.is_none() {
             match protocol::recv_job(sock.as_fd()) {
-                Ok(Some(rcv)) => {
+                Ok(Some(Incoming::Drain)) => {
+                    match same_user(sock) {
+                        Ok(()) => {
+                            info!(
+                                "a new manager took over {}: draining",
+                                self.config.socket.display()
+                            );
+                            let _ = protocol::send_reply(sock.as_fd(), &Reply::Accept);
+                            self.finish(id);
+                            self.drain(Instant::now());
+                        }
+                        Err(why) => {
+                            warn!("refused a drain request: {why}");
+                            let _ = protocol::send_reply(sock.as_fd(), &Reply::Refuse(why));
+                            self.finish(id);
+                        }
+                    }
+                    return;
+                }
+                Ok(Some(Incoming::Job(rcv))) => {
                     let verdict = if let Some(why) = refuse.take() {
                         Err(why)
                     } else if draining {
@@ -497,6 +533,35 @@ impl Drop for Server {
     }
 }
 
+/// Only the manager's own user (or root) may make it drain: any other local user allowed
+/// to hand off could otherwise stop the service.
+fn same_user(sock: &OwnedFd) -> Result<(), String> {
+    let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == me || cred.uid() == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "uid {} may not take over (running as {me})",
+            cred.uid()
+        ))
+    }
+}
+
+/// Asks the manager we took the socket path from to stop taking handoffs and finish.
+fn tell_previous_to_drain(prev: &OwnedFd) {
+    let tv = nix::sys::time::TimeVal::new(5, 0);
+    let _ = nix::sys::socket::setsockopt(prev, nix::sys::socket::sockopt::ReceiveTimeout, &tv);
+    let answer = protocol::send_reply(prev.as_fd(), &Reply::Drain)
+        .and_then(|()| protocol::recv_reply(prev.as_fd(), MsgFlags::empty()));
+    match answer {
+        Ok(Reply::Accept) => info!("took over the socket; the previous manager is draining"),
+        Ok(other) => warn!("the previous manager answered {other:?} to drain"),
+        Err(e) => warn!("the previous manager did not confirm drain: {e}"),
+    }
+}
+
 /// Each download holds two descriptors: take the whole hard limit.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -510,13 +575,24 @@ fn raise_fd_limit() {
     }
 }
 
-/// Creates the listening socket at `path` with `mode`, replacing a stale socket file but
-/// never a live manager's socket or a file that is not a socket.
-fn listen_on(path: &Path, mode: u32) -> Result<OwnedFd, ServerError> {
+/// The bound socket, its inode (so that shutdown removes only our own socket file), and,
+/// after a takeover, the connection to the previous manager.
+struct Bound {
+    sock: OwnedFd,
+    ino: u64,
+    previous: Option<OwnedFd>,
+}
+
+/// Creates the listening socket at `path` with `mode`. A stale socket file is replaced; a
+/// live manager's socket is an error unless `takeover`, in which case the new socket is
+/// bound beside it and renamed over it in one step, so that no handoff finds the path
+/// missing; the caller then tells the previous manager to drain.
+fn listen_on(path: &Path, mode: u32, takeover: bool) -> Result<Bound, ServerError> {
     let sock_err = |op: &'static str| {
         let path = path.to_path_buf();
         move |errno| ServerError::Socket { op, path, errno }
     };
+    let mut previous = None;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ServerError::NotASocket {
@@ -532,12 +608,23 @@ fn listen_on(path: &Path, mode: u32) -> Result<OwnedFd, ServerError> {
         .map_err(sock_err("socket"))?;
         let addr = UnixAddr::new(path).map_err(sock_err("address"))?;
         if connect(probe.as_raw_fd(), &addr).is_ok() {
-            return Err(ServerError::InUse {
-                path: path.to_path_buf(),
-            });
+            if !takeover {
+                return Err(ServerError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            previous = Some(probe);
+        } else {
+            std::fs::remove_file(path).map_err(io_err("removing stale socket"))?;
         }
-        std::fs::remove_file(path).map_err(io_err("removing stale socket"))?;
     }
+    let bind_path = if previous.is_some() {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".new.{}", std::process::id()));
+        PathBuf::from(p)
+    } else {
+        path.to_path_buf()
+    };
     let sock = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -545,21 +632,43 @@ fn listen_on(path: &Path, mode: u32) -> Result<OwnedFd, ServerError> {
         None,
     )
     .map_err(sock_err("socket"))?;
-    let addr = UnixAddr::new(path).map_err(sock_err("address"))?;
+    let addr = UnixAddr::new(&bind_path).map_err(sock_err("address"))?;
     // Bind with no permission for anyone, then open up to the requested mode: no moment
     // where the socket is wider than asked.
     let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o777));
     let bound = bind(sock.as_raw_fd(), &addr);
     nix::sys::stat::umask(old);
     bound.map_err(sock_err("bind"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    std::fs::set_permissions(&bind_path, std::fs::Permissions::from_mode(mode))
         .map_err(io_err("setting socket mode"))?;
     let backlog = Backlog::new(1024).map_err(sock_err("listen"))?;
     listen(&sock, backlog).map_err(sock_err("listen"))?;
-    Ok(sock)
+    if bind_path != path {
+        std::fs::rename(&bind_path, path).map_err(io_err("moving the new socket in place"))?;
+    }
+    let ino = std::fs::symlink_metadata(path)
+        .map_err(io_err("reading the socket"))?
+        .ino();
+    Ok(Bound {
+        sock,
+        ino,
+        previous,
+    })
 }
 
-fn remove_socket_file(path: &Path) {
+/// Removes the socket file if it is still ours (a newer manager may have taken the path).
+fn remove_socket_file(path: &Path, ino: u64) {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.ino() != ino => {
+            debug!(
+                "{} belongs to a newer manager; left in place",
+                path.display()
+            );
+            return;
+        }
+        Err(_) => return,
+        Ok(_) => {}
+    }
     match std::fs::remove_file(path) {
         Ok(()) => debug!("removed {}", path.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -21,14 +21,22 @@ struct Manager {
     child: Child,
     socket: PathBuf,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Manager {
     fn start(extra: &[&str]) -> Manager {
         let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("manager.sock");
-        let log = dir.path().join("manager.log");
+        let mut m = Manager::start_on(
+            dir.path().join("manager.sock"),
+            dir.path().join("manager.log"),
+            extra,
+        );
+        m._dir = Some(dir);
+        m
+    }
+
+    fn start_on(socket: PathBuf, log: PathBuf, extra: &[&str]) -> Manager {
         let child = Command::new(env!("CARGO_BIN_EXE_handoff-manager"))
             .arg("--socket")
             .arg(&socket)
@@ -42,7 +50,7 @@ impl Manager {
             child,
             socket,
             log,
-            _dir: dir,
+            _dir: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Offer::connect(&m.socket, Duration::from_secs(1)).is_err() {
@@ -627,4 +635,59 @@ fn metrics_and_status_show_a_live_download_on_several_loops() {
         assert!(Instant::now() < deadline, "completions not counted");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn takeover_upgrades_without_cutting_500_running_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("manager.sock");
+    let old = Manager::start_on(
+        socket.clone(),
+        dir.path().join("old.log"),
+        &["--grace", "120"],
+    );
+    let body = data(1024 * 1024);
+    let file = file_with(dir.path(), &body);
+    let mut clients = Vec::new();
+    for _ in 0..500 {
+        let (ours, client) = UnixStream::pair().unwrap();
+        let offer = Offer::connect(&socket, Duration::from_secs(5)).unwrap();
+        offer
+            .propose(
+                &job(Framing::Http, body.len() as u64),
+                ours.as_fd(),
+                file.as_fd(),
+            )
+            .unwrap();
+        drop(ours);
+        offer.go().unwrap();
+        clients.push(client);
+    }
+    let new = Manager::start_on(socket.clone(), dir.path().join("new.log"), &["--takeover"]);
+    new.wait_log("took over the socket; the previous manager is draining");
+    old.wait_log("took over");
+
+    // New handoffs go to the new manager.
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(&job(Framing::Http, 3), ours.as_fd(), file.as_fd())
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    assert!(read_all(client).ends_with(&body[..3]));
+    new.wait_log("outcome=complete");
+
+    // None of the old manager's downloads is cut.
+    for client in clients {
+        assert!(read_all(client).ends_with(&body), "a download was cut");
+    }
+    let log = old.wait_log("all downloads finished; exiting");
+    assert_eq!(
+        log.matches("outcome=complete").count(),
+        500,
+        "old manager log"
+    );
+    assert!(socket.exists(), "the new manager's socket was removed");
+    assert!(Offer::connect(&socket, Duration::from_secs(1)).is_ok());
 }
