@@ -56,3 +56,13 @@ fn aborted_download_is_logged() {
     let stack = Stack::start(Config::new(Kind::CliServer));
     scenarios::aborted_download_is_logged(&stack);
 }
+
+#[test]
+fn hung_manager_falls_back_after_timeout() {
+    let stack = Stack::start(
+        Config::new(Kind::CliServer)
+            .without_manager()
+            .ini("handoff.timeout_ms", "300"),
+    );
+    scenarios::hung_manager_falls_back_after_timeout(&stack);
+}

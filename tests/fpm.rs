@@ -112,14 +112,27 @@ fn concurrent_downloads_and_an_aborting_client() {
 /// script's own error page is all the client gets.
 #[test]
 fn fallback_off_throws_without_manager() {
-    let mut config = Config::new(Kind::Fpm).without_manager();
-    config
-        .ini
-        .push(("handoff.fallback".to_string(), "off".to_string()));
-    let stack = Stack::start(config);
+    // Written the way php.ini and the README write it: unquoted, so PHP's ini parser turns
+    // it into "" (the boolean false), which the extension has to read as off.
+    let stack = Stack::start(
+        Config::new(Kind::Fpm)
+            .without_manager()
+            .ini("handoff.fallback", "off"),
+    );
     stack.data_file("strict.bin", 100_000, 5);
     let r = stack.get("strict", "/strict.php?f=strict.bin");
     assert_eq!(r.status, 503, "{}", r.head_text);
     assert_eq!(r.body(), b"<h1>try again later</h1>\n");
+    stack.assert_no_worker_crash();
+}
+
+#[test]
+fn hung_manager_falls_back_after_timeout() {
+    let stack = Stack::start(
+        Config::new(Kind::Fpm)
+            .without_manager()
+            .ini("handoff.timeout_ms", "300"),
+    );
+    scenarios::hung_manager_falls_back_after_timeout(&stack);
     stack.assert_no_worker_crash();
 }

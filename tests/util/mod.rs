@@ -334,6 +334,75 @@ pub fn start_manager(socket: &Path, log: &Path) -> Proc {
     proc
 }
 
+/// A stand-in for a hung manager: it accepts on the manager's socket and keeps every
+/// connection open without ever answering. Stops accepting and closes all in `Drop`.
+pub struct SilentManager {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentManager {
+    pub fn bind(path: &Path) -> SilentManager {
+        use nix::sys::socket::{
+            accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+        };
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .expect("seqpacket socket");
+        bind(
+            listener.as_raw_fd(),
+            &UnixAddr::new(path).expect("socket path"),
+        )
+        .expect("bind the silent manager");
+        listen(&listener, Backlog::new(16).expect("backlog")).expect("listen");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match accept(listener.as_raw_fd()) {
+                    Ok(fd) => {
+                        // SAFETY: accept() just returned this descriptor and nothing else owns it.
+                        held.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        accepted2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            drop(held);
+        });
+        SilentManager {
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many connections it has accepted (and never answered).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for SilentManager {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// How a client reaches a stack.
 #[derive(Clone, Debug)]
 pub enum Endpoint {
@@ -611,6 +680,12 @@ impl Config {
 
     pub fn children(mut self, n: u32) -> Config {
         self.fpm_children = n;
+        self
+    }
+
+    /// Adds a `-d key=value` PHP setting.
+    pub fn ini(mut self, key: &str, value: &str) -> Config {
+        self.ini.push((key.to_string(), value.to_string()));
         self
     }
 }

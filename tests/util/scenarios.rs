@@ -6,7 +6,9 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use super::{raw_request, response_from, sha256_bytes, split_head, urlencode, Stack, MIB};
+use super::{
+    raw_request, response_from, sha256_bytes, split_head, urlencode, SilentManager, Stack, MIB,
+};
 
 /// The sizes every server must deliver byte-exact.
 pub const SIZES: [u64; 4] = [0, 1, MIB, 100 * MIB];
@@ -146,6 +148,24 @@ pub fn script_headers_reach_client(stack: &Stack) {
     );
     assert_eq!(r.body_sha(), sha, "body of foo.pdf with script headers");
 
+    let r = stack.get(
+        "script-type-and-length",
+        "/download.php?f=foo.pdf&type_header=image%2Fpng&bogus_length=1",
+    );
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("image/png"),
+        "the script's own Content-Type header wins over the extension:\n{}",
+        r.head_text
+    );
+    assert_eq!(
+        r.headers_named("Content-Length"),
+        vec!["200000"],
+        "the script's Content-Length is replaced by the file's:\n{}",
+        r.head_text
+    );
+    assert_eq!(r.body_sha(), sha, "body with the script's own headers");
+
     let r = stack.get("unknown", "/download.php?f=foo.unknownext");
     assert_eq!(r.status, 200, "{}", r.head_text);
     assert_eq!(
@@ -222,6 +242,25 @@ pub fn fallback_streams_in_process(stack: &Stack) {
             "send_file() without a manager, {size} bytes"
         );
     }
+    let raw = raw_request(
+        &stack.endpoint,
+        "HEAD /download.php?f=fallback-1048576.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let (head, body) = split_head(&raw);
+    assert!(
+        head.contains(" 200 "),
+        "HEAD status without a manager:\n{head}"
+    );
+    assert!(
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case("content-length: 1048576")),
+        "HEAD without a manager must announce the file's length:\n{head}"
+    );
+    assert!(
+        body.is_empty(),
+        "HEAD without a manager carried {} body bytes",
+        body.len()
+    );
 }
 
 /// Test 4, manager side: an `echo` after a handed-off send_file() never reaches the client.
@@ -366,4 +405,27 @@ pub fn aborted_download_is_logged(stack: &Stack) {
     );
     let returned = download_exact(stack, "abort.bin", &sha, size, "");
     assert_eq!(returned, "true", "the same file right after the abort");
+}
+
+/// A manager that accepts but never answers: after `handoff.timeout_ms` (the stack must set
+/// it to 300) the worker streams the file itself, byte-exact, and send_file() returns false.
+pub fn hung_manager_falls_back_after_timeout(stack: &Stack) {
+    let silent = SilentManager::bind(&stack.manager_socket);
+    let size = 3 * MIB;
+    let sha = stack.data_file("hung.bin", size, 50);
+    let started = Instant::now();
+    let returned = download_exact(stack, "hung.bin", &sha, size, "");
+    let took = started.elapsed();
+    assert_eq!(
+        returned, "false",
+        "send_file() with a manager that never answers"
+    );
+    assert!(
+        silent.accepted() >= 1,
+        "the worker never connected to the manager socket"
+    );
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "with handoff.timeout_ms=300 the download took {took:?}"
+    );
 }

@@ -3,6 +3,8 @@
 //   f             file name inside data/ (required)
 //   content_type  / filename / inline   the send_file() options of the same name
 //   headers=1     the script sets a cookie, X-Test and status 203 before sending
+//   type_header=T   the script sets its own Content-Type: T
+//   bogus_length=1  the script sets a wrong Content-Length (must be replaced)
 //   result=NAME   write var_export(send_file(...)) to results/NAME afterwards
 //   garbage=1     echo after send_file(): must never reach the client
 $dir = getenv('HANDOFF_TEST_DIR');
@@ -17,6 +19,12 @@ if (isset($_GET['filename'])) {
 }
 if (isset($_GET['inline'])) {
     $options['inline'] = $_GET['inline'] === '1';
+}
+if (isset($_GET['type_header'])) {
+    header('Content-Type: ' . $_GET['type_header']);
+}
+if (isset($_GET['bogus_length'])) {
+    header('Content-Length: 5');
 }
 if (isset($_GET['headers'])) {
     setcookie('handoff_test', 'cookie-value');
