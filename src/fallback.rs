@@ -16,7 +16,38 @@ use crate::ffi::{self, Bailout};
 
 const CHUNK: usize = 128 * 1024;
 
-pub fn stream(plan: &Plan, file: &File) -> Result<(), Bailout> {
+/// Sleeps as needed to keep an average of `rate` bytes per second.
+struct Pace {
+    rate: u64,
+    start: std::time::Instant,
+    sent: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate,
+            start: std::time::Instant::now(),
+            sent: 0,
+        }
+    }
+
+    fn after(&mut self, n: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.sent += n;
+        let due = std::time::Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+        if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
+
+/// Streams `plan` from `file`; `rate` (bytes/s, 0 = unlimited) is kept as the manager
+/// would keep it.
+pub fn stream(plan: &Plan, file: &File, rate: u64) -> Result<(), Bailout> {
+    let mut pace = Pace::new(rate);
     ffi::discard_output_buffers();
     // Command-line SAPIs may have written already and send no head: body only.
     if !ffi::headers_sent() {
@@ -40,6 +71,7 @@ pub fn stream(plan: &Plan, file: &File) -> Result<(), Bailout> {
                         Ok(n) => {
                             ffi::output_write(&buf[..n])?;
                             pos += n as u64;
+                            pace.after(n as u64);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(_) => break 'body,

@@ -46,6 +46,16 @@ pub fn parse(table: Option<&ZendHashTable>) -> Result<Options, SendFileError> {
                 }
                 options.filename = Some(v);
             }
+            "rate" => {
+                options.rate = value
+                    .long()
+                    .filter(|&r| r > 0 && value.is_long())
+                    .and_then(|r| u64::try_from(r).ok())
+                    .ok_or(SendFileError::OptionType {
+                        name,
+                        expected: "a positive int (bytes per second)",
+                    })?;
+            }
             "inline" => {
                 options.inline =
                     value

@@ -98,12 +98,12 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
         // Small enough that serving it here is cheaper than a handoff: not a fallback,
         // so handoff.fallback=off does not apply.
         Some(_) if plan.body_len() < settings.inline_below => {
-            crate::fallback::stream(&plan, &file)?;
+            crate::fallback::stream(&plan, &file, options.rate)?;
             return Ok(Sent::Streamed);
         }
         Some(conn) => {
             let file_name = String::from_utf8_lossy(path).into_owned();
-            match hand_off(&conn, &plan, &file, &settings, file_name) {
+            match hand_off(&conn, &plan, options.rate, &file, &settings, file_name) {
                 Ok(()) => {
                     ffi::disable_output();
                     return Ok(Sent::HandedOff);
@@ -119,7 +119,7 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
     if settings.fallback == Fallback::Off {
         return Err(SendFileError::NoFallback { reason }.into());
     }
-    crate::fallback::stream(&plan, &file)?;
+    crate::fallback::stream(&plan, &file, options.rate)?;
     Ok(Sent::Streamed)
 }
 
@@ -233,6 +233,7 @@ fn client_address(conn: &Connection) -> String {
 fn hand_off(
     conn: &Connection,
     plan: &Plan,
+    rate: u64,
     file: &File,
     settings: &Settings,
     file_name: String,
@@ -245,6 +246,7 @@ fn hand_off(
         framing,
         head: plan.head.clone(),
         body: plan.body.clone(),
+        rate,
         client: client_address(conn),
         file_name,
     };

@@ -103,6 +103,8 @@ pub enum Step {
     Wait,
     /// The byte budget ran out while the socket could still take more: call again soon.
     Yield,
+    /// The download's own rate limit is reached: call again at this instant.
+    Sleep(Instant),
     /// The download is over.
     Done(Outcome),
 }
@@ -135,6 +137,8 @@ pub struct Download {
     /// Bytes of the response head at the start of `out`, and bytes written so far.
     head_len: u64,
     written: u64,
+    /// Bytes per second allowed to this download (0: unlimited).
+    rate: u64,
     pub status: u16,
     pub planned: u64,
     pub sent: u64,
@@ -156,6 +160,7 @@ impl Download {
             framing,
             head,
             body,
+            rate,
             client,
             file_name,
         } = job;
@@ -178,6 +183,7 @@ impl Download {
             body_in_out: 0,
             head_len,
             written: 0,
+            rate,
             pieces: body.into_iter().filter(|p| !p.is_empty()).collect(),
             unframed: planned,
             record_left: 0,
@@ -205,15 +211,57 @@ impl Download {
         self.run_left > 0 || !self.pieces.is_empty() || !self.trailer_queued
     }
 
-    /// Writes as much as the socket takes, up to `budget` bytes.
+    /// Body bytes not yet sent (for shortest-remaining-first scheduling).
+    pub fn remaining(&self) -> u64 {
+        self.planned.saturating_sub(self.sent)
+    }
+
+    /// Bytes written to the connection so far, framing included.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// When this download last wrote a byte.
+    pub fn last_progress(&self) -> Instant {
+        self.last_progress
+    }
+
+    /// The download's own rate limit (a token bucket with a 1/8 s burst): how many more
+    /// bytes it may write now, or when it may write again.
+    fn rate_allowance(&self, now: Instant) -> Result<usize, Instant> {
+        if self.rate == 0 {
+            return Ok(usize::MAX);
+        }
+        let burst = (self.rate / 8).max(16 * 1024);
+        let elapsed = now.duration_since(self.started).as_secs_f64();
+        let allowed = burst as f64 + self.rate as f64 * elapsed;
+        let written = self.written as f64;
+        if written < allowed {
+            return Ok((allowed - written) as usize);
+        }
+        // Wake when a quantum (1/20 s worth, at least 4 KiB) is allowed again.
+        let quantum = (self.rate / 20).max(4096) as f64;
+        let at = (written + quantum - burst as f64) / self.rate as f64;
+        Err(self.started + Duration::from_secs_f64(at.max(0.0)))
+    }
+
+    /// Writes as much as the socket takes, up to `budget` bytes (and the download's own
+    /// rate).
     pub fn on_writable(&mut self, budget: usize, now: Instant) -> Step {
         if !matches!(self.state, State::Sending) {
             return Step::Wait;
         }
+        let budget = match self.rate_allowance(now) {
+            Ok(allowed) => budget.min(allowed),
+            Err(at) => return Step::Sleep(at),
+        };
         let mut spent = 0usize;
         loop {
             if spent >= budget {
-                return Step::Yield;
+                return match self.rate_allowance(now) {
+                    Err(at) => Step::Sleep(at),
+                    Ok(_) => Step::Yield,
+                };
             }
             if self.out_pos < self.out.len() {
                 let mut flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;

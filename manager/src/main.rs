@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use handoff_manager::server::{Config, Server};
+use handoff_manager::worker::Schedule;
 
 /// Streams the files that PHP's send_file() hands over, so that PHP workers are free at once.
 #[derive(Debug, Parser)]
@@ -65,8 +66,24 @@ struct Args {
     /// running there, which stops taking handoffs and finishes its downloads.
     #[arg(long)]
     takeover: bool,
+    /// Global bandwidth cap in bytes per second (0 = none); per-download limits come from
+    /// send_file()'s `rate` option.
+    #[arg(long, default_value_t = 0)]
+    max_rate: u64,
+    /// Who gets the bandwidth first under --max-rate: `srpt` (shortest remaining first,
+    /// with a 1 s starvation bound) or `fair` (round robin).
+    #[arg(long, default_value = "srpt", value_parser = parse_schedule)]
+    schedule: Schedule,
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    match s {
+        "srpt" => Ok(Schedule::Srpt),
+        "fair" => Ok(Schedule::Fair),
+        other => Err(format!("{other:?}: expected srpt or fair")),
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -128,6 +145,8 @@ fn main() -> anyhow::Result<()> {
         threads: args.threads,
         metrics: args.metrics,
         takeover: args.takeover,
+        max_rate: args.max_rate,
+        schedule: args.schedule,
     };
     let mut server = Server::bind(config).context("starting handoff-manager")?;
     server.run().context("running handoff-manager")?;

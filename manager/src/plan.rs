@@ -82,6 +82,9 @@ pub struct Options {
     pub filename: Option<String>,
     /// `Content-Disposition: inline` instead of `attachment`.
     pub inline: bool,
+    /// Most bytes per second for this download (0: unlimited), like nginx's
+    /// `X-Accel-Limit-Rate`; enforced by the manager.
+    pub rate: u64,
 }
 
 /// Where the response goes; FastCGI responses ask the web server not to spool them.

@@ -19,7 +19,7 @@
 //!
 //! ```text
 //! "HO" version:u8 kind:u8=1 framing:u8 reserved:u8 request_id:u16 status:u16
-//! header_count:u16 piece_count:u16
+//! header_count:u16 piece_count:u16 rate:u64
 //! reason:str16 (name:str16 value:str16)*header_count piece*piece_count
 //! client:str16 file_name:str16
 //! piece = 0:u8 len:u32 bytes | 1:u8 offset:u64 length:u64
@@ -57,7 +57,7 @@ const KIND_ACCEPT: u8 = 2;
 const KIND_REFUSE: u8 = 3;
 const KIND_GO: u8 = 4;
 const KIND_DRAIN: u8 = 5;
-const FIXED_LEN: usize = 14;
+const FIXED_LEN: usize = 22;
 /// Descriptors we make room for when receiving, so that a message with too many is seen
 /// (and all of them closed) instead of being silently cut by the kernel.
 const MAX_FDS_RECEIVED: usize = 8;
@@ -79,6 +79,8 @@ pub struct Job {
     pub head: Head,
     /// The body in order: file ranges and literal bytes (empty for HEAD).
     pub body: Vec<Piece>,
+    /// Most bytes per second for this download (0: no limit of its own).
+    pub rate: u64,
     /// Client address as the SAPI reported it, for the log.
     pub client: String,
     /// The file's name as the script gave it, for the log; never sent to the client.
@@ -243,6 +245,7 @@ impl Job {
         out.extend_from_slice(&self.head.status.to_be_bytes());
         out.extend_from_slice(&count.to_be_bytes());
         out.extend_from_slice(&pieces.to_be_bytes());
+        out.extend_from_slice(&self.rate.to_be_bytes());
         put_str(&mut out, "reason", &self.head.reason)?;
         for h in &self.head.headers {
             put_str(&mut out, "header name", &h.name)?;
@@ -302,6 +305,7 @@ impl Job {
         let status = r.u16("status")?;
         let count = r.u16("header count")?;
         let piece_count = r.u16("piece count")?;
+        let rate = r.u64("rate")?;
         let reason = r.str16("reason")?;
         // Each header needs at least 4 length bytes, so `count` cannot make us allocate
         // more than the message could describe.
@@ -356,6 +360,7 @@ impl Job {
             framing,
             head,
             body,
+            rate,
             client,
             file_name,
         })
@@ -560,6 +565,7 @@ mod tests {
                     length: 1 << 33,
                 },
             ],
+            rate: 1 << 20,
             client: "127.0.0.1".into(),
             file_name: "/srv/files/ä.pdf".into(),
         }

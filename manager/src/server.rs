@@ -37,7 +37,7 @@ use crate::download;
 use crate::protocol::{self, Incoming, ProtocolError, Received, Reply};
 use crate::sandbox;
 use crate::stats::Counters;
-use crate::worker::{self, Command, Handle, LoopConfig};
+use crate::worker::{self, Command, Handle, LoopConfig, Schedule};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -78,6 +78,9 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// Take the socket path over from a running manager, which then drains.
     pub takeover: bool,
+    /// Global bandwidth cap in bytes/s, shared evenly by the download loops (0: none).
+    pub max_rate: u64,
+    pub schedule: Schedule,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +194,8 @@ impl Server {
         let loop_config = LoopConfig {
             send_timeout: config.send_timeout,
             linger_timeout: config.linger_timeout,
+            max_rate: config.max_rate.div_ceil(threads as u64),
+            schedule: config.schedule,
         };
         let workers = (0..threads)
             .map(|i| worker::spawn(i, loop_config, counters.clone(), access_log.clone()))

@@ -5,7 +5,8 @@
 //! Guarantees: a download is touched by exactly one thread; a loop told to drain takes no
 //! new work, finishes what it has, and cuts what is left when the grace period ends.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +31,9 @@ const FIRST: usize = 1;
 const BUDGET: usize = 2 << 20;
 /// How often timeouts are checked and the status board is refreshed.
 const TICK: Duration = Duration::from_millis(250);
+/// Under a bandwidth cap, a download that has waited this long is served first whatever
+/// its size: the starvation bound of shortest-remaining-first.
+const STARVE: Duration = Duration::from_secs(1);
 
 /// What the handshake loop tells a download loop.
 pub enum Command {
@@ -39,11 +43,56 @@ pub enum Command {
     Drain(Instant),
 }
 
+/// Which download gets the bandwidth first when a cap makes it scarce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Shortest remaining first (with a starvation bound): small downloads finish
+    /// quickly, which lowers mean completion time.
+    Srpt,
+    /// Round robin: the download served longest ago goes next.
+    Fair,
+}
+
 /// Settings every download loop shares.
 #[derive(Debug, Clone, Copy)]
 pub struct LoopConfig {
     pub send_timeout: Duration,
     pub linger_timeout: Duration,
+    /// This loop's share of the global bandwidth cap, bytes/s (0: none).
+    pub max_rate: u64,
+    pub schedule: Schedule,
+}
+
+/// A token bucket for the loop's bandwidth cap.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64, now: Instant) -> Bucket {
+        let burst = (rate as f64 / 20.0).max(64.0 * 1024.0);
+        Bucket {
+            rate: rate as f64,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// How long until a useful amount (1/8 of the burst) is available.
+    fn wait(&self) -> Duration {
+        let need = self.burst / 8.0 - self.tokens;
+        Duration::from_secs_f64((need / self.rate).max(0.001))
+    }
 }
 
 /// The handshake loop's end of one download loop.
@@ -94,6 +143,9 @@ pub fn spawn(
         downloads: HashMap::new(),
         next: FIRST,
         ready: Vec::new(),
+        sleepers: BinaryHeap::new(),
+        cap: (config.max_rate > 0).then(|| Bucket::new(config.max_rate, Instant::now())),
+        wanting: HashSet::new(),
         scratch: vec![0u8; 64 * 1024],
         drain_until: None,
     };
@@ -121,6 +173,12 @@ struct Loop {
     next: usize,
     /// Downloads that spent their budget with the socket still writable.
     ready: Vec<usize>,
+    /// Downloads waiting for their own rate limit, by wake-up time.
+    sleepers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The bandwidth cap, if any; then writable downloads wait in `wanting` and
+    /// [`Loop::schedule`] decides who writes.
+    cap: Option<Bucket>,
+    wanting: HashSet<usize>,
     scratch: Vec<u8>,
     drain_until: Option<Instant>,
 }
@@ -130,11 +188,7 @@ impl Loop {
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         loop {
-            let timeout = if self.ready.is_empty() {
-                TICK
-            } else {
-                Duration::ZERO
-            };
+            let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("download loop poll: {e}");
@@ -151,6 +205,14 @@ impl Loop {
             for id in std::mem::take(&mut self.ready) {
                 self.on_event(id, false, true, now);
             }
+            while let Some(Reverse((at, id))) = self.sleepers.peek().copied() {
+                if at > now {
+                    break;
+                }
+                self.sleepers.pop();
+                self.on_event(id, false, true, now);
+            }
+            self.schedule(now);
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
                 self.check_timeouts(now);
@@ -170,6 +232,65 @@ impl Loop {
                     self.publish(now);
                     return cut;
                 }
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Duration {
+        if !self.ready.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut timeout = TICK;
+        if let Some(Reverse((at, _))) = self.sleepers.peek() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if let (Some(cap), false) = (&self.cap, self.wanting.is_empty()) {
+            timeout = timeout.min(cap.wait());
+        }
+        timeout
+    }
+
+    /// Under a bandwidth cap: gives the available bytes to the waiting downloads, the
+    /// starved first, then by the schedule (shortest remaining, or served longest ago).
+    fn schedule(&mut self, now: Instant) {
+        let Some(cap) = &mut self.cap else {
+            return;
+        };
+        cap.refill(now);
+        if self.wanting.is_empty() || cap.tokens < 1.0 {
+            return;
+        }
+        let mut order: Vec<(bool, u64, Instant, usize)> = self
+            .wanting
+            .iter()
+            .filter_map(|&id| self.downloads.get(&id).map(|d| (id, d)))
+            .map(|(id, d)| {
+                let starved = now.duration_since(d.last_progress()) >= STARVE;
+                (!starved, d.remaining(), d.last_progress(), id)
+            })
+            .collect();
+        match self.config.schedule {
+            Schedule::Srpt => order.sort_unstable_by_key(|&(s, rem, last, _)| (s, rem, last)),
+            Schedule::Fair => order.sort_unstable_by_key(|&(s, _, last, _)| (s, last)),
+        }
+        for (_, _, _, id) in order {
+            let Some(cap) = &mut self.cap else {
+                return;
+            };
+            if cap.tokens < 1.0 {
+                break;
+            }
+            let Some(d) = self.downloads.get_mut(&id) else {
+                self.wanting.remove(&id);
+                continue;
+            };
+            let budget = (cap.tokens as usize).min(BUDGET);
+            let before = d.written();
+            let step = d.on_writable(budget, now);
+            cap.tokens -= (d.written() - before) as f64;
+            if step != Step::Yield {
+                self.wanting.remove(&id);
+                self.apply(id, step);
             }
         }
     }
@@ -221,11 +342,24 @@ impl Loop {
             step = d.on_readable(&mut self.scratch);
         }
         if writable && step == Step::Wait {
+            if self.cap.is_some() {
+                // The scheduler decides when it writes.
+                self.wanting.insert(id);
+                return;
+            }
             step = d.on_writable(BUDGET, now);
         }
+        self.apply(id, step);
+    }
+
+    fn apply(&mut self, id: usize, step: Step) {
         match step {
             Step::Wait => {}
+            Step::Yield if self.cap.is_some() => {
+                self.wanting.insert(id);
+            }
             Step::Yield => self.ready.push(id),
+            Step::Sleep(at) => self.sleepers.push(Reverse((at, id))),
             Step::Done(outcome) => self.finish(id, outcome),
         }
     }
@@ -265,6 +399,7 @@ impl Loop {
         let Some(d) = self.downloads.remove(&id) else {
             return;
         };
+        self.wanting.remove(&id);
         let _ = self
             .poll
             .registry()

@@ -114,6 +114,7 @@ fn job(framing: Framing, length: u64) -> Job {
         framing,
         head,
         body: vec![Piece::File { offset: 0, length }],
+        rate: 0,
         client: "test".into(),
         file_name: "data.bin".into(),
     }
@@ -690,4 +691,59 @@ fn takeover_upgrades_without_cutting_500_running_downloads() {
     );
     assert!(socket.exists(), "the new manager's socket was removed");
     assert!(Offer::connect(&socket, Duration::from_secs(1)).is_ok());
+}
+
+/// Starts `sizes.len()` downloads at once and reads them all concurrently; returns each
+/// one's completion time.
+fn run_concurrent(m: &Manager, file: &std::fs::File, sizes: &[u64], rate: u64) -> Vec<Duration> {
+    let start = Instant::now();
+    let mut readers = Vec::new();
+    for &size in sizes {
+        let (ours, client) = UnixStream::pair().unwrap();
+        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+        let mut j = job(Framing::Http, size);
+        j.rate = rate;
+        offer.propose(&j, ours.as_fd(), file.as_fd()).unwrap();
+        drop(ours);
+        offer.go().unwrap();
+        readers.push(std::thread::spawn(move || {
+            let got = read_all(client);
+            (got.len(), start.elapsed())
+        }));
+    }
+    readers
+        .into_iter()
+        .zip(sizes)
+        .map(|(r, &size)| {
+            let (len, t) = r.join().unwrap();
+            assert!(len as u64 > size, "short download");
+            t
+        })
+        .collect()
+}
+
+#[test]
+fn per_download_rate_and_global_cap_hold_bytes_back() {
+    // Lower bounds only: a limit can make a download slower, never faster, so these
+    // cannot flake on a busy machine.
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), &data(2 * 1024 * 1024));
+    let m = Manager::start(&[]);
+    // 2 MiB at 4 MiB/s with a 0.5 MiB burst: at least 0.37 s.
+    let t = run_concurrent(&m, &file, &[2 * 1024 * 1024], 4 * 1024 * 1024);
+    assert!(
+        t[0] >= Duration::from_millis(370),
+        "rate not kept: {:?}",
+        t[0]
+    );
+    drop(m);
+
+    let m = Manager::start(&["--max-rate", "4194304", "--threads", "1"]);
+    // 4 × 1 MiB under a 4 MiB/s cap (burst 0.2 MiB): at least 0.9 s for the last one.
+    let t = run_concurrent(&m, &file, &[1 << 20; 4], 0);
+    let last = t.iter().max().unwrap();
+    assert!(
+        *last >= Duration::from_millis(900),
+        "cap not kept: {last:?}"
+    );
 }
