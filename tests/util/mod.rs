@@ -562,6 +562,8 @@ pub struct Curl {
     cmd: Command,
     head_path: PathBuf,
     body_path: PathBuf,
+    /// A file that gets one line per request sent (shown when a test fails).
+    journal: Option<PathBuf>,
 }
 
 pub fn curl(dir: &Path, name: &str, endpoint: &Endpoint, path_and_query: &str) -> Curl {
@@ -577,6 +579,7 @@ pub fn curl(dir: &Path, name: &str, endpoint: &Endpoint, path_and_query: &str) -
         cmd,
         head_path,
         body_path,
+        journal: None,
     }
 }
 
@@ -595,8 +598,21 @@ impl Curl {
         describe(&self.cmd)
     }
 
+    fn note(&self, what: &str) {
+        if let Some(journal) = &self.journal {
+            if let Ok(mut f) = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(journal)
+            {
+                let _ = writeln!(f, "{what}: {}", describe(&self.cmd));
+            }
+        }
+    }
+
     /// Runs curl to completion; panics if curl itself fails.
     pub fn run(mut self) -> Response {
+        self.note("run");
         let cmdline = describe(&self.cmd);
         let out = self
             .cmd
@@ -614,10 +630,12 @@ impl Curl {
     /// Starts curl in the background, owned by the returned [`Proc`]; collect the result
     /// with [`Curl::response_of`] once it has exited.
     pub fn spawn(self, log: PathBuf) -> (Proc, PathBuf, PathBuf) {
+        self.note("spawn");
         let Curl {
             cmd,
             head_path,
             body_path,
+            ..
         } = self;
         (
             Proc::spawn("curl", cmd, log, Signal::SIGKILL),
@@ -773,7 +791,9 @@ impl Stack {
 
     /// A curl request to this stack; `name` must be unique within the test.
     pub fn curl(&self, name: &str, path_and_query: &str) -> Curl {
-        curl(&self.client_dir(), name, &self.endpoint, path_and_query)
+        let mut c = curl(&self.client_dir(), name, &self.endpoint, path_and_query);
+        c.journal = Some(self.path().join("requests.log"));
+        c
     }
 
     /// GET with curl, to completion.
@@ -1020,6 +1040,11 @@ impl Stack {
         for (label, path) in &self.extra_logs {
             let _ = writeln!(out, "---- {label} ({}):", path.display());
             out.push_str(&tail(&read_lossy(path), LOG_TAIL_LINES));
+        }
+        let requests = self.path().join("requests.log");
+        if requests.exists() {
+            let _ = writeln!(out, "---- curl requests, in order:");
+            out.push_str(&tail(&read_lossy(&requests), LOG_TAIL_LINES));
         }
         out
     }
