@@ -66,3 +66,20 @@ fn hung_manager_falls_back_after_timeout() {
     );
     scenarios::hung_manager_falls_back_after_timeout(&stack);
 }
+
+#[test]
+fn ranges_and_conditionals_through_manager() {
+    let stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::ranges_and_conditionals(&stack);
+    assert_eq!(
+        stack.outcome_count("complete", 100),
+        1,
+        "the 100-byte range was not sent by the manager"
+    );
+}
+
+#[test]
+fn ranges_and_conditionals_without_manager() {
+    let stack = Stack::start(Config::new(Kind::CliServer).without_manager());
+    scenarios::ranges_and_conditionals(&stack);
+}

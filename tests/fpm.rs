@@ -136,3 +136,22 @@ fn hung_manager_falls_back_after_timeout() {
     scenarios::hung_manager_falls_back_after_timeout(&stack);
     stack.assert_no_worker_crash();
 }
+
+#[test]
+fn ranges_and_conditionals_through_manager() {
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    scenarios::ranges_and_conditionals(&stack);
+    assert_eq!(
+        stack.outcome_count("complete", 100),
+        1,
+        "the 100-byte range was not sent by the manager"
+    );
+    stack.assert_no_worker_crash();
+}
+
+#[test]
+fn ranges_and_conditionals_without_manager() {
+    let stack = Stack::start(Config::new(Kind::Fpm).without_manager());
+    scenarios::ranges_and_conditionals(&stack);
+    stack.assert_no_worker_crash();
+}
