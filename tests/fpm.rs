@@ -155,3 +155,24 @@ fn ranges_and_conditionals_without_manager() {
     scenarios::ranges_and_conditionals(&stack);
     stack.assert_no_worker_crash();
 }
+
+/// `handoff.inline_below`: a file smaller than the threshold is served by the worker itself
+/// (send_file() returns false, the manager sees nothing); a larger one is still handed off.
+#[test]
+fn small_files_below_inline_threshold_stay_in_the_worker() {
+    let stack = Stack::start(Config::new(Kind::Fpm).ini("handoff.inline_below", "65536"));
+    let small = stack.data_file("small.bin", 10_000, 71);
+    let large = stack.data_file("large.bin", MIB, 72);
+
+    let returned = scenarios::download_exact(&stack, "small.bin", &small, 10_000, "");
+    assert_eq!(returned, "false", "a 10 kB file with inline_below=65536");
+    let returned = scenarios::download_exact(&stack, "large.bin", &large, MIB, "");
+    assert_eq!(returned, "true", "a 1 MiB file with inline_below=65536");
+    stack.wait_outcome("complete", MIB, 1);
+    assert_eq!(
+        stack.outcome_count("complete", 10_000),
+        0,
+        "the small file went through the manager"
+    );
+    stack.assert_no_worker_crash();
+}
