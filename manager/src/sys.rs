@@ -14,3 +14,14 @@ pub(crate) fn own_new_fd(fd: RawFd) -> OwnedFd {
     // process during the call that returned it, and has no other owner.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// Gives memory that the allocator keeps after a burst of downloads back to the kernel,
+/// so that the manager's footprint returns to its baseline when the burst is over.
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heap under its lock; it has no
+    // preconditions and returns whether memory was released.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}

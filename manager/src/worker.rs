@@ -217,6 +217,7 @@ impl Loop {
                 last_tick = now;
                 self.check_timeouts(now);
                 self.publish(now);
+                self.shrink_after_burst();
             }
             if let Some(until) = self.drain_until {
                 if self.downloads.is_empty() {
@@ -292,6 +293,17 @@ impl Loop {
                 self.wanting.remove(&id);
                 self.apply(id, step);
             }
+        }
+    }
+
+    /// After a burst, give back the tables' room and the allocator's free memory.
+    fn shrink_after_burst(&mut self) {
+        if self.downloads.capacity() > 64 && self.downloads.len() < self.downloads.capacity() / 4 {
+            self.downloads.shrink_to_fit();
+            self.wanting.shrink_to_fit();
+            self.sleepers.shrink_to_fit();
+            self.ready.shrink_to_fit();
+            crate::sys::release_free_memory();
         }
     }
 

@@ -747,3 +747,170 @@ fn per_download_rate_and_global_cap_hold_bytes_back() {
         "cap not kept: {last:?}"
     );
 }
+
+#[test]
+fn a_manager_killed_between_accept_and_go_writes_nothing_and_go_fails() {
+    // The worker then restores its connection and serves the request itself (the
+    // extension's side is covered by the PHP-level fault tests).
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"0123456789");
+    for round in 0..100 {
+        let mut m = Manager::start_on(
+            dir.path().join(format!("m{round}.sock")),
+            dir.path().join(format!("m{round}.log")),
+            &[],
+        );
+        let (ours, client) = UnixStream::pair().unwrap();
+        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+        offer
+            .propose(&job(Framing::Http, 10), ours.as_fd(), file.as_fd())
+            .unwrap();
+        m.child.kill().unwrap();
+        m.child.wait().unwrap();
+        assert!(
+            offer.go().is_err(),
+            "round {round}: go to a dead manager succeeded"
+        );
+        drop(ours);
+        assert!(
+            read_all(client).is_empty(),
+            "round {round}: bytes were written"
+        );
+    }
+}
+
+#[test]
+fn a_truncated_file_ends_only_its_download_and_a_replaced_one_keeps_its_content() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(8 * 1024 * 1024);
+    let path = dir.path().join("data.bin");
+    std::fs::write(&path, &body).unwrap();
+    let shrinking = std::fs::File::open(&path).unwrap();
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(
+            &job(Framing::Http, body.len() as u64),
+            ours.as_fd(),
+            shrinking.as_fd(),
+        )
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    m.wait_log("accepted job");
+    // Shrink it while the client has not read: the rest of the range no longer exists.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1024 * 1024)
+        .unwrap();
+    let got = read_all(client);
+    assert!(got.len() < body.len(), "more bytes than the file has");
+    m.wait_log("outcome=truncated");
+
+    // Replaced by rename: the open file keeps its bytes, the download completes.
+    std::fs::write(&path, &body).unwrap();
+    let original = std::fs::File::open(&path).unwrap();
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(
+            &job(Framing::Http, body.len() as u64),
+            ours.as_fd(),
+            original.as_fd(),
+        )
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    let other = dir.path().join("other.bin");
+    std::fs::write(&other, vec![0u8; body.len()]).unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    assert!(
+        read_all(client).ends_with(&body),
+        "replaced file changed the download"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn clients_that_never_read_are_closed_after_the_send_timeout() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const N: usize = 5000;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let want = (N as u64 * 2 + 256).min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard).unwrap();
+    let n = if want < N as u64 * 2 + 256 {
+        // A machine whose hard limit is lower still exercises the path, with fewer.
+        eprintln!("hard fd limit {hard}: testing {} clients", (want - 256) / 2);
+        ((want - 256) / 2) as usize
+    } else {
+        N
+    };
+
+    let m = Manager::start(&["--send-timeout", "2", "--threads", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), &data(1024 * 1024));
+    // Warm up allocator and loops, then take the baseline.
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(&job(Framing::Http, 1 << 20), ours.as_fd(), file.as_fd())
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    read_all(client);
+    let baseline = rss_kib(m.child.id());
+
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (ours, client) = UnixStream::pair().unwrap();
+        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+        offer
+            .propose(&job(Framing::Http, 1 << 20), ours.as_fd(), file.as_fd())
+            .unwrap();
+        drop(ours);
+        offer.go().unwrap();
+        clients.push(client);
+    }
+    let peak = rss_kib(m.child.id());
+    // All of them time out (bounded wait: 2 s timeout, checked every 250 ms).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = m.log();
+        if log.matches("reason=\"send timeout\"").count() >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every stuck client was closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each client sees the end of its connection after what the socket buffer held.
+    for c in clients.iter_mut().take(50) {
+        let mut buf = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.read_to_end(&mut buf).unwrap();
+        assert!(buf.len() < (1 << 20), "a timed-out download was complete");
+    }
+    // The loops give memory back on their next tick after the burst.
+    std::thread::sleep(Duration::from_millis(600));
+    let after = rss_kib(m.child.id());
+    eprintln!(
+        "manager RSS: baseline {baseline} KiB, {n} stuck clients {peak} KiB, after {after} KiB"
+    );
+    assert!(
+        after <= baseline + 2 * 1024,
+        "memory did not return: baseline {baseline} KiB, after {after} KiB"
+    );
+}
