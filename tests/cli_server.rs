@@ -83,3 +83,16 @@ fn ranges_and_conditionals_without_manager() {
     let stack = Stack::start(Config::new(Kind::CliServer).without_manager());
     scenarios::ranges_and_conditionals(&stack);
 }
+
+#[test]
+fn rate_option_limits_speed() {
+    for (manager, returned) in [(true, "true"), (false, "false")] {
+        let config = Config::new(Kind::CliServer);
+        let stack = Stack::start(if manager {
+            config
+        } else {
+            config.without_manager()
+        });
+        scenarios::rate_option_limits_speed(&stack, returned);
+    }
+}

@@ -176,3 +176,17 @@ fn small_files_below_inline_threshold_stay_in_the_worker() {
     );
     stack.assert_no_worker_crash();
 }
+
+#[test]
+fn rate_option_limits_speed() {
+    for (manager, returned) in [(true, "true"), (false, "false")] {
+        let config = Config::new(Kind::Fpm);
+        let stack = Stack::start(if manager {
+            config
+        } else {
+            config.without_manager()
+        });
+        scenarios::rate_option_limits_speed(&stack, returned);
+        stack.assert_no_worker_crash();
+    }
+}

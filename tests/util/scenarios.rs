@@ -539,3 +539,21 @@ pub fn ranges_and_conditionals(stack: &Stack) {
         assert_eq!(r.body_len(), 0, "a 304 has no body ({header})");
     }
 }
+
+/// The `rate` option caps the download: 1 MiB at 400 000 bytes/s cannot arrive in less
+/// than ~2.6 s (checked with margin for an initial burst), and arrives intact.
+pub fn rate_option_limits_speed(stack: &Stack, expect_returned: &str) {
+    let size = MIB;
+    let sha = stack.data_file("rated.bin", size, 81);
+    let started = Instant::now();
+    let returned = download_exact(stack, "rated.bin", &sha, size, "&rate=400000");
+    let took = started.elapsed();
+    assert_eq!(
+        returned, expect_returned,
+        "send_file() with the rate option"
+    );
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(30),
+        "1 MiB at 400000 bytes/s took {took:?}"
+    );
+}

@@ -41,6 +41,8 @@ $cases = [
     'filename is an array' => fn () => send_file($file, ['filename' => ['a']]),
     'content_type is an object' => fn () => send_file($file, ['content_type' => new stdClass()]),
     'unknown option' => fn () => send_file($file, ['no_such_option' => 1]),
+    'rate is zero' => fn () => send_file($file, ['rate' => 0]),
+    'rate is a string' => fn () => send_file($file, ['rate' => '1000']),
 ];
 foreach ($cases as $what => $call) {
     [$e, $printed] = throws($call);
