@@ -96,3 +96,16 @@ fn rate_option_limits_speed() {
         scenarios::rate_option_limits_speed(&stack, returned);
     }
 }
+
+#[test]
+fn download_answering_unread_post() {
+    for (manager, returned) in [(true, "true"), (false, "false")] {
+        let config = Config::new(Kind::CliServer);
+        let stack = Stack::start(if manager {
+            config
+        } else {
+            config.without_manager()
+        });
+        scenarios::download_answering_unread_post(&stack, returned);
+    }
+}

@@ -190,3 +190,17 @@ fn rate_option_limits_speed() {
         stack.assert_no_worker_crash();
     }
 }
+
+#[test]
+fn download_answering_unread_post() {
+    for (manager, returned) in [(true, "true"), (false, "false")] {
+        let config = Config::new(Kind::Fpm);
+        let stack = Stack::start(if manager {
+            config
+        } else {
+            config.without_manager()
+        });
+        scenarios::download_answering_unread_post(&stack, returned);
+        stack.assert_no_worker_crash();
+    }
+}

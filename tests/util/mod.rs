@@ -947,11 +947,13 @@ impl Stack {
         fs::write(tmp.join("site.conf"), site).expect("write site.conf");
         let t = tmp.display();
         let user = if is_root() { "user root;\n" } else { "" };
+        // client_max_body_size: the unread-POST test sends more than nginx's default 1 MiB.
         let main = format!(
             "{user}daemon off;\nmaster_process on;\nworker_processes 1;\npid {t}/nginx.pid;\n\
              error_log {t}/error.log info;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  include /etc/nginx/mime.types;\n  default_type application/octet-stream;\n\
+             \x20 client_max_body_size 64m;\n\
              \x20 access_log {t}/access.log;\n  client_body_temp_path {t}/client_body;\n\
              \x20 fastcgi_temp_path {t}/fastcgi_temp;\n  proxy_temp_path {t}/proxy_temp;\n\
              \x20 uwsgi_temp_path {t}/uwsgi_temp;\n  scgi_temp_path {t}/scgi_temp;\n\

@@ -557,3 +557,39 @@ pub fn rate_option_limits_speed(stack: &Stack, expect_returned: &str) {
         "1 MiB at 400000 bytes/s took {took:?}"
     );
 }
+
+/// A POST whose body the script never reads (2 MiB of octet-stream, and 20 MiB, over
+/// php.ini's post_max_size): the download still arrives whole. Behind nginx the unread
+/// body is still on the FastCGI connection the manager took over.
+pub fn download_answering_unread_post(stack: &Stack, expect_returned: &str) {
+    let size = 3 * MIB;
+    let sha = stack.data_file("posted.bin", size, 91);
+    for (i, post_size) in [2 * MIB, 20 * MIB].into_iter().enumerate() {
+        let upload = stack.path().join(format!("upload-{i}.bin"));
+        super::write_random_file(&upload, post_size, 92 + i as u64);
+        let result = format!("posted-{i}.result");
+        let r = stack
+            .curl(
+                &format!("posted-{i}"),
+                &format!("/download.php?f=posted.bin&result={result}"),
+            )
+            .args(&[
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+            ])
+            .arg(&format!("@{}", upload.display()))
+            .run();
+        assert_eq!(r.status, 200, "POST of {post_size} bytes:\n{}", r.head_text);
+        assert_eq!(
+            r.body_sha(),
+            sha,
+            "download answering a POST of {post_size} bytes"
+        );
+        assert_eq!(
+            stack.wait_result(&result),
+            expect_returned,
+            "send_file() answering a POST of {post_size} bytes"
+        );
+    }
+}
