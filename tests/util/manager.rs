@@ -1,0 +1,119 @@
+//! handoff-manager for tests: starting the real one and waiting for its socket, and a
+//! stand-in that accepts and never answers.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::{manager_binary, wait_until, Proc, START_DEADLINE};
+
+/// Whether a SOCK_SEQPACKET listener at `path` accepts (the manager's socket type: a stream
+/// connect would be refused).
+pub fn seqpacket_accepts(path: &Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    let Ok(fd) = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    use std::os::fd::AsRawFd;
+    connect(fd.as_raw_fd(), &addr).is_ok()
+}
+
+/// Starts handoff-manager on `socket` with debug logging into `log`; does not wait.
+pub fn spawn_manager(socket: &Path, log: &Path) -> Proc {
+    let mut cmd = Command::new(manager_binary());
+    cmd.arg("--socket").arg(socket).env("RUST_LOG", "debug");
+    Proc::spawn("handoff-manager", cmd, log.to_path_buf(), Signal::SIGKILL)
+}
+
+/// Starts handoff-manager and waits until its socket accepts; panics with its log if not.
+pub fn start_manager(socket: &Path, log: &Path) -> Proc {
+    let mut proc = spawn_manager(socket, log);
+    if let Err(e) = wait_until(
+        "handoff-manager",
+        START_DEADLINE,
+        || seqpacket_accepts(socket),
+        || proc.check_alive(),
+    ) {
+        panic!("{e}\n{}: {}\n{}", proc.name, proc.cmdline, proc.log_text());
+    }
+    proc
+}
+
+/// A stand-in for a hung manager: it accepts on the manager's socket and keeps every
+/// connection open without ever answering. Stops accepting and closes all in `Drop`.
+pub struct SilentManager {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentManager {
+    pub fn bind(path: &Path) -> SilentManager {
+        use nix::sys::socket::{
+            accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+        };
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .expect("seqpacket socket");
+        bind(
+            listener.as_raw_fd(),
+            &UnixAddr::new(path).expect("socket path"),
+        )
+        .expect("bind the silent manager");
+        listen(&listener, Backlog::new(16).expect("backlog")).expect("listen");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match accept(listener.as_raw_fd()) {
+                    Ok(fd) => {
+                        // SAFETY: accept() just returned this descriptor and nothing else owns it.
+                        held.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        accepted2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            drop(held);
+        });
+        SilentManager {
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many connections it has accepted (and never answered).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for SilentManager {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

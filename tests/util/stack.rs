@@ -1,0 +1,421 @@
+//! One serving stack per test: handoff-manager (optional), then php-fpm behind nginx or the
+//! PHP built-in server, configured from the shared files in `deploy/`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::{
+    curl, docroot, extension, find_program, is_root, read_lossy, repo_root, seqpacket_accepts,
+    spawn_manager, tail, wait_until, write_random_file, Curl, Endpoint, Proc, Response,
+    LOG_TAIL_LINES, START_DEADLINE,
+};
+
+/// Which server runs PHP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// nginx in front of php-fpm.
+    Fpm,
+    /// The PHP built-in web server, `php -S`.
+    CliServer,
+}
+
+/// How to start a [`Stack`].
+pub struct Config {
+    pub kind: Kind,
+    /// Start handoff-manager; without it `handoff.socket` points at a path nobody listens on.
+    pub manager: bool,
+    /// php-fpm workers (pm = static).
+    pub fpm_children: u32,
+    /// Extra `-d` settings for PHP.
+    pub ini: Vec<(String, String)>,
+}
+
+impl Config {
+    pub fn new(kind: Kind) -> Config {
+        Config {
+            kind,
+            manager: true,
+            fpm_children: 2,
+            ini: Vec::new(),
+        }
+    }
+
+    pub fn without_manager(mut self) -> Config {
+        self.manager = false;
+        self
+    }
+
+    pub fn children(mut self, n: u32) -> Config {
+        self.fpm_children = n;
+        self
+    }
+
+    /// Adds a `-d key=value` PHP setting.
+    pub fn ini(mut self, key: &str, value: &str) -> Config {
+        self.ini.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// One serving stack in its own temporary directory.
+///
+/// Layout of the directory: `data/` holds the files scripts send (the scripts find it through
+/// `$HANDOFF_TEST_DIR`), `results/` what scripts report, `client/` what curl received, and the
+/// sockets, configs and logs of every process.
+pub struct Stack {
+    pub kind: Kind,
+    pub endpoint: Endpoint,
+    pub manager_socket: PathBuf,
+    procs: Vec<Proc>,
+    /// Logs that are not a process's own output (nginx error.log, fpm.log).
+    extra_logs: Vec<(String, PathBuf)>,
+    dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub fn start(config: Config) -> Stack {
+        let dir = tempfile::Builder::new()
+            .prefix("handoff-")
+            .tempdir()
+            .expect("create temp dir");
+        let mut stack = Stack {
+            kind: config.kind,
+            endpoint: Endpoint::Unix(PathBuf::new()),
+            manager_socket: dir.path().join("manager.sock"),
+            procs: Vec::new(),
+            extra_logs: Vec::new(),
+            dir,
+        };
+        for sub in ["data", "results", "client"] {
+            fs::create_dir(stack.path().join(sub)).expect("create subdir");
+        }
+        if config.manager {
+            stack.start_manager();
+        }
+        match config.kind {
+            Kind::Fpm => {
+                let fpm_sock = stack.start_fpm(&config);
+                stack.start_nginx(&fpm_sock);
+            }
+            Kind::CliServer => stack.start_cli_server(&config),
+        }
+        stack
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.path().join("data")
+    }
+
+    pub fn client_dir(&self) -> PathBuf {
+        self.path().join("client")
+    }
+
+    /// Creates `data/<name>` with `size` pseudo-random bytes; returns its sha256.
+    pub fn data_file(&self, name: &str, size: u64, seed: u64) -> String {
+        write_random_file(&self.data().join(name), size, seed)
+    }
+
+    /// What a script wrote to `results/<name>`, if anything.
+    pub fn result(&self, name: &str) -> Option<String> {
+        fs::read_to_string(self.path().join("results").join(name)).ok()
+    }
+
+    /// Waits for a script to write `results/<name>` (after a handoff the script still runs
+    /// while the client already has its bytes).
+    pub fn wait_result(&self, name: &str) -> String {
+        let path = self.path().join("results").join(name);
+        wait_until(
+            &format!("result file {name}"),
+            Duration::from_secs(10),
+            || path.exists() && fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false),
+            || Ok(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        read_lossy(&path)
+    }
+
+    /// A curl request to this stack; `name` must be unique within the test.
+    pub fn curl(&self, name: &str, path_and_query: &str) -> Curl {
+        let mut c = curl(&self.client_dir(), name, &self.endpoint, path_and_query);
+        c.journal = Some(self.path().join("requests.log"));
+        c
+    }
+
+    /// GET with curl, to completion.
+    pub fn get(&self, name: &str, path_and_query: &str) -> Response {
+        self.curl(name, path_and_query).run()
+    }
+
+    fn proc_mut(&mut self, name: &str) -> Option<&mut Proc> {
+        self.procs.iter_mut().find(|p| p.name == name)
+    }
+
+    /// Keeps a background process (a slow curl) so that it is killed and reported with the rest.
+    pub fn adopt(&mut self, proc: Proc) -> usize {
+        self.procs.push(proc);
+        self.procs.len() - 1
+    }
+
+    pub fn adopted(&mut self, index: usize) -> &mut Proc {
+        &mut self.procs[index]
+    }
+
+    pub fn manager_log(&self) -> String {
+        self.procs
+            .iter()
+            .find(|p| p.name == "handoff-manager")
+            .map(Proc::log_text)
+            .unwrap_or_default()
+    }
+
+    /// The `bytes=N` of every manager log line that reports a download with `outcome`.
+    pub fn outcome_bytes(&self, outcome: &str) -> Vec<u64> {
+        let want_outcome = format!("outcome={outcome}");
+        self.manager_log()
+            .lines()
+            .filter_map(|l| {
+                let words: Vec<&str> = l.split(|c: char| c.is_whitespace() || c == ',').collect();
+                if !words.contains(&want_outcome.as_str()) {
+                    return None;
+                }
+                words
+                    .iter()
+                    .find_map(|w| w.strip_prefix("bytes=")?.parse().ok())
+            })
+            .collect()
+    }
+
+    /// Manager log lines that report a finished download with `outcome` and exactly `bytes`.
+    pub fn outcome_count(&self, outcome: &str, bytes: u64) -> usize {
+        self.outcome_bytes(outcome)
+            .into_iter()
+            .filter(|&b| b == bytes)
+            .count()
+    }
+
+    /// Waits until `check` accepts the manager's log (at most 30 s); panics with `what`.
+    pub fn wait_manager(&self, what: &str, mut check: impl FnMut(&Stack) -> bool) {
+        wait_until(what, Duration::from_secs(30), || check(self), || Ok(()))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Waits until the manager has logged `count` downloads with `outcome` and `bytes`.
+    pub fn wait_outcome(&self, outcome: &str, bytes: u64, count: usize) {
+        wait_until(
+            &format!("manager log line outcome={outcome} bytes={bytes} (x{count})"),
+            Duration::from_secs(20),
+            || self.outcome_count(outcome, bytes) >= count,
+            || Ok(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Fails if a php-fpm worker died of a signal (a crash in the extension).
+    pub fn assert_no_worker_crash(&self) {
+        for (label, path) in &self.extra_logs {
+            if label == "php-fpm log" {
+                let log = read_lossy(path);
+                assert!(
+                    !log.contains("exited on signal"),
+                    "a php-fpm worker crashed:\n{log}"
+                );
+            }
+        }
+    }
+
+    fn env_for_php(&self, cmd: &mut Command) {
+        cmd.env("HANDOFF_TEST_DIR", self.path());
+    }
+
+    fn start_manager(&mut self) {
+        self.procs.push(spawn_manager(
+            &self.manager_socket,
+            &self.path().join("manager.log"),
+        ));
+        let sock = self.manager_socket.clone();
+        self.wait_ready("handoff-manager", move || seqpacket_accepts(&sock));
+    }
+
+    fn start_fpm(&mut self, config: &Config) -> PathBuf {
+        let tmp = self.path().to_path_buf();
+        let fpm_sock = tmp.join("php-fpm.sock");
+        let fpm_log = tmp.join("fpm.log");
+        let conf = tmp.join("php-fpm.conf");
+        fs::write(
+            &conf,
+            format!(
+                "[global]\npid = {}\nerror_log = {}\ndaemonize = no\ninclude = {}\n",
+                tmp.join("php-fpm.pid").display(),
+                fpm_log.display(),
+                repo_root().join("deploy/php-fpm-pool.conf").display()
+            ),
+        )
+        .expect("write php-fpm.conf");
+        let user = if is_root() {
+            "root".to_string()
+        } else {
+            std::env::var("USER").unwrap_or_else(|_| "nobody".into())
+        };
+        let mut cmd = Command::new(find_program(&["php-fpm8.2", "php-fpm"]));
+        cmd.args(["-F", "-R", "-y"])
+            .arg(&conf)
+            .arg("-d")
+            .arg(format!("extension={}", extension().display()));
+        for (k, v) in &config.ini {
+            cmd.arg("-d").arg(format!("{k}={v}"));
+        }
+        cmd.env("HANDOFF_FPM_LISTEN", &fpm_sock)
+            .env("HANDOFF_FPM_USER", user)
+            .env("HANDOFF_FPM_CHILDREN", config.fpm_children.to_string())
+            .env("HANDOFF_SOCKET", &self.manager_socket);
+        self.env_for_php(&mut cmd);
+        self.extra_logs.push(("php-fpm log".into(), fpm_log));
+        let proc = Proc::spawn("php-fpm", cmd, tmp.join("fpm.out"), Signal::SIGTERM);
+        self.procs.push(proc);
+        let sock = fpm_sock.clone();
+        self.wait_ready("php-fpm", move || UnixStream::connect(&sock).is_ok());
+        fpm_sock
+    }
+
+    fn start_nginx(&mut self, fpm_sock: &Path) {
+        let tmp = self.path().to_path_buf();
+        let nginx_sock = tmp.join("nginx.sock");
+        let template = fs::read_to_string(repo_root().join("deploy/nginx-site.conf.template"))
+            .expect("read deploy/nginx-site.conf.template");
+        let site = template
+            .replace(
+                "${HANDOFF_LISTEN}",
+                &format!("unix:{}", nginx_sock.display()),
+            )
+            .replace("${HANDOFF_DOCROOT}", &docroot().display().to_string())
+            .replace("${HANDOFF_FPM}", &format!("unix:{}", fpm_sock.display()));
+        fs::write(tmp.join("site.conf"), site).expect("write site.conf");
+        let t = tmp.display();
+        let user = if is_root() { "user root;\n" } else { "" };
+        // client_max_body_size: the unread-POST test sends more than nginx's default 1 MiB.
+        let main = format!(
+            "{user}daemon off;\nmaster_process on;\nworker_processes 1;\npid {t}/nginx.pid;\n\
+             error_log {t}/error.log info;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  include /etc/nginx/mime.types;\n  default_type application/octet-stream;\n\
+             \x20 client_max_body_size 64m;\n\
+             \x20 access_log {t}/access.log;\n  client_body_temp_path {t}/client_body;\n\
+             \x20 fastcgi_temp_path {t}/fastcgi_temp;\n  proxy_temp_path {t}/proxy_temp;\n\
+             \x20 uwsgi_temp_path {t}/uwsgi_temp;\n  scgi_temp_path {t}/scgi_temp;\n\
+             \x20 include {t}/site.conf;\n}}\n"
+        );
+        let conf = tmp.join("nginx.conf");
+        fs::write(&conf, main).expect("write nginx.conf");
+        let mut cmd = Command::new(find_program(&["nginx"]));
+        cmd.arg("-p")
+            .arg(format!("{t}/"))
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(tmp.join("error.log"));
+        self.extra_logs
+            .push(("nginx error.log".into(), tmp.join("error.log")));
+        let proc = Proc::spawn("nginx", cmd, tmp.join("nginx.out"), Signal::SIGTERM);
+        self.procs.push(proc);
+        let sock = nginx_sock.clone();
+        self.wait_ready("nginx", move || UnixStream::connect(&sock).is_ok());
+        self.endpoint = Endpoint::Unix(nginx_sock);
+    }
+
+    fn start_cli_server(&mut self, config: &Config) {
+        // php -S only listens on TCP: take a free port from the kernel; another process may
+        // grab it before php binds, so a failed start is retried on a new port.
+        for attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("pick a free port")
+                .port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let mut cmd = Command::new(find_program(&["php"]));
+            cmd.arg("-d")
+                .arg(format!("extension={}", extension().display()))
+                .arg("-d")
+                .arg(format!("handoff.socket={}", self.manager_socket.display()));
+            for (k, v) in &config.ini {
+                cmd.arg("-d").arg(format!("{k}={v}"));
+            }
+            cmd.arg("-S").arg(addr.to_string()).arg("-t").arg(docroot());
+            self.env_for_php(&mut cmd);
+            let name = format!("php -S (attempt {attempt})");
+            let log = self.path().join(format!("php-server-{attempt}.log"));
+            let mut proc = Proc::spawn(&name, cmd, log, Signal::SIGKILL);
+            let ready = wait_until(
+                &name,
+                START_DEADLINE,
+                || TcpStream::connect(addr).is_ok(),
+                || proc.check_alive(),
+            );
+            let bind_clash = proc.log_text().contains("Address already in use");
+            self.procs.push(proc);
+            match ready {
+                Ok(()) => {
+                    self.endpoint = Endpoint::Tcp(addr);
+                    return;
+                }
+                Err(_) if bind_clash => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("php -S: no free port after 5 attempts");
+    }
+
+    fn wait_ready(&mut self, name: &str, ready: impl FnMut() -> bool) {
+        let proc = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("process was spawned");
+        if let Err(e) = wait_until(name, START_DEADLINE, ready, || proc.check_alive()) {
+            panic!("{e}");
+        }
+    }
+
+    /// The command lines and log tails of everything in this stack.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "==== stack in {}", self.path().display());
+        for p in &self.procs {
+            let _ = writeln!(out, "---- {} (pid {}): {}", p.name, p.pid(), p.cmdline);
+            let _ = writeln!(out, "---- output of {} ({}):", p.name, p.log.display());
+            out.push_str(&tail(&p.log_text(), LOG_TAIL_LINES));
+        }
+        for (label, path) in &self.extra_logs {
+            let _ = writeln!(out, "---- {label} ({}):", path.display());
+            out.push_str(&tail(&read_lossy(path), LOG_TAIL_LINES));
+        }
+        let requests = self.path().join("requests.log");
+        if requests.exists() {
+            let _ = writeln!(out, "---- curl requests, in order:");
+            out.push_str(&tail(&read_lossy(&requests), LOG_TAIL_LINES));
+        }
+        out
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.report());
+        }
+        // Stop clients before servers, servers in reverse start order.
+        while let Some(p) = self.procs.pop() {
+            drop(p);
+        }
+    }
+}
