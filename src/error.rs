@@ -29,7 +29,9 @@ pub enum SendFileError {
         name: String,
         expected: &'static str,
     },
-    #[error("send_file(): unknown option \"{name}\" (known: content_type, filename, inline, rate)")]
+    #[error(
+        "send_file(): unknown option \"{name}\" (known: content_type, filename, inline, rate)"
+    )]
     UnknownOption { name: String },
     #[error("send_file(): the file cannot be handed off ({reason}) and handoff.fallback is off")]
     NoFallback { reason: String },

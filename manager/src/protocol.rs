@@ -375,15 +375,11 @@ impl Reply {
             Reply::Go => (KIND_GO, ""),
             Reply::Drain => (KIND_DRAIN, ""),
         };
-        let mut out = Vec::with_capacity(4 + text.len().min(1024));
+        let text = clip_reason(text);
+        let mut out = Vec::with_capacity(4 + text.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&[VERSION, kind]);
-        // A refusal reason is for logs; keep the message small whatever it says.
-        let mut end = text.len().min(1024);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.extend_from_slice(&text.as_bytes()[..end]);
+        out.extend_from_slice(text.as_bytes());
         out
     }
 
@@ -393,7 +389,7 @@ impl Reply {
             KIND_GO if buf.len() == 4 => Ok(Reply::Go),
             KIND_DRAIN if buf.len() == 4 => Ok(Reply::Drain),
             KIND_REFUSE => Ok(Reply::Refuse(
-                String::from_utf8_lossy(&buf[4..]).into_owned(),
+                clip_reason(&String::from_utf8_lossy(&buf[4..])).to_owned(),
             )),
             KIND_ACCEPT | KIND_GO | KIND_DRAIN => Err(ProtocolError::Trailing {
                 extra: buf.len() - 4,
@@ -401,6 +397,15 @@ impl Reply {
             kind => Err(ProtocolError::Kind { kind }),
         }
     }
+}
+
+/// A refusal reason is for logs: at most 1 KiB, cut at a character boundary.
+fn clip_reason(text: &str) -> &str {
+    let mut end = text.len().min(1024);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A job received by the manager, with the two descriptors that came with it.
@@ -647,5 +652,18 @@ mod tests {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
         }
         assert!(Reply::decode(b"HO").is_err());
+    }
+
+    #[test]
+    fn refusal_reasons_are_clipped_the_same_way_both_ways() {
+        // Found by the decode_job fuzz target: a long or invalid UTF-8 reason must come
+        // back from a round trip unchanged.
+        let mut msg = b"HO\x01\x03".to_vec();
+        msg.extend(std::iter::repeat_n(0xffu8, 600));
+        let r = Reply::decode(&msg).unwrap();
+        assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
+        let long = Reply::Refuse("é".repeat(700));
+        let once = Reply::decode(&long.encode()).unwrap();
+        assert_eq!(Reply::decode(&once.encode()).unwrap(), once);
     }
 }
