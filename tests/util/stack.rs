@@ -221,15 +221,34 @@ impl Stack {
         .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Fails if a php-fpm worker died of a signal (a crash in the extension).
-    pub fn assert_no_worker_crash(&self) {
+    /// Fails if a php-fpm worker died of a signal (a crash in the extension), if nginx
+    /// found the FastCGI response it got malformed (a framing bug in the manager or the
+    /// fallback: such responses can still look fine to curl), or if nginx spooled a
+    /// response to disk (the manager's `X-Accel-Buffering: no` is there to prevent that).
+    pub fn assert_clean_logs(&self) {
+        const UPSTREAM_ERRORS: [&str; 6] = [
+            "upstream response is buffered to a temporary file",
+            "upstream prematurely closed",
+            "upstream sent more data than specified",
+            "upstream sent invalid",
+            "upstream sent unexpected FastCGI record",
+            "upstream sent unsupported FastCGI protocol version",
+        ];
         for (label, path) in &self.extra_logs {
+            let log = read_lossy(path);
             if label == "php-fpm log" {
-                let log = read_lossy(path);
                 assert!(
                     !log.contains("exited on signal"),
                     "a php-fpm worker crashed:\n{log}"
                 );
+            }
+            if label == "nginx error.log" {
+                for line in log.lines() {
+                    assert!(
+                        !UPSTREAM_ERRORS.iter().any(|e| line.contains(e)),
+                        "nginx rejected a FastCGI response: {line}"
+                    );
+                }
             }
         }
     }
