@@ -221,3 +221,45 @@ fn fallback_slow_download_is_not_spooled() {
     assert_eq!(r.body_sha(), sha, "the slow download without a manager");
     stack.assert_clean_logs();
 }
+
+/// After a handed-off download nginx keeps the client's connection: a second download on the
+/// same connection arrives intact (nginx only does that if the manager ended the FastCGI
+/// request properly).
+#[test]
+fn client_connection_is_reused_after_handoff() {
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    let first = stack.data_file("first.bin", 3 * MIB, 21);
+    let second = stack.data_file("second.bin", MIB + 3, 22);
+    let dir = stack.client_dir();
+    let crate::util::Endpoint::Unix(sock) = &stack.endpoint else {
+        unreachable!("nginx listens on a Unix socket")
+    };
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--unix-socket"])
+        .arg(sock)
+        .args(["-w", "%{num_connects}\\n", "-o"])
+        .arg(dir.join("first.body"))
+        .arg("http://localhost/download.php?f=first.bin")
+        .arg("-o")
+        .arg(dir.join("second.body"))
+        .arg("http://localhost/download.php?f=second.bin")
+        .output()
+        .expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["1", "0"],
+        "the second download must reuse the first one's connection"
+    );
+    assert_eq!(crate::util::sha256_file(&dir.join("first.body")), first);
+    assert_eq!(crate::util::sha256_file(&dir.join("second.body")), second);
+    stack.wait_outcome("complete", 3 * MIB, 1);
+    stack.wait_outcome("complete", MIB + 3, 1);
+    stack.assert_clean_logs();
+}
