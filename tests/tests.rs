@@ -1,8 +1,8 @@
 //! handoff's integration tests, one binary: real nginx, php-fpm, `php -S`, handoff-manager
 //! and curl, each test in its own temporary directory.
 //!
-//! Needs `cargo build --release` first (the extension and the manager are taken from
-//! `target/release`, or from `$HANDOFF_EXT` and `$HANDOFF_MANAGER`).
+//! Needs `cargo build --release --workspace` first: the extension and the manager are taken
+//! from `target/release`, or from `$HANDOFF_EXT` and `$HANDOFF_MANAGER`.
 
 mod util;
 
