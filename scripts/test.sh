@@ -61,6 +61,8 @@ cargo build --release --workspace
 step "demo smoke test (scripts/demo.sh end to end)"
 bash scripts/demo-smoke.sh
 
+step "benchmark harness smoke test (bench/run.sh --smoke, no thresholds)" && HANDOFF_SKIP_SETUP=1 bash bench/run.sh --smoke
+
 # Last: CI reads cargo test's closing lines.
 step "cargo test --release --workspace"
 cargo test --release --workspace

@@ -1,0 +1,277 @@
+//! One client connection: connect, write the request, read the head, read the body.
+//!
+//! The connection remembers readiness (mio is edge-triggered): `readable`/`writable` stay
+//! true until an operation returns `WouldBlock`, so a rate-limited connection that stopped
+//! reading because it ran out of budget can be resumed on the next tick without an event.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+
+use crate::http::{parse_head, Head, HeadError};
+
+/// Where the connection is in its current request.
+#[derive(Debug)]
+pub enum State {
+    /// Non-blocking connect in progress.
+    Connecting,
+    /// `written` bytes of the request are out.
+    Writing { written: usize },
+    /// Collecting the response head.
+    Head { buf: Vec<u8> },
+    /// Reading the body; `received` counts this response's body bytes.
+    Body { head: Head, received: u64 },
+}
+
+/// What one call of [`Conn::drive`] ended with.
+#[derive(Debug)]
+pub enum Step {
+    /// Waiting for readiness or for rate budget.
+    Pending,
+    /// A response finished; `reusable` when the connection may carry the next request.
+    Completed {
+        latency: Duration,
+        body: u64,
+        reusable: bool,
+    },
+    /// The connection is unusable; the reason is a short, countable label.
+    Failed(String),
+}
+
+/// A per-connection token bucket: `rate` bytes per second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub rate: u64,
+    pub burst: u64,
+    tokens: u64,
+    refilled: Instant,
+}
+
+impl Budget {
+    pub fn new(rate: u64, now: Instant) -> Self {
+        let burst = (rate / 4).max(16 * 1024);
+        Budget {
+            rate,
+            burst,
+            tokens: burst.min(rate / 10 + 1),
+            refilled: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) -> u64 {
+        let dt = now.saturating_duration_since(self.refilled);
+        let add = (self.rate as f64 * dt.as_secs_f64()) as u64;
+        if add > 0 {
+            self.tokens = (self.tokens + add).min(self.burst);
+            self.refilled = now;
+        }
+        self.tokens
+    }
+}
+
+pub struct Conn {
+    pub stream: TcpStream,
+    pub state: State,
+    pub readable: bool,
+    pub writable: bool,
+    pub opened: Instant,
+    request_start: Instant,
+    /// Body bytes over the connection's whole life.
+    pub body_total: u64,
+    /// `body_total` at the last progress sample.
+    pub sampled_total: u64,
+    budget: Option<Budget>,
+}
+
+/// Opens a non-blocking TCP connection to `addr` (IPv4), with `SO_RCVBUF` set before the
+/// SYN when `rcvbuf` is given so that the window it advertises is small from the start.
+pub fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> io::Result<TcpStream> {
+    let SocketAddr::V4(v4) = addr else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv4 only"));
+    };
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    if let Some(size) = rcvbuf {
+        socket::setsockopt(&fd, sockopt::RcvBuf, &size)?;
+    }
+    match socket::connect(fd.as_raw_fd(), &SockaddrIn::from(v4)) {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let std_stream = std::net::TcpStream::from(fd);
+    Ok(TcpStream::from_std(std_stream))
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, rate: Option<u64>, now: Instant) -> Self {
+        Conn {
+            stream,
+            state: State::Connecting,
+            readable: false,
+            writable: false,
+            opened: now,
+            request_start: now,
+            body_total: 0,
+            sampled_total: 0,
+            budget: rate.map(|r| Budget::new(r, now)),
+        }
+    }
+
+    /// Starts the next request on a kept-alive connection.
+    pub fn restart(&mut self, now: Instant) {
+        self.state = State::Writing { written: 0 };
+        self.request_start = now;
+    }
+
+    /// Whether the body is being read (the rate limiter's tick resumes only those).
+    pub fn in_body(&self) -> bool {
+        matches!(self.state, State::Body { .. })
+    }
+
+    /// Makes as much progress as readiness and the rate budget allow.
+    pub fn drive(&mut self, request: &[u8], buf: &mut [u8], now: Instant) -> Step {
+        loop {
+            match &mut self.state {
+                State::Connecting => {
+                    if !self.writable {
+                        return Step::Pending;
+                    }
+                    if let Ok(Some(e)) | Err(e) = self.stream.take_error() {
+                        return Step::Failed(format!("connect: {}", e.kind()));
+                    }
+                    match self.stream.peer_addr() {
+                        Ok(_) => {
+                            self.request_start = now;
+                            self.state = State::Writing { written: 0 };
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                            self.writable = false;
+                            return Step::Pending;
+                        }
+                        Err(e) => return Step::Failed(format!("connect: {}", e.kind())),
+                    }
+                }
+                State::Writing { written } => {
+                    if !self.writable {
+                        return Step::Pending;
+                    }
+                    match self.stream.write(&request[*written..]) {
+                        Ok(n) => {
+                            *written += n;
+                            if *written == request.len() {
+                                self.state = State::Head { buf: Vec::new() };
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.writable = false;
+                            return Step::Pending;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Step::Failed(format!("write: {}", e.kind())),
+                    }
+                }
+                State::Head { buf: head_buf } => {
+                    if !self.readable {
+                        return Step::Pending;
+                    }
+                    let cap = buf.len().min(16 * 1024);
+                    let n = match self.stream.read(&mut buf[..cap]) {
+                        Ok(0) => return Step::Failed("closed before the head".into()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.readable = false;
+                            return Step::Pending;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Step::Failed(format!("read head: {}", e.kind())),
+                    };
+                    head_buf.extend_from_slice(&buf[..n]);
+                    match parse_head(head_buf) {
+                        Ok(head) => {
+                            if head.status != 200 {
+                                return Step::Failed(format!("status {}", head.status));
+                            }
+                            let extra = (head_buf.len() - head.head_len) as u64;
+                            self.body_total += extra;
+                            self.state = State::Body {
+                                head,
+                                received: extra,
+                            };
+                            if let Some(step) = self.check_complete(now) {
+                                return step;
+                            }
+                        }
+                        Err(HeadError::Incomplete) if head_buf.len() < 64 * 1024 => {}
+                        Err(HeadError::Incomplete) => return Step::Failed("head too long".into()),
+                        Err(HeadError::Unsupported(what)) => {
+                            return Step::Failed(format!("unsupported {what}"))
+                        }
+                    }
+                }
+                State::Body { head, received } => {
+                    if !self.readable {
+                        return Step::Pending;
+                    }
+                    let mut cap = buf.len() as u64;
+                    if let Some(length) = head.length {
+                        cap = cap.min(length - *received);
+                    }
+                    if let Some(budget) = &mut self.budget {
+                        cap = cap.min(budget.refill(now));
+                        if cap == 0 {
+                            return Step::Pending;
+                        }
+                    }
+                    match self.stream.read(&mut buf[..cap as usize]) {
+                        Ok(0) if head.length.is_none() => {
+                            return self.complete(now).unwrap_or(Step::Pending);
+                        }
+                        Ok(0) => return Step::Failed("closed mid-body".into()),
+                        Ok(n) => {
+                            *received += n as u64;
+                            self.body_total += n as u64;
+                            if let Some(budget) = &mut self.budget {
+                                budget.tokens -= n as u64;
+                            }
+                            if let Some(step) = self.check_complete(now) {
+                                return step;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.readable = false;
+                            return Step::Pending;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Step::Failed(format!("read body: {}", e.kind())),
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_complete(&mut self, now: Instant) -> Option<Step> {
+        match &self.state {
+            State::Body { head, received } if head.length == Some(*received) => self.complete(now),
+            _ => None,
+        }
+    }
+
+    fn complete(&mut self, now: Instant) -> Option<Step> {
+        let State::Body { head, received } = &self.state else {
+            return None;
+        };
+        Some(Step::Completed {
+            latency: now.saturating_duration_since(self.request_start),
+            body: *received,
+            reusable: !head.close,
+        })
+    }
+}

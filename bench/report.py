@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Turns one bench/run.sh output directory into report.md and s1-probe-latency.png.
+
+    python3 bench/report.py bench/results/full
+
+Reads results.jsonl (one JSON object per client run, see bench/client), the probe CSVs and
+the php-fpm access-log excerpts (fpm-<scenario>-<backend>-<run>.log, "%{micro}d %s %r%Q%q").
+Every figure is given as min / median / max over the runs. Goals are those of issue 3.
+"""
+
+import collections
+import csv
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+OUT = sys.argv[1]
+rows = [json.loads(l) for l in open(os.path.join(OUT, "results.jsonl")) if l.strip()]
+machine = open(os.path.join(OUT, "machine.txt")).read().strip() if os.path.exists(
+    os.path.join(OUT, "machine.txt")) else ""
+
+BACKENDS = ["handoff-fpm", "handoff-fpm-tuned", "handoff-cli", "readfile-fpm", "readfile-nobuf", "xaccel", "static"]
+NAMES = {
+    "handoff-fpm": "send_file() nginx+fpm",
+    "handoff-fpm-tuned": "send_file() nginx+fpm, fastcgi_buffer_size 128k",
+    "handoff-cli": "send_file() php -S",
+    "readfile-fpm": "readfile() fpm, buffered",
+    "readfile-nobuf": "readfile() fpm, X-Accel-Buffering: no",
+    "xaccel": "X-Accel-Redirect",
+    "static": "nginx static",
+    "handoff-fpm-inline": "send_file() nginx+fpm, inline forced",
+    "handoff-cli-inline": "send_file() php -S, inline forced",
+    "idle-fpm": "idle (probe only, nginx+fpm)",
+    "idle-cli": "idle (probe only, php -S)",
+}
+GB = 1e9
+
+by = collections.defaultdict(list)
+for r in rows:
+    by[(r["labels"]["scenario"], r["labels"]["backend"])].append(r)
+scenarios = sorted({s for s, _ in by}, key=lambda s: (s[:2], int(re.sub(r"\D", "", s.split("-")[1]) or 0) * (1024 if s.endswith("m") else 1)))
+
+
+def vals(scn, backend, f):
+    out = []
+    for r in by.get((scn, backend), []):
+        try:
+            v = f(r)
+        except (KeyError, TypeError, ZeroDivisionError):
+            v = None
+        out.append(v)
+    return out
+
+
+def fmt(x, digits=2):
+    if x is None:
+        return "timeout"
+    if isinstance(x, float) and x == float("inf"):
+        return "timeout"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def mmm(v, digits=2):
+    """min / median / max; None (a timed-out p99) sorts as infinity."""
+    if not v:
+        return "–"
+    v = [float("inf") if x is None else x for x in v]
+    v.sort()
+    med = statistics.median(v) if all(x != float("inf") for x in v) else v[len(v) // 2]
+    if len(v) == 1:
+        return fmt(v[0], digits)
+    return f"{fmt(v[0], digits)} / {fmt(med, digits)} / {fmt(v[-1], digits)}"
+
+
+def median(v):
+    v = sorted(float("inf") if x is None else x for x in v)
+    if not v:
+        return None
+    m = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+    return None if m == float("inf") else m
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def cpu_per_gb(group):
+    return lambda r: r["groups"][group]["cpu_s"] / (r["bytes"] / GB)
+
+
+def mib(x):
+    return x / 1048576
+
+
+lines = []
+w = lines.append
+w(f"Raw data: `{os.path.relpath(OUT)}`. {machine.splitlines()[0] if machine else ''}\n")
+loads = [float(r["labels"]["load1"]) for r in rows]
+if loads:
+    w(f"Load average (1 min) before each client run: min {min(loads):.2f}, median "
+      f"{statistics.median(loads):.2f}, max {max(loads):.2f} (other jobs share this 2-core machine).\n")
+w("Every cell is **min / median / max** over the runs.\n")
+
+goals = []
+
+# ---------------------------------------------------------------- S1
+s1 = [s for s in scenarios if s.startswith("S1-")]
+for scn in s1:
+    n = int(scn.split("-")[1])
+    w(f"\n### S1 — {n} slow clients (20 MiB at 200 KiB/s each) + probe every 100 ms\n")
+    w("| backend | probe p50 ms | probe p99 ms | probes failed | progressing at once | failed | starved | nginx temp MiB | peak RSS MiB nginx / fpm / manager / php -S | CPU s per GB nginx / fpm / manager / php -S |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    for b in ["idle-fpm", "idle-cli"] + BACKENDS:
+        if (scn, b) not in by:
+            continue
+        rss = " · ".join(mmm(vals(scn, b, lambda r, g=g: mib(r["groups"][g]["rss_peak"])), 0)
+                         for g in ["nginx", "php-fpm", "manager", "php-cli"])
+        cpu = "–" if b.startswith("idle") else " · ".join(
+            mmm(vals(scn, b, cpu_per_gb(g)), 2) for g in ["nginx", "php-fpm", "manager", "php-cli"])
+        w(f"| {NAMES[b]} | {mmm(vals(scn, b, lambda r: r['probe_p50_ms']))} "
+          f"| {mmm(vals(scn, b, lambda r: r['probe_p99_ms']))} "
+          f"| {mmm(vals(scn, b, lambda r: r['probe_failed']), 0)} "
+          f"| {mmm(vals(scn, b, lambda r: r['progressing_median']), 0)} "
+          f"| {mmm(vals(scn, b, lambda r: r['failed']), 0)} "
+          f"| {mmm(vals(scn, b, lambda r: r['starved']), 0)} "
+          f"| {mmm(vals(scn, b, lambda r: mib(r['dir_peak_bytes'])), 1)} | {rss} | {cpu} |")
+    w("")
+    w("Probe p99 ratios (median of runs): " + ", ".join(
+        f"{NAMES[b]} {ratio(median(vals(scn, b, lambda r: r['probe_p99_ms'])), median(vals(scn, 'xaccel', lambda r: r['probe_p99_ms'])))} of X-Accel-Redirect, "
+        f"{ratio(median(vals(scn, b, lambda r: r['probe_p99_ms'])), median(vals(scn, 'readfile-fpm', lambda r: r['probe_p99_ms'])))} of readfile()"
+        for b in ["handoff-fpm", "handoff-cli"]) + ".\n")
+    for b in ["handoff-fpm", "handoff-fpm-tuned", "handoff-cli"]:
+        idle = median(vals(scn, "idle-cli" if b == "handoff-cli" else "idle-fpm", lambda r: r["probe_p99_ms"]))
+        p99 = median(vals(scn, b, lambda r: r["probe_p99_ms"]))
+        prog = vals(scn, b, lambda r: r["progressing_median"] == r["conns"] and r["starved"] == 0 and r["failed"] == 0)
+        temp = vals(scn, b, lambda r: r["dir_peak_bytes"] == 0)
+        if n <= 200:
+            goals.append((f"S1 {n}: probe p99 ≤ 3 ms ({NAMES[b]})", p99 is not None and p99 <= 3, f"median p99 {fmt(p99)} ms"))
+        else:
+            goals.append((f"S1 {n}: probe p99 ≤ 1.5× idle p99 ({NAMES[b]})",
+                          p99 is not None and idle is not None and p99 <= 1.5 * idle,
+                          f"median p99 {fmt(p99)} ms vs idle {fmt(idle)} ms"))
+        goals.append((f"S1 {n}: every download progressing ({NAMES[b]})", all(prog), f"{sum(prog)}/{len(prog)} runs"))
+        goals.append((f"S1 {n}: no nginx temp files ({NAMES[b]})", all(temp), f"{sum(temp)}/{len(temp)} runs"))
+
+# ---------------------------------------------------------------- S2
+for scn in [s for s in scenarios if s.startswith("S2-")]:
+    label = "64 × 10 MiB" if scn == "S2-10m" else "1 × 1 GiB"
+    w(f"\n### S2 — fast clients, {label} (1 MiB reads)\n")
+    w("| backend | GB/s | req/s | machine CPU s/GB | client CPU s/GB | vs X-Accel | vs readfile() |")
+    w("|---|---|---|---|---|---|---|")
+    xa = median(vals(scn, "xaccel", lambda r: r["gb_per_s"]))
+    rf = median(vals(scn, "readfile-fpm", lambda r: r["gb_per_s"]))
+    st = median(vals(scn, "static", lambda r: r["gb_per_s"]))
+    for b in BACKENDS:
+        g = median(vals(scn, b, lambda r: r["gb_per_s"]))
+        w(f"| {NAMES[b]} | {mmm(vals(scn, b, lambda r: r['gb_per_s']))} | {mmm(vals(scn, b, lambda r: r['req_per_s']), 1)} "
+          f"| {mmm(vals(scn, b, lambda r: r['machine_cpu_s'] / (r['bytes'] / GB)))} "
+          f"| {mmm(vals(scn, b, lambda r: r['client_cpu_s'] / (r['bytes'] / GB)))} | {ratio(g, xa)} | {ratio(g, rf)} |")
+    g_fpm = median(vals(scn, "handoff-fpm", lambda r: r["gb_per_s"]))
+    g_cli = median(vals(scn, "handoff-cli", lambda r: r["gb_per_s"]))
+    goals.append((f"S2 {label}: nginx+fpm ≥ 0.9× X-Accel-Redirect", g_fpm is not None and xa and g_fpm >= 0.9 * xa,
+                  f"{ratio(g_fpm, xa)}"))
+    g_t = median(vals(scn, "handoff-fpm-tuned", lambda r: r["gb_per_s"]))
+    goals.append((f"S2 {label}: nginx+fpm with fastcgi_buffer_size 128k ≥ 0.9× X-Accel-Redirect",
+                  g_t is not None and xa and g_t >= 0.9 * xa, f"{ratio(g_t, xa)}"))
+    goals.append((f"S2 {label}: php -S ≥ 0.95× nginx static", g_cli is not None and st and g_cli >= 0.95 * st,
+                  f"{ratio(g_cli, st)}"))
+
+# ---------------------------------------------------------------- S3
+s3 = [s for s in scenarios if s.startswith("S3-")]
+inline_choice = []
+for scn in s3:
+    size = scn.split("-")[1]
+    w(f"\n### S3 — small files, {size.upper()}iB × 64 keep-alive connections\n")
+    w("| backend | req/s | p99 ms | vs X-Accel | vs readfile() |")
+    w("|---|---|---|---|---|")
+    xa = median(vals(scn, "xaccel", lambda r: r["req_per_s"]))
+    rf = median(vals(scn, "readfile-fpm", lambda r: r["req_per_s"]))
+    for b in BACKENDS + ["handoff-fpm-inline", "handoff-cli-inline"]:
+        if (scn, b) not in by:
+            continue
+        q = median(vals(scn, b, lambda r: r["req_per_s"]))
+        w(f"| {NAMES[b]} | {mmm(vals(scn, b, lambda r: r['req_per_s']), 0)} | {mmm(vals(scn, b, lambda r: r['lat_p99_ms']))} "
+          f"| {ratio(q, xa)} | {ratio(q, rf)} |")
+    h = median(vals(scn, "handoff-fpm", lambda r: r["req_per_s"]))
+    hi = median(vals(scn, "handoff-fpm-inline", lambda r: r["req_per_s"]))
+    inline_choice.append((size, h, hi, rf))
+    goals.append((f"S3 {size}: send_file() (nginx+fpm, handoff) ≥ readfile()", h is not None and rf and h >= rf, ratio(h, rf)))
+    goals.append((f"S3 {size}: send_file() (nginx+fpm, inline) ≥ readfile()", hi is not None and rf and hi >= 0.97 * rf,
+                  ratio(hi, rf) + " (within 3 % counts as equal)"))
+if inline_choice:
+    w("\n### handoff.inline_below: handoff against inline, per file size (nginx+fpm, median req/s)\n")
+    w("| size | handoff | inline (worker streams it) | readfile() | handoff / inline |")
+    w("|---|---|---|---|---|")
+    for size, h, hi, rf in inline_choice:
+        w(f"| {size.upper()}iB | {fmt(h)} | {fmt(hi)} | {fmt(rf)} | {ratio(h, hi)} |")
+
+# ---------------------------------------------------------------- S4
+w("\n### S4 — php-fpm worker hold time (php-fpm access log, `%{micro}d`)\n")
+w("Per request, from php-fpm accepting it to the worker being free again; "
+  "for send_file() this is the whole script: open, plan, handshake with the manager.\n")
+w("| requests | scenario | n per run | p50 ms | p99 ms | max ms |")
+w("|---|---|---|---|---|---|")
+hold = collections.defaultdict(lambda: collections.defaultdict(list))
+for path in glob.glob(os.path.join(OUT, "fpm-*.log")):
+    tag = os.path.basename(path)[4:-4]
+    m = re.match(r"(S\d-[^-]+)-(.+)-(\d+)$", tag)
+    if not m:
+        continue
+    scn, backend, run = m.groups()
+    for line in open(path):
+        parts = line.split(" ", 2)
+        if len(parts) < 3:
+            continue
+        us, status, uri = int(parts[0]), parts[1], parts[2].strip()
+        if uri.startswith("/send.php") and "inline=1" not in uri:
+            kind = "send_file() handoff"
+        elif uri.startswith("/send.php"):
+            kind = "send_file() inline"
+        elif uri.startswith("/readfile.php"):
+            kind = "readfile()" + (" nobuf" if "nobuf" in uri else "")
+        elif uri.startswith("/xaccel.php"):
+            kind = "X-Accel-Redirect script"
+        else:
+            continue
+        hold[(kind, scn)][run].append(us / 1000)
+
+
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, max(0, int(round(p / 100 * len(v) + 0.5)) - 1))]
+
+
+s4_p99 = []
+for (kind, scn) in sorted(hold):
+    runs = hold[(kind, scn)]
+    if scn.startswith("S3-") and kind.startswith("readfile() nobuf"):
+        continue
+    p50 = [pct(v, 50) for v in runs.values()]
+    p99 = [pct(v, 99) for v in runs.values()]
+    mx = [max(v) for v in runs.values()]
+    n = [len(v) for v in runs.values()]
+    w(f"| {kind} | {scn} | {mmm(n, 0)} | {mmm(p50, 3)} | {mmm(p99, 3)} | {mmm(mx, 3)} |")
+    if kind == "send_file() handoff":
+        s4_p99.append((scn, median(p99)))
+if s4_p99:
+    worst = max(s4_p99, key=lambda x: x[1])
+    goals.append(("S4: worker hold time p99 ≤ 0.2 ms (send_file() handoff, every scenario)",
+                  worst[1] <= 0.2, f"median p99 {worst[1]:.3f} ms in {worst[0]}; "
+                  + ", ".join(f"{s} {p:.3f}" for s, p in s4_p99)))
+
+# ---------------------------------------------------------------- S5
+for scn in [s for s in scenarios if s.startswith("S5-")]:
+    n = scn.split("-")[1]
+    w(f"\n### S5 — {n} live slow downloads (10 KiB/s each, nginx + php-fpm + send_file())\n")
+    w("| figure | value |")
+    w("|---|---|")
+    rs = by[(scn, "handoff-fpm")]
+
+    def per(r, g):
+        return (r["groups"][g]["rss_peak"] - r["groups"][g]["rss_first"]) / max(1, r["progressing_median"])
+    w(f"| downloads progressing at once | {mmm([r['progressing_median'] for r in rs], 0)} |")
+    w(f"| failed / starved | {mmm([r['failed'] for r in rs], 0)} / {mmm([r['starved'] for r in rs], 0)} |")
+    w(f"| manager RSS before → peak, MiB | {mmm([mib(r['groups']['manager']['rss_first']) for r in rs], 1)} → {mmm([mib(r['groups']['manager']['rss_peak']) for r in rs], 1)} |")
+    w(f"| manager bytes per download (peak − before) / downloads | {mmm([per(r, 'manager') for r in rs], 0)} |")
+    w(f"| nginx bytes per download, same way | {mmm([per(r, 'nginx') for r in rs], 0)} |")
+    b = median([per(r, "manager") for r in rs])
+    goals.append((f"S5: manager ≤ 8 KiB per download ({n} downloads)", b is not None and b <= 8192, f"{fmt(b)} bytes"))
+
+w("\n### Goals of issue 3\n")
+w("| goal | met | measured |")
+w("|---|---|---|")
+for name, ok, how in goals:
+    w(f"| {name} | {'yes' if ok else '**no**'} | {how} |")
+
+open(os.path.join(OUT, "report.md"), "w").write("\n".join(lines) + "\n")
+print(f"wrote {os.path.join(OUT, 'report.md')}")
+
+# ---------------------------------------------------------------- plot
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    print("matplotlib missing: no plot")
+    sys.exit(0)
+
+if s1:
+    fig, axes = plt.subplots(len(s1), 1, figsize=(11, 4.2 * len(s1)), squeeze=False)
+    colors = {"idle-fpm": "#999999", "handoff-fpm": "#d62728", "handoff-cli": "#ff7f0e",
+              "readfile-fpm": "#1f77b4", "readfile-nobuf": "#9467bd", "xaccel": "#2ca02c", "handoff-fpm-tuned": "#8c564b",
+              "static": "#17becf", "idle-cli": "#cccccc"}
+    for ax, scn in zip(axes[:, 0], s1):
+        timeout = None
+        for b in ["idle-fpm"] + BACKENDS:
+            f = os.path.join(OUT, f"probe-{scn}-{b}-1.csv")
+            if not os.path.exists(f):
+                continue
+            t, lat, tf = [], [], []
+            for row in csv.DictReader(open(f)):
+                if row["latency_ms"]:
+                    t.append(float(row["t_s"]))
+                    lat.append(float(row["latency_ms"]))
+                else:
+                    tf.append(float(row["t_s"]))
+            ax.plot(t, lat, ".-", ms=3, lw=0.8, color=colors[b], label=NAMES[b])
+            if tf:
+                ax.plot(tf, [1000] * len(tf), "x", color=colors[b], ms=6)
+        ax.set_yscale("log")
+        ax.set_ylim(0.1, 2000)
+        ax.axhline(3, color="black", lw=0.6, ls="--")
+        ax.text(0.2, 3.3, "goal: p99 ≤ 3 ms", fontsize=8)
+        ax.set_xlabel("seconds since the clients started (run 1)")
+        ax.set_ylabel("probe latency, ms (log); × = failed/timeout")
+        n = scn.split("-")[1]
+        ax.set_title(f"S1: probe page latency while {n} clients download 20 MiB at 200 KiB/s")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=8, loc="upper right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, "s1-probe-latency.png"), dpi=90)
+    print(f"wrote {os.path.join(OUT, 's1-probe-latency.png')}")

@@ -1,0 +1,440 @@
+#!/usr/bin/env bash
+# The handoff benchmark: send_file() against readfile(), X-Accel-Redirect and nginx static,
+# on one machine, in one run.
+#
+#   bash bench/run.sh --quick     # ~5 minutes: every scenario at its smallest size, 3 runs
+#   bash bench/run.sh --full      # ~40 minutes: the sizes of issue 3, 3 runs
+#   bash bench/run.sh --smoke     # < 90 s, 1 run, tiny loads: checks that the harness works
+#   ... --publish                 # also copy the report and plot to docs/
+#
+# Starts its own handoff-manager, php-fpm (pm = static, 4 children, the shared pool file),
+# nginx (the shared site template plus two bench-only locations) and `php -S`, all in a
+# temporary directory, on 127.0.0.1 and Unix sockets only. The load client is
+# bench/client (handoff-bench); every run of it is bounded in time (and count).
+#
+# Backends (what a download request hits):
+#   handoff-fpm     nginx -> php-fpm -> send_file()          (the manager streams)
+#   handoff-cli     php -S -> send_file()                    (the manager streams)
+#   readfile-fpm    nginx -> php-fpm -> readfile(), nginx fastcgi buffering on (default)
+#   readfile-nobuf  the same with X-Accel-Buffering: no
+#   xaccel          nginx -> php-fpm -> X-Accel-Redirect -> nginx internal location
+#   static          nginx serves the file from a plain location
+# Scenarios: S1 slow-client storm + probe, S2 fast clients, S3 small files (and the
+# handoff.inline_below sweep), S4 worker hold time (php-fpm access log), S5 10,000 slow
+# connections. Output: $BENCH_OUT (default bench/results/MODE): results.jsonl (one line per
+# client run), probe-*.csv, fpm-*.log, report.md and s1-probe-latency.png (bench/report.py).
+#
+# Environment: BENCH_PORT (nginx port; php -S uses +1, manager metrics +2; default 18480),
+# BENCH_DATA (test files, reused across runs; default /tmp/handoff-bench-data), BENCH_RUNS
+# (repetitions), BENCH_OUT, HANDOFF_SKIP_SETUP=1 (packages and build already done).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODE=quick
+PUBLISH=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) MODE=quick ;;
+        --full) MODE=full ;;
+        --smoke) MODE=smoke ;;
+        --publish) PUBLISH=1 ;;
+        -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $arg (--quick, --full, --smoke, --publish)" >&2; exit 2 ;;
+    esac
+done
+
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+if [ -d "${CARGO_HOME:-${HOME:-/root}/.cargo}/bin" ]; then
+    export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+fi
+exec </dev/null
+
+log() { printf '==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# --- parameters per mode -------------------------------------------------------------------
+KIB=1024
+MIB=$((1024 * 1024))
+S1_RATE=$((200 * KIB))
+case "$MODE" in
+    smoke)
+        RUNS=1
+        S1_NS=(20); S1_SECS=3; S1_RAMP=0.5
+        S2_CONNS=8; S2_SECS=1.5; S2_BIG=""
+        S3_SIZES=(4k); S3_SECS=1
+        S5_CONNS=100; S5_RATE=$((10 * KIB)); S5_SECS=4; S5_RAMP=1
+        ;;
+    quick)
+        RUNS=3
+        S1_NS=(200); S1_SECS=4; S1_RAMP=1
+        S2_CONNS=64; S2_SECS=1; S2_BIG=f1g
+        S3_SIZES=(4k 64k); S3_SECS=1
+        S5_CONNS=2000; S5_RATE=$((10 * KIB)); S5_SECS=12; S5_RAMP=5
+        ;;
+    full)
+        RUNS=3
+        S1_NS=(200 1000 2000); S1_SECS=15; S1_RAMP=3
+        S2_CONNS=64; S2_SECS=5; S2_BIG=f1g
+        S3_SIZES=(4k 16k 64k 256k); S3_SECS=3
+        S5_CONNS=10000; S5_RATE=$((10 * KIB)); S5_SECS=45; S5_RAMP=25
+        ;;
+esac
+RUNS="${BENCH_RUNS:-$RUNS}"
+PORT="${BENCH_PORT:-18480}"
+CLI_PORT=$((PORT + 1))
+METRICS_PORT=$((PORT + 2))
+TUNED_PORT=$((PORT + 3))
+TUNED_BUFFER="${BENCH_TUNED_BUFFER:-128k}"
+SCENARIOS="${BENCH_SCENARIOS:-S1 S2 S3 S5}"
+DATA="${BENCH_DATA:-/tmp/handoff-bench-data}"
+OUT="${BENCH_OUT:-$REPO/bench/results/$MODE}"
+SO="$REPO/target/release/libhandoff.so"
+MANAGER="$REPO/target/release/handoff-manager"
+CLIENT="$REPO/target/release/handoff-bench"
+DOCROOT="$REPO/bench/www"
+TEMPLATE="$REPO/deploy/nginx-site.conf.template"
+POOL="$REPO/deploy/php-fpm-pool.conf"
+
+# --- setup: packages, build, limits ----------------------------------------------------------
+if [ "${HANDOFF_SKIP_SETUP:-0}" != "1" ]; then
+    bash "$REPO/scripts/setup.sh"
+fi
+# The client is a workspace member: setup.sh's `cargo build --release --workspace` builds it.
+[ -x "$CLIENT" ] || (cd "$REPO" && cargo build --release -p handoff-bench)
+for f in "$SO" "$MANAGER" "$CLIENT"; do [ -e "$f" ] || die "$f is missing"; done
+PHP_FPM="$(command -v php-fpm8.2 || command -v php-fpm || true)"
+[ -n "$PHP_FPM" ] || die "php-fpm not found"
+command -v nginx >/dev/null || die "nginx not found"
+command -v envsubst >/dev/null || die "envsubst not found (gettext-base)"
+# Bench-only dependency: matplotlib for the plot (not needed by --smoke).
+if [ "$MODE" != smoke ] && ! python3 -c 'import matplotlib' 2>/dev/null; then
+    log "installing matplotlib (pip) for the plot"
+    python3 -m pip install --quiet matplotlib || log "matplotlib unavailable: no plot"
+fi
+
+# 10,000 slow downloads need 2 descriptors each in the manager (connection + file) and in
+# nginx (client + upstream), 1 in the client. Raise the hard limit where allowed (root with
+# CAP_SYS_RESOURCE), else use what there is and scale S5 down to fit.
+ulimit -Hn 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_LIMIT="$(ulimit -n)"
+if [ "$FD_LIMIT" != unlimited ] && [ "$FD_LIMIT" -lt $((S5_CONNS * 2 + 1000)) ]; then
+    S5_CONNS=$(((FD_LIMIT - 1000) / 2))
+    log "fd limit $FD_LIMIT: S5 scaled down to $S5_CONNS connections"
+fi
+
+# --- test files (outside the docroot; reused across runs) ------------------------------------
+mkdir -p "$DATA"
+chmod 0755 "$DATA"
+make_file() { # name bytes
+    local path="$DATA/$1"
+    if [ "$(stat -c %s "$path" 2>/dev/null || echo 0)" != "$2" ]; then
+        log "generating $path ($2 bytes)"
+        head -c "$2" /dev/urandom >"$path.tmp"
+        mv "$path.tmp" "$path"
+    fi
+    chmod 0644 "$path"
+}
+make_file f4k $((4 * KIB))
+make_file f16k $((16 * KIB))
+make_file f64k $((64 * KIB))
+make_file f256k $((256 * KIB))
+make_file f10m $((10 * MIB))
+make_file f20m $((20 * MIB))
+[ -n "$S2_BIG" ] && make_file f1g $((1024 * MIB))
+
+# --- runtime dir and processes -------------------------------------------------------------
+RUN="$(mktemp -d /tmp/handoff-bench.XXXXXX)"
+chmod 0755 "$RUN"
+LOGS="$RUN/logs"
+TEMP="$RUN/nginx-temp"
+mkdir -p "$LOGS" "$TEMP" "$OUT"
+rm -f "$OUT"/results.jsonl "$OUT"/probe-*.csv "$OUT"/fpm-*.log
+
+PIDS=()
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${PIDS[$i]}" 2>/dev/null || true
+    done
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        wait "${PIDS[$i]}" 2>/dev/null || true
+    done
+    if [ "$status" -ne 0 ]; then
+        echo "run.sh: failed (status $status); last lines of the logs in $LOGS:" >&2
+        tail -n 15 "$LOGS"/* >&2 2>/dev/null || true
+    else
+        rm -rf "$RUN"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+for p in "$PORT" "$CLI_PORT" "$METRICS_PORT" "$TUNED_PORT"; do
+    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$p/"; then
+        die "127.0.0.1:$p is in use: set BENCH_PORT"
+    fi
+done
+
+wait_for() { # what pid check...
+    local what="$1" pid="$2"
+    shift 2
+    local deadline=$((SECONDS + 20))
+    until "$@" >/dev/null 2>&1; do
+        kill -0 "$pid" 2>/dev/null || die "$what exited during start-up"
+        [ "$SECONDS" -lt "$deadline" ] || die "$what did not come up within 20 s"
+        sleep 0.1
+    done
+}
+
+# handoff-manager: world-connectable socket (local benchmark; php-fpm runs as this user).
+RUST_LOG=warn "$MANAGER" --socket "$RUN/manager.sock" --socket-mode 0666 --threads 2 \
+    --metrics "127.0.0.1:$METRICS_PORT" --access-log "$LOGS/manager-access.log" \
+    --send-timeout 60 --grace 1 >"$LOGS/manager.log" 2>&1 &
+MANAGER_PID=$!
+PIDS+=("$MANAGER_PID")
+wait_for handoff-manager "$MANAGER_PID" curl -sf "http://127.0.0.1:$METRICS_PORT/status"
+
+# php-fpm: the shared pool file unchanged; the same pool section reopened afterwards only to
+# add an access log with the request duration in microseconds (S4).
+FPM_LOG="$LOGS/fpm-access.log"
+cat >"$RUN/php-fpm.conf" <<EOF
+[global]
+pid = $RUN/php-fpm.pid
+error_log = $LOGS/php-fpm.log
+daemonize = no
+include = $POOL
+
+[handoff]
+access.log = $FPM_LOG
+access.format = "%{micro}d %s %r%Q%q"
+EOF
+export HANDOFF_FPM_LISTEN="$RUN/php-fpm.sock"
+HANDOFF_FPM_USER="$(id -un)"
+export HANDOFF_FPM_USER
+export HANDOFF_FPM_CHILDREN=4
+export HANDOFF_SOCKET="$RUN/manager.sock"
+export HANDOFF_BENCH_DATA="$DATA"
+fpm_args=(-F -y "$RUN/php-fpm.conf" -d "extension=$SO")
+[ "$(id -u)" -eq 0 ] && fpm_args=(-R "${fpm_args[@]}")
+"$PHP_FPM" "${fpm_args[@]}" >"$LOGS/php-fpm.stderr.log" 2>&1 &
+FPM_PID=$!
+PIDS+=("$FPM_PID")
+wait_for php-fpm "$FPM_PID" test -S "$RUN/php-fpm.sock"
+
+# nginx: the shared site template, substituted, with one include added before its closing
+# brace for the two bench-only locations (X-Accel-Redirect needs an internal location in the
+# same server; nginx static needs a location serving the data). The PHP location is the
+# shared one, byte for byte.
+# shellcheck disable=SC2016
+HANDOFF_LISTEN="127.0.0.1:$PORT" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
+    envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' <"$TEMPLATE" |
+    sed '$!b; /^}$/i\    include '"$RUN"'/bench-locations.conf;' >"$RUN/nginx-site.conf"
+grep -q bench-locations "$RUN/nginx-site.conf" || die "could not add the bench locations to the site"
+# A second server, the same site on TUNED_PORT, with one server-level line added:
+# fastcgi_buffer_size. With X-Accel-Buffering: no (which send_file() sends), nginx relays
+# the response through this one buffer, 4 KiB by default (a page): the handoff-fpm-tuned
+# backend measures what a larger one (128 KiB, two FastCGI records) gives. The PHP location is still the shared one.
+# shellcheck disable=SC2016
+HANDOFF_LISTEN="127.0.0.1:$TUNED_PORT" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
+    envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' <"$TEMPLATE" |
+    sed '$!b; /^}$/i\    include '"$RUN"'/bench-tuned.conf;' >"$RUN/nginx-site-tuned.conf"
+# (fastcgi_buffers must then be raised too: nginx checks busy buffers against them.)
+printf 'fastcgi_buffer_size %s;\nfastcgi_buffers 4 %s;\n' "$TUNED_BUFFER" "$TUNED_BUFFER" >"$RUN/bench-tuned.conf"
+cat >"$RUN/bench-locations.conf" <<EOF
+location /_protected/ {
+    internal;
+    alias $DATA/;
+}
+location /static/ {
+    alias $DATA/;
+}
+EOF
+nginx_user=""
+[ "$(id -u)" -eq 0 ] && nginx_user="user root;"
+cat >"$RUN/nginx.conf" <<EOF
+$nginx_user
+daemon off;
+worker_processes auto;
+worker_rlimit_nofile $FD_LIMIT;
+pid $RUN/nginx.pid;
+error_log $LOGS/nginx-error.log error;
+events { worker_connections 32768; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    access_log off;
+    client_body_temp_path $TEMP/client_body;
+    fastcgi_temp_path $TEMP/fastcgi;
+    proxy_temp_path $TEMP/proxy;
+    uwsgi_temp_path $TEMP/uwsgi;
+    scgi_temp_path $TEMP/scgi;
+    include $RUN/nginx-site.conf;
+    include $RUN/nginx-site-tuned.conf;
+}
+EOF
+nginx -t -q -p "$RUN" -e "$LOGS/nginx-error.log" -c "$RUN/nginx.conf" || die "nginx rejected its config"
+nginx -p "$RUN" -e "$LOGS/nginx-error.log" -c "$RUN/nginx.conf" >"$LOGS/nginx.stderr.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_for nginx "$NGINX_PID" curl -sf "http://127.0.0.1:$PORT/probe.php"
+
+# php -S: one process (its default), the extension loaded, the same docroot.
+php -S "127.0.0.1:$CLI_PORT" -t "$DOCROOT" -d "extension=$SO" \
+    -d "handoff.socket=$RUN/manager.sock" >"$LOGS/php-cli-server.log" 2>&1 &
+CLI_PID=$!
+PIDS+=("$CLI_PID")
+wait_for "php -S" "$CLI_PID" curl -sf "http://127.0.0.1:$CLI_PORT/probe.php"
+
+# Every backend must deliver the right bytes before anything is measured.
+want="$(sha256sum <"$DATA/f64k" | cut -d' ' -f1)"
+for url in "$PORT/send.php?f=f64k" "$CLI_PORT/send.php?f=f64k" "$PORT/readfile.php?f=f64k" \
+    "$PORT/xaccel.php?f=f64k" "$PORT/static/f64k" "$PORT/send.php?f=f64k&inline=1" \
+    "$TUNED_PORT/send.php?f=f64k"; do
+    got="$(curl -sf --max-time 10 "http://127.0.0.1:$url" | sha256sum | cut -d' ' -f1)"
+    [ "$got" = "$want" ] || die "http://127.0.0.1:$url did not return the file"
+done
+grep -q '"accepted":[1-9]' <(curl -s "http://127.0.0.1:$METRICS_PORT/status") ||
+    die "the manager took no handoff: send_file() is not handing off"
+log "stack up in $RUN (manager $MANAGER_PID, php-fpm $FPM_PID, nginx $NGINX_PID, php -S $CLI_PID)"
+
+# --- running the client ----------------------------------------------------------------------
+url_of() { # backend file -> "port path"
+    case "$1" in
+        handoff-fpm) echo "$PORT /send.php?f=$2" ;;
+        handoff-fpm-inline) echo "$PORT /send.php?f=$2&inline=1" ;;
+        handoff-fpm-tuned) echo "$TUNED_PORT /send.php?f=$2" ;;
+        handoff-cli) echo "$CLI_PORT /send.php?f=$2" ;;
+        handoff-cli-inline) echo "$CLI_PORT /send.php?f=$2&inline=1" ;;
+        readfile-fpm) echo "$PORT /readfile.php?f=$2" ;;
+        readfile-nobuf) echo "$PORT /readfile.php?f=$2&nobuf=1" ;;
+        xaccel) echo "$PORT /xaccel.php?f=$2" ;;
+        static) echo "$PORT /static/$2" ;;
+        idle-fpm | idle-cli) echo "$PORT /probe.php" ;;
+        *) die "unknown backend $1" ;;
+    esac
+}
+
+# Waits (at most 15 s) until the previous run's downloads are gone: the manager has none
+# running and nginx's temp files are deleted, so runs do not overlap.
+settle() {
+    local deadline=$((SECONDS + 15))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if grep -q '"active":0[,}]' <(curl -s --max-time 2 "http://127.0.0.1:$METRICS_PORT/status") &&
+            [ -z "$(find "$TEMP" -type f 2>/dev/null | head -n 1)" ]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    log "warning: previous run had not drained after 15 s"
+}
+
+# bench SCENARIO BACKEND RUN [client args...]: one bounded client run; appends its JSON line
+# to results.jsonl and keeps the php-fpm access-log lines it caused.
+bench() {
+    local scenario="$1" backend="$2" run="$3"
+    shift 3
+    settle
+    local port path probe_port=$PORT
+    read -r port path <<<"$(url_of "$backend" "${FILE:-f20m}")"
+    case "$backend" in *-cli*) probe_port=$CLI_PORT ;; esac
+    local load1
+    load1="$(cut -d' ' -f1 /proc/loadavg)"
+    local before
+    before="$(stat -c %s "$FPM_LOG" 2>/dev/null || echo 0)"
+    local tag="$scenario-$backend-$run"
+    # nginx temp files matter in S1/S2; walking 20,000 descriptors in S5 would load the box.
+    local watch=(--watch-dir "$TEMP")
+    case "$scenario" in S5*) watch=() ;; esac
+    # Idle baselines: the probe alone, the same arguments with no load connections.
+    local args=("$@") i
+    case "$backend" in
+        idle-*) for i in "${!args[@]}"; do [ "${args[$i]}" = --conns ] && args[i + 1]=0; done ;;
+    esac
+    "$CLIENT" --addr "127.0.0.1:$port" --path "$path" \
+        --group "nginx=$NGINX_PID" --group "php-fpm=$FPM_PID" --group "manager=$MANAGER_PID" \
+        --group "php-cli=$CLI_PID" "${watch[@]}" \
+        --label "scenario=$scenario" --label "backend=$backend" --label "run=$run" \
+        --label "load1=$load1" --label "file=${FILE:-f20m}" \
+        --probe-addr "127.0.0.1:$probe_port" "${args[@]}" >>"$OUT/results.jsonl" ||
+        die "handoff-bench failed in $tag"
+    tail -c +"$((before + 1))" "$FPM_LOG" >"$OUT/fpm-$tag.log" 2>/dev/null || true
+    [ -s "$OUT/fpm-$tag.log" ] || rm -f "$OUT/fpm-$tag.log"
+    printf '    %-28s %s\n' "$tag" "$(tail -n 1 "$OUT/results.jsonl" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("req/s %.0f  GB/s %.2f  failed %d  starved %d  progressing %s  probe p50/p99 %s/%s ms (%d failed)" % (
+    r["req_per_s"], r["gb_per_s"], r["failed"], r["starved"], r["progressing_median"],
+    "%.2f" % r["probe_p50_ms"] if r["probe_p50_ms"] is not None else "-",
+    "%.2f" % r["probe_p99_ms"] if r["probe_p99_ms"] is not None else "timeout",
+    r["probe_failed"]))')"
+}
+
+BACKENDS=(handoff-fpm handoff-fpm-tuned handoff-cli readfile-fpm readfile-nobuf xaccel static)
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+started=$SECONDS
+
+for run in $(seq 1 "$RUNS"); do
+    # S1: N slow readers of a 20 MiB file at 200 KiB/s each, a probe page every 100 ms.
+    wants S1 && for n in "${S1_NS[@]}"; do
+        log "S1 run $run: $n slow clients x 200 KiB/s, ${S1_SECS}s"
+        for backend in idle-fpm idle-cli "${BACKENDS[@]}"; do
+            FILE=f20m bench "S1-$n" "$backend" "$run" --conns "$n" --rate "$S1_RATE" \
+                --ramp "$S1_RAMP" --duration "$S1_SECS" --probe-path /probe.php \
+                --probe-csv "$OUT/probe-S1-$n-$backend-$run.csv"
+        done
+    done
+
+    # S2: fast readers (1 MiB reads): 64 x 10 MiB, then 1 x 1 GiB.
+    wants S2 && log "S2 run $run: $S2_CONNS x 10 MiB${S2_BIG:+ and 1 x 1 GiB}"
+    wants S2 && for backend in "${BACKENDS[@]}"; do
+        FILE=f10m bench S2-10m "$backend" "$run" --conns "$S2_CONNS" --duration "$S2_SECS" \
+            --read-buf $((1024 * KIB)) --max-requests 100000
+        if [ -n "$S2_BIG" ]; then
+            FILE="$S2_BIG" bench S2-1g "$backend" "$run" --conns 1 --duration 30 \
+                --read-buf $((1024 * KIB)) --max-requests 2
+        fi
+    done
+
+    # S3: small files, 64 keep-alive connections; send_file() also with inline forced.
+    wants S3 && for size in "${S3_SIZES[@]}"; do
+        log "S3 run $run: f$size x 64 connections"
+        for backend in "${BACKENDS[@]}" handoff-fpm-inline handoff-cli-inline; do
+            FILE="f$size" bench "S3-$size" "$backend" "$run" --conns 64 --duration "$S3_SECS" \
+                --read-buf $((256 * KIB)) --max-requests 1000000
+        done
+    done
+done
+
+# S5: manager memory with many live slow downloads (handoff through nginx + php-fpm).
+wants S5 && for run in $(seq 1 "$RUNS"); do
+    log "S5 run $run: $S5_CONNS slow downloads at $((S5_RATE / KIB)) KiB/s"
+    FILE=f20m bench "S5-$S5_CONNS" handoff-fpm "$run" --conns "$S5_CONNS" --rate "$S5_RATE" \
+        --ramp "$S5_RAMP" --duration "$S5_SECS" --tick-ms 250
+    [ "$MODE" = full ] || break # quick and smoke: one S5 run
+done
+
+log "measurements done in $((SECONDS - started)) s"
+cp "$LOGS/manager-access.log" "$OUT/manager-access.log" 2>/dev/null || true
+{
+    echo "mode=$MODE runs=$RUNS date=$(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') cores=$(nproc)"
+    echo "mem=$(free -g | awk '/^Mem:/ {print $2}')GiB kernel=$(uname -r)"
+    echo "nginx=$(nginx -v 2>&1 | cut -d/ -f2) php=$(php -r 'echo PHP_VERSION;') rustc=$(rustc --version | cut -d' ' -f2)"
+    echo "handoff=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+} >"$OUT/machine.txt"
+if [ "$MODE" != smoke ] || python3 -c 'import matplotlib' 2>/dev/null; then
+    python3 "$REPO/bench/report.py" "$OUT" || die "bench/report.py failed"
+fi
+if [ "$PUBLISH" = 1 ]; then
+    cp "$OUT/s1-probe-latency.png" "$REPO/docs/s1-probe-latency.png"
+    log "plot copied to docs/; paste $OUT/report.md into docs/benchmarks.md"
+fi
+log "results in $OUT"
