@@ -168,7 +168,11 @@ impl Server {
             sandbox::drop_to(&user, &config.socket)?;
         }
         if config.sandbox {
-            sandbox::restrict_filesystem(&config.socket)?;
+            // A container's seccomp profile may forbid Landlock's system calls: run
+            // unsandboxed then, and say so, rather than not at all.
+            if let Err(e) = sandbox::restrict_filesystem(&config.socket) {
+                warn!("{e}: filesystem access not restricted");
+            }
         }
         let poll = Poll::new().map_err(io_err("creating poll"))?;
         poll.registry()
