@@ -38,9 +38,9 @@ pub fn current() -> Settings {
     let socket = ffi::ini_string(SOCKET)
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
-    let fallback = match ffi::ini_string(FALLBACK).as_deref().map(str::trim) {
-        Some(v) if v.eq_ignore_ascii_case("off") || v == "0" => Fallback::Off,
-        _ => Fallback::Stream,
+    let fallback = match ffi::ini_string(FALLBACK) {
+        Some(v) => parse_fallback(&v),
+        None => Fallback::Stream,
     };
     let timeout_ms = ffi::ini_string(TIMEOUT_MS)
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -54,5 +54,29 @@ pub fn current() -> Settings {
         fallback,
         timeout: Duration::from_millis(timeout_ms),
         inline_below,
+    }
+}
+
+/// php.ini reads an unquoted `off`, `false` or `no` as boolean false and stores an empty
+/// string; the default is `stream`, so an empty value can only mean one of those.
+fn parse_fallback(value: &str) -> Fallback {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "off" | "0" | "false" | "no" | "none" | "throw" => Fallback::Off,
+        _ => Fallback::Stream,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_off_in_every_spelling_php_ini_produces() {
+        for v in ["", "off", "Off", "0", "false", "no", " off "] {
+            assert_eq!(parse_fallback(v), Fallback::Off, "{v:?}");
+        }
+        for v in ["stream", "1", "on", "yes"] {
+            assert_eq!(parse_fallback(v), Fallback::Stream, "{v:?}");
+        }
     }
 }
