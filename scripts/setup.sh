@@ -5,8 +5,8 @@
 #   HANDOFF_SKIP_BUILD=1 bash ...    install only
 #
 # Packages are installed only when `dpkg -s` says they are missing, and `apt-get update` runs
-# only then. Rust is not installed from Debian (bookworm's cargo is too old): Rust >= 1.85
-# must come from rustup. The distro's nginx and php-fpm services are never used: demo.sh and
+# only then. Rust is not installed from Debian (bookworm's cargo is too old): when cargo is
+# missing, Rust >= 1.85 is installed with rustup. The distro's nginx and php-fpm services are never used: demo.sh and
 # the tests start their own instances with their own configs.
 set -euo pipefail
 
@@ -75,9 +75,17 @@ else
 fi
 
 # Rust: rustup's toolchain, not Debian's cargo (0.66 / rustc 1.63 in bookworm is too old).
+# A fresh machine gets it from rustup, the way rust-lang.org installs Rust.
+if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: installing Rust (stable, minimal profile + rustfmt, clippy) with rustup"
+    if curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+        | sh -s -- -y --profile minimal -c rustfmt,clippy </dev/null; then
+        export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+    fi
+fi
 if ! command -v cargo >/dev/null 2>&1; then
     cat >&2 <<EOF
-setup.sh: error: cargo not found.
+setup.sh: error: cargo not found, and installing it with rustup did not work.
   handoff needs Rust >= $MIN_RUST (edition 2021, ext-php-rs 0.16). Debian 12's cargo package
   is too old. Install Rust with rustup (https://rustup.rs), for example:
       curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
