@@ -79,7 +79,7 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
     log "cargo not found: installing Rust (stable, minimal profile + rustfmt, clippy) with rustup"
     if curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
-        | sh -s -- -y --profile minimal -c rustfmt,clippy </dev/null; then
+        | sh -s -- -y --profile minimal -c rustfmt,clippy; then
         export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
     fi
 fi
