@@ -8,5 +8,6 @@ mod util;
 
 mod cli_server;
 mod compose;
+mod differential;
 mod fpm;
 mod php_level;

@@ -35,6 +35,9 @@ pub struct Config {
     pub fpm_children: u32,
     /// Extra `-d` settings for PHP.
     pub ini: Vec<(String, String)>,
+    /// nginx also serves `data/` statically on a second socket ([`Stack::static_endpoint`]),
+    /// the reference the differential test compares `send_file()` with.
+    pub static_files: bool,
 }
 
 impl Config {
@@ -44,7 +47,14 @@ impl Config {
             manager: true,
             fpm_children: 2,
             ini: Vec::new(),
+            static_files: false,
         }
+    }
+
+    /// nginx serves `data/` statically too (only with [`Kind::Fpm`]).
+    pub fn with_static_files(mut self) -> Config {
+        self.static_files = true;
+        self
     }
 
     pub fn without_manager(mut self) -> Config {
@@ -72,6 +82,8 @@ impl Config {
 pub struct Stack {
     pub kind: Kind,
     pub endpoint: Endpoint,
+    /// nginx serving `data/` as static files, with [`Config::with_static_files`].
+    pub static_endpoint: Option<Endpoint>,
     pub manager_socket: PathBuf,
     procs: Vec<Proc>,
     /// Logs that are not a process's own output (nginx error.log, fpm.log).
@@ -88,6 +100,7 @@ impl Stack {
         let mut stack = Stack {
             kind: config.kind,
             endpoint: Endpoint::Unix(PathBuf::new()),
+            static_endpoint: None,
             manager_socket: dir.path().join("manager.sock"),
             procs: Vec::new(),
             extra_logs: Vec::new(),
@@ -102,7 +115,7 @@ impl Stack {
         match config.kind {
             Kind::Fpm => {
                 let fpm_sock = stack.start_fpm(&config);
-                stack.start_nginx(&fpm_sock);
+                stack.start_nginx(&fpm_sock, config.static_files);
             }
             Kind::CliServer => stack.start_cli_server(&config),
         }
@@ -307,7 +320,7 @@ impl Stack {
         fpm_sock
     }
 
-    fn start_nginx(&mut self, fpm_sock: &Path) {
+    fn start_nginx(&mut self, fpm_sock: &Path, static_files: bool) {
         let tmp = self.path().to_path_buf();
         let nginx_sock = tmp.join("nginx.sock");
         let template = fs::read_to_string(repo_root().join("deploy/nginx-site.conf.template"))
@@ -321,6 +334,13 @@ impl Stack {
             .replace("${HANDOFF_FPM}", &format!("unix:{}", fpm_sock.display()));
         fs::write(tmp.join("site.conf"), site).expect("write site.conf");
         let t = tmp.display();
+        // nginx's defaults for a static file (etag on, if_modified_since exact, no
+        // max_ranges): what users get from X-Accel-Redirect or a plain location.
+        let static_server = if static_files {
+            format!("  server {{ listen unix:{t}/static.sock; root {t}/data; }}\n")
+        } else {
+            String::new()
+        };
         let user = if is_root() { "user root;\n" } else { "" };
         // client_max_body_size: the unread-POST test sends more than nginx's default 1 MiB.
         let main = format!(
@@ -332,7 +352,7 @@ impl Stack {
              \x20 access_log {t}/access.log;\n  client_body_temp_path {t}/client_body;\n\
              \x20 fastcgi_temp_path {t}/fastcgi_temp;\n  proxy_temp_path {t}/proxy_temp;\n\
              \x20 uwsgi_temp_path {t}/uwsgi_temp;\n  scgi_temp_path {t}/scgi_temp;\n\
-             \x20 include {t}/site.conf;\n}}\n"
+             \x20 include {t}/site.conf;\n{static_server}}}\n"
         );
         let conf = tmp.join("nginx.conf");
         fs::write(&conf, main).expect("write nginx.conf");
@@ -350,6 +370,12 @@ impl Stack {
         let sock = nginx_sock.clone();
         self.wait_ready("nginx", move || UnixStream::connect(&sock).is_ok());
         self.endpoint = Endpoint::Unix(nginx_sock);
+        if static_files {
+            let sock = tmp.join("static.sock");
+            let probe = sock.clone();
+            self.wait_ready("nginx", move || UnixStream::connect(&probe).is_ok());
+            self.static_endpoint = Some(Endpoint::Unix(sock));
+        }
     }
 
     fn start_cli_server(&mut self, config: &Config) {
