@@ -1,10 +1,10 @@
 //! The differential test: one matrix of requests (every range form, every conditional header,
 //! HEAD, combinations) sent to nginx serving the file statically and to `send_file()` on
-//! three paths: nginx + php-fpm with the manager, the same without it (the in-process
-//! fallback), and `php -S` with the manager.
+//! four paths: nginx + php-fpm with the manager, the same without it (the in-process
+//! fallback), and `php -S` with and without the manager.
 //!
 //! Compared: status, `Content-Range`, `Content-Length`, `Content-Type` and the body bytes,
-//! with multipart boundaries replaced by a placeholder first. Our three paths must agree
+//! with multipart boundaries replaced by a placeholder first. Our four paths must agree
 //! exactly. Where we differ from nginx, the case names an [`Expected`] difference with the
 //! RFC 9110 section that makes ours right (or acceptable): the test fails when a difference
 //! appears that is not listed, and when a listed one disappears. The README's "HTTP
@@ -104,7 +104,7 @@ enum Why {
     Bug(&'static str),
 }
 
-/// A difference from nginx, expected in one case on all three of our paths.
+/// A difference from nginx, expected in one case on all four of our paths.
 struct Expected {
     name: &'static str,
     why: Why,
@@ -279,20 +279,21 @@ const BUG_SPACES_AROUND_EQUALS: Expected = Expected {
 /// longer shows, so that the entry goes with the fix.
 struct KnownBug {
     name: &'static str,
-    target: &'static str,
+    /// The paths it shows on (each must still show it).
+    targets: &'static [&'static str],
     description: &'static str,
     shows: fn(&View) -> bool,
     undo: fn(&mut View),
 }
 
 const KNOWN_BUGS: &[KnownBug] = &[KnownBug {
-    name: "BUG: the fallback's 412 and 416 carry PHP's default Content-Type",
-    target: "php-fpm fallback",
-    description: "the plan of a 412 or 416 has no Content-Type (there is no body), and the \
-                  in-process fallback lets PHP add its default_mimetype; the manager path \
-                  sends none",
+    name: "BUG: the fallback's answers without a body carry PHP's default Content-Type",
+    targets: &["php-fpm fallback", "php -S fallback"],
+    description: "the plan of a 412 or 416 (and 304) has no Content-Type, as there is no \
+                  body; the in-process fallback lets the SAPI add PHP's default_mimetype \
+                  (php-fpm on 412 and 416, php -S also on 304), the manager path sends none",
     shows: |v| {
-        matches!(v.status, 412 | 416)
+        matches!(v.status, 304 | 412 | 416)
             && v.body.is_empty()
             && v.content_type.as_deref() == Some("text/html; charset=UTF-8")
     },
@@ -748,7 +749,8 @@ fn send_file_matches_nginx_static_except_listed_differences() {
     let manager = Stack::start(Config::new(Kind::Fpm).with_static_files());
     let fallback = Stack::start(Config::new(Kind::Fpm).without_manager());
     let cli = Stack::start(Config::new(Kind::CliServer));
-    for stack in [&manager, &fallback, &cli] {
+    let cli_fallback = Stack::start(Config::new(Kind::CliServer).without_manager());
+    for stack in [&manager, &fallback, &cli, &cli_fallback] {
         put_files(stack);
     }
     let nginx = Target {
@@ -779,6 +781,12 @@ fn send_file_matches_nginx_static_except_listed_differences() {
             endpoint: cli.endpoint.clone(),
             url: download_url,
         },
+        Target {
+            name: "php -S fallback",
+            stack: &cli_fallback,
+            endpoint: cli_fallback.endpoint.clone(),
+            url: download_url,
+        },
     ];
     assert!(
         MATRIX.len() >= 40,
@@ -800,7 +808,7 @@ fn send_file_matches_nginx_static_except_listed_differences() {
     let mut failures = String::new();
     let mut table = String::new();
     let mut seen: Vec<&Expected> = Vec::new();
-    let mut bugs_seen: Vec<&str> = Vec::new();
+    let mut bugs_seen: Vec<(&str, &str)> = Vec::new();
     let validators: Vec<[View; 2]> = std::iter::once(&nginx)
         .chain(&ours)
         .map(|t| [plain(t, PDF), plain(t, TXT)])
@@ -819,11 +827,11 @@ fn send_file_matches_nginx_static_except_listed_differences() {
         let mut first: Option<View> = None;
         for (i, t) in ours.iter().enumerate() {
             let mut got = t.request(case, Some(pick(i + 1, case.file)));
-            for bug in KNOWN_BUGS.iter().filter(|b| b.target == t.name) {
+            for bug in KNOWN_BUGS.iter().filter(|b| b.targets.contains(&t.name)) {
                 if (bug.shows)(&got) {
                     (bug.undo)(&mut got);
-                    if !bugs_seen.contains(&bug.name) {
-                        bugs_seen.push(bug.name);
+                    if !bugs_seen.contains(&(bug.name, t.name)) {
+                        bugs_seen.push((bug.name, t.name));
                     }
                 }
             }
@@ -887,12 +895,14 @@ fn send_file_matches_nginx_static_except_listed_differences() {
         }
     }
     for bug in KNOWN_BUGS {
-        if !bugs_seen.contains(&bug.name) {
-            let _ = writeln!(
-                failures,
-                "\"{}\" no longer shows on {}: remove it from KNOWN_BUGS and the README",
-                bug.name, bug.target
-            );
+        for target in bug.targets {
+            if !bugs_seen.contains(&(bug.name, target)) {
+                let _ = writeln!(
+                    failures,
+                    "\"{}\" no longer shows on {target}: remove it from KNOWN_BUGS and the README",
+                    bug.name
+                );
+            }
         }
     }
     assert!(
@@ -901,7 +911,7 @@ fn send_file_matches_nginx_static_except_listed_differences() {
          all cases, as nginx answered them:\n{table}"
     );
     eprintln!(
-        "{} requests x 4 servers; differences from nginx:",
+        "{} requests x 5 servers; differences from nginx:",
         MATRIX.len()
     );
     for e in &seen {
@@ -910,7 +920,9 @@ fn send_file_matches_nginx_static_except_listed_differences() {
     for bug in KNOWN_BUGS {
         eprintln!(
             "known bug on {}: {}: {}",
-            bug.target, bug.name, bug.description
+            bug.targets.join(", "),
+            bug.name,
+            bug.description
         );
     }
     for stack in [&manager, &fallback] {
