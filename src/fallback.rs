@@ -96,4 +96,7 @@ fn apply_head(head: &handoff_manager::head::Head) {
     for h in &head.headers {
         let _ = headers::add_header(&format!("{}: {}", h.name, h.value));
     }
+    if head.get("Content-Type").is_none() {
+        ffi::suppress_default_content_type();
+    }
 }

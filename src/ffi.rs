@@ -174,6 +174,13 @@ pub fn send_headers() {
     }
 }
 
+/// Keeps PHP from adding its `default_mimetype` to a head that has no `Content-Type` on
+/// purpose (304, 412, 416: no representation).
+pub fn suppress_default_content_type() {
+    // SAFETY: as `headers_sent`; a plain flag of the live globals, read when the head is sent.
+    unsafe { (*sg()).sapi_headers.send_default_content_type = 0 };
+}
+
 /// Drops every output buffer the script started (their content is not the file).
 pub fn discard_output_buffers() {
     // SAFETY: valid during a request; discards user and default output buffers.

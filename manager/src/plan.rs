@@ -527,6 +527,7 @@ mod tests {
         case("§14.2 missing equals", Get, &[("Range", "bytes 0-1")], 200, ALL, None),
         case("§14.2 double dash", Get, &[("Range", "bytes=--5")], 200, ALL, None),
         case("§14.2 signed number", Get, &[("Range", "bytes=+1-2")], 200, ALL, None),
+        case("§14.2 no whitespace around =", Get, &[("Range", "bytes = 0-9")], 200, ALL, None),
         case("§14.2 one bad member spoils the set", Get, &[("Range", "bytes=0-1,x")], 200, ALL, None),
         // Unsatisfiable (§15.5.17).
         case("§15.5.17 first beyond end", Get, &[("Range", "bytes=1000-")], 416, NONE, Some("bytes */1000")),

@@ -52,8 +52,9 @@ fn parse_u64(s: &str) -> Option<u64> {
 
 /// Parses a `Range` header value; `None` if it is not a valid `bytes` range set.
 fn parse(value: &str) -> Option<Vec<Spec>> {
+    // `range-unit "=" range-set` (§14.2): no whitespace around the "=".
     let (unit, set) = value.trim().split_once('=')?;
-    if !unit.trim().eq_ignore_ascii_case("bytes") {
+    if !unit.eq_ignore_ascii_case("bytes") {
         return None;
     }
     let mut specs = Vec::new();
@@ -163,7 +164,9 @@ mod tests {
 
     #[test]
     fn unit_and_whitespace_are_lenient_where_the_grammar_is() {
-        assert_eq!(resolve("Bytes = 0-0", 10), Resolved::Ranges(vec![r(0, 1)]));
+        // The unit is case-insensitive (§14.1); "=" takes no whitespace (§14.2).
+        assert_eq!(resolve("Bytes=0-0", 10), Resolved::Ranges(vec![r(0, 1)]));
+        assert_eq!(resolve("bytes = 0-0", 10), Resolved::Ignore);
         assert_eq!(
             resolve("bytes=0-0, ,-1", 10),
             Resolved::Ranges(vec![r(0, 1), r(9, 1)])
