@@ -9,9 +9,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use handoff_manager::head::Header;
 use handoff_manager::conditional::Conditions;
-use handoff_manager::plan::{self, FileInfo, Method, Options, Plan, Request, ScriptResponse, Transport};
+use handoff_manager::head::Header;
+use handoff_manager::plan::{
+    self, FileInfo, Method, Options, Plan, Request, ScriptResponse, Transport,
+};
 use handoff_manager::protocol::{Framing, Job, Offer};
 
 use crate::connection::{self, Connection, Kind, Neutered};
