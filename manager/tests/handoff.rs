@@ -120,6 +120,17 @@ fn job(framing: Framing, length: u64) -> Job {
     }
 }
 
+/// Hands `j` and `file` to the manager the way a PHP worker does (propose, accept, go)
+/// and returns the client's end of the handed-over connection.
+fn hand_over(socket: &Path, j: &Job, file: &impl AsFd) -> UnixStream {
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(socket, Duration::from_secs(5)).unwrap();
+    offer.propose(j, ours.as_fd(), file.as_fd()).unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    client
+}
+
 fn read_all(mut s: UnixStream) -> Vec<u8> {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut out = Vec::new();
@@ -133,17 +144,7 @@ fn http_handoff_sends_head_then_exact_body() {
     let dir = tempfile::tempdir().unwrap();
     let body = data(3 * 1024 * 1024 + 17);
     let file = file_with(dir.path(), &body);
-    let (ours, client) = UnixStream::pair().unwrap();
-    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-    offer
-        .propose(
-            &job(Framing::Http, body.len() as u64),
-            ours.as_fd(),
-            file.as_fd(),
-        )
-        .unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let client = hand_over(&m.socket, &job(Framing::Http, body.len() as u64), &file);
     let got = read_all(client);
     let split = got
         .windows(4)
@@ -361,13 +362,7 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
     );
 
     // And a good one still works.
-    let (ours, client) = UnixStream::pair().unwrap();
-    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-    offer
-        .propose(&job(Framing::Http, 10), ours.as_fd(), file.as_fd())
-        .unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let client = hand_over(&m.socket, &job(Framing::Http, 10), &file);
     assert!(read_all(client).ends_with(b"\r\n\r\n0123456789"));
 }
 
@@ -379,17 +374,7 @@ fn sigterm_lets_1000_running_downloads_finish_and_removes_the_socket() {
     let file = file_with(dir.path(), &body);
     let mut clients = Vec::new();
     for _ in 0..1000 {
-        let (ours, client) = UnixStream::pair().unwrap();
-        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-        offer
-            .propose(
-                &job(Framing::Http, body.len() as u64),
-                ours.as_fd(),
-                file.as_fd(),
-            )
-            .unwrap();
-        drop(ours);
-        offer.go().unwrap();
+        let client = hand_over(&m.socket, &job(Framing::Http, body.len() as u64), &file);
         clients.push(client);
     }
     // Nobody reads yet: the downloads are stuck in their socket buffers at SIGTERM.
@@ -446,11 +431,7 @@ fn multipart_pieces_arrive_in_order_on_both_framings() {
     for framing in [Framing::Http, Framing::FastCgi { request_id: 1 }] {
         let mut j = job(framing, 0);
         j.body = body.clone();
-        let (ours, client) = UnixStream::pair().unwrap();
-        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-        offer.propose(&j, ours.as_fd(), file.as_fd()).unwrap();
-        drop(ours);
-        offer.go().unwrap();
+        let client = hand_over(&m.socket, &j, &file);
         let got = read_all(client);
         let stream = match framing {
             Framing::Http => got,
@@ -482,13 +463,7 @@ fn peers_outside_the_allowed_uids_are_refused() {
     drop(m);
 
     let m = Manager::start(&["--allow-uid", &me.to_string()]);
-    let (ours, client) = UnixStream::pair().unwrap();
-    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-    offer
-        .propose(&job(Framing::Http, 3), ours.as_fd(), file.as_fd())
-        .unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let client = hand_over(&m.socket, &job(Framing::Http, 3), &file);
     assert!(read_all(client).ends_with(b"\r\n\r\nabc"));
 }
 
@@ -501,11 +476,7 @@ fn a_path_in_the_message_is_never_opened() {
     let file = file_with(dir.path(), b"harmless");
     let mut j = job(Framing::Http, 8);
     j.file_name = "/etc/shadow".into();
-    let (ours, client) = UnixStream::pair().unwrap();
-    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-    offer.propose(&j, ours.as_fd(), file.as_fd()).unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let client = hand_over(&m.socket, &j, &file);
     let got = read_all(client);
     assert!(got.ends_with(b"\r\n\r\nharmless"));
     let log = m.wait_log("outcome=complete");
@@ -525,17 +496,7 @@ fn max_downloads_refuses_in_the_handshake_and_the_access_log_records_each_downlo
     let file = file_with(dir.path(), &body);
 
     // The first download stays running: its client does not read yet.
-    let (ours, slow_client) = UnixStream::pair().unwrap();
-    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-    offer
-        .propose(
-            &job(Framing::Http, body.len() as u64),
-            ours.as_fd(),
-            file.as_fd(),
-        )
-        .unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let slow_client = hand_over(&m.socket, &job(Framing::Http, body.len() as u64), &file);
     m.wait_log("accepted job");
 
     let (ours2, _c2) = UnixStream::pair().unwrap();
@@ -601,17 +562,7 @@ fn metrics_and_status_show_a_live_download_on_several_loops() {
     let file = file_with(dir.path(), &body);
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let (ours, client) = UnixStream::pair().unwrap();
-        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-        offer
-            .propose(
-                &job(Framing::Http, body.len() as u64),
-                ours.as_fd(),
-                file.as_fd(),
-            )
-            .unwrap();
-        drop(ours);
-        offer.go().unwrap();
+        let client = hand_over(&m.socket, &job(Framing::Http, body.len() as u64), &file);
         clients.push(client);
     }
     // The boards refresh every 250 ms: wait (bounded) until all three show.
@@ -660,17 +611,7 @@ fn takeover_upgrades_without_cutting_500_running_downloads() {
     let file = file_with(dir.path(), &body);
     let mut clients = Vec::new();
     for _ in 0..500 {
-        let (ours, client) = UnixStream::pair().unwrap();
-        let offer = Offer::connect(&socket, Duration::from_secs(5)).unwrap();
-        offer
-            .propose(
-                &job(Framing::Http, body.len() as u64),
-                ours.as_fd(),
-                file.as_fd(),
-            )
-            .unwrap();
-        drop(ours);
-        offer.go().unwrap();
+        let client = hand_over(&socket, &job(Framing::Http, body.len() as u64), &file);
         clients.push(client);
     }
     let new = Manager::start_on(socket.clone(), dir.path().join("new.log"), &["--takeover"]);
@@ -678,13 +619,7 @@ fn takeover_upgrades_without_cutting_500_running_downloads() {
     old.wait_log("took over");
 
     // New handoffs go to the new manager.
-    let (ours, client) = UnixStream::pair().unwrap();
-    let offer = Offer::connect(&socket, Duration::from_secs(5)).unwrap();
-    offer
-        .propose(&job(Framing::Http, 3), ours.as_fd(), file.as_fd())
-        .unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let client = hand_over(&socket, &job(Framing::Http, 3), &file);
     assert!(read_all(client).ends_with(&body[..3]));
     new.wait_log("outcome=complete");
 
@@ -796,17 +731,11 @@ fn a_truncated_file_ends_only_its_download_and_a_replaced_one_keeps_its_content(
     let path = dir.path().join("data.bin");
     std::fs::write(&path, &body).unwrap();
     let shrinking = std::fs::File::open(&path).unwrap();
-    let (ours, client) = UnixStream::pair().unwrap();
-    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-    offer
-        .propose(
-            &job(Framing::Http, body.len() as u64),
-            ours.as_fd(),
-            shrinking.as_fd(),
-        )
-        .unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let client = hand_over(
+        &m.socket,
+        &job(Framing::Http, body.len() as u64),
+        &shrinking,
+    );
     m.wait_log("accepted job");
     // Shrink it while the client has not read: the rest of the range no longer exists.
     std::fs::OpenOptions::new()
@@ -822,17 +751,7 @@ fn a_truncated_file_ends_only_its_download_and_a_replaced_one_keeps_its_content(
     // Replaced by rename: the open file keeps its bytes, the download completes.
     std::fs::write(&path, &body).unwrap();
     let original = std::fs::File::open(&path).unwrap();
-    let (ours, client) = UnixStream::pair().unwrap();
-    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-    offer
-        .propose(
-            &job(Framing::Http, body.len() as u64),
-            ours.as_fd(),
-            original.as_fd(),
-        )
-        .unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let client = hand_over(&m.socket, &job(Framing::Http, body.len() as u64), &original);
     let other = dir.path().join("other.bin");
     std::fs::write(&other, vec![0u8; body.len()]).unwrap();
     std::fs::rename(&other, &path).unwrap();
@@ -870,25 +789,13 @@ fn clients_that_never_read_are_closed_after_the_send_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let file = file_with(dir.path(), &data(1024 * 1024));
     // Warm up allocator and loops, then take the baseline.
-    let (ours, client) = UnixStream::pair().unwrap();
-    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-    offer
-        .propose(&job(Framing::Http, 1 << 20), ours.as_fd(), file.as_fd())
-        .unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let client = hand_over(&m.socket, &job(Framing::Http, 1 << 20), &file);
     read_all(client);
     let baseline = rss_kib(m.child.id());
 
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        let (ours, client) = UnixStream::pair().unwrap();
-        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-        offer
-            .propose(&job(Framing::Http, 1 << 20), ours.as_fd(), file.as_fd())
-            .unwrap();
-        drop(ours);
-        offer.go().unwrap();
+        let client = hand_over(&m.socket, &job(Framing::Http, 1 << 20), &file);
         clients.push(client);
     }
     let peak = rss_kib(m.child.id());
