@@ -31,6 +31,7 @@ PACKAGES=(
     gettext-base                # envsubst for the nginx site template
     docker-compose              # tests/compose.rs validates docker-compose.yml
     shellcheck                  # scripts/test.sh lints the shell scripts
+    valgrind                    # the PHP-level tests also run under memcheck
 )
 
 missing=()

@@ -9,5 +9,7 @@ mod util;
 mod cli_server;
 mod compose;
 mod differential;
+mod faults;
 mod fpm;
 mod php_level;
+mod valgrind;

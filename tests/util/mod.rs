@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod data;
+pub mod faults;
 pub mod manager;
 pub mod process;
 pub mod scenarios;

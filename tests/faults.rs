@@ -1,0 +1,454 @@
+//! Faults during a handoff, with real nginx + php-fpm and `php -S`: handoff-manager killed
+//! (SIGKILL) before it confirms, right after it confirms, and mid-stream, a hundred
+//! handoffs per point; and a php-fpm worker killed in the middle of the handshake.
+//!
+//! What every client must get: the complete file, byte-exact, or a clean prefix of it
+//! followed by a closed connection; never bytes from two writers, never a second head.
+//! After each kill the next requests are served by PHP itself, and once the manager is
+//! back on the same socket path, handoffs resume without restarting PHP.
+//!
+//! Synchronisation is by polling what the kernel shows (`/proc/PID/syscall`,
+//! `/proc/net/unix`, file sizes, logs) with deadlines, never by sleeping.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::util::faults::{
+    cli_server_pid, only_fpm_worker, wait_worker_in_handshake, CrashAfterAccept, RestartableManager,
+};
+use crate::util::scenarios::download_exact;
+use crate::util::{
+    heavy_lock, read_lossy, response_from, wait_until, Config, Endpoint, Kind, Proc, Stack, MIB,
+};
+
+/// Handoffs interrupted at each point.
+const HANDOFFS_PER_POINT: usize = 100;
+/// The file of the quick points: small, but above any inline threshold (the default is 0).
+const SMALL: u64 = 64 * 1024;
+/// What a kill may cost a waiting worker at most: far below its `handoff.timeout_ms`, so a
+/// fallback that took this long came from the worker's timeout, not from seeing the kill.
+const FALLBACK_AFTER_KILL: Duration = Duration::from_secs(3);
+/// A client that got no byte for this long after a kill mid-stream, and whose connection is
+/// still open, was left hanging.
+const STALLED: Duration = Duration::from_secs(2);
+
+/// A stack whose manager the test runs itself (to stop, kill and restart it). The worker
+/// waits up to 10 s for the manager: only the kill, never this timeout, may end its wait.
+fn stack(kind: Kind, children: u32) -> (Stack, RestartableManager) {
+    let stack = Stack::start(
+        Config::new(kind)
+            .without_manager()
+            .children(children)
+            .ini("handoff.timeout_ms", "10000"),
+    );
+    let manager = RestartableManager::new(&stack.manager_socket, stack.path());
+    (stack, manager)
+}
+
+/// The process whose script runs the next request: the pool's only php-fpm worker, or
+/// `php -S` itself.
+fn php_pid(stack: &Stack) -> i32 {
+    match (&stack.kind, &stack.endpoint) {
+        (Kind::Fpm, _) => only_fpm_worker(stack.path()),
+        (Kind::CliServer, Endpoint::Tcp(addr)) => cli_server_pid(&addr.to_string()),
+        (Kind::CliServer, Endpoint::Unix(_)) => unreachable!("php -S listens on TCP"),
+    }
+}
+
+/// After a kill: with the manager down a request is served by PHP (send_file() returns
+/// false); with a new manager on the same socket the next one is handed off again, which
+/// the new manager logs as a complete download.
+fn fallback_then_resume(stack: &Stack, manager: &mut RestartableManager, sha: &str, tag: &str) {
+    let down = download_exact(stack, "small.bin", sha, SMALL, &format!("&down={tag}"));
+    assert_eq!(down, "false", "{tag}: send_file() with the manager down");
+    manager.start();
+    let up = download_exact(stack, "small.bin", sha, SMALL, &format!("&up={tag}"));
+    assert_eq!(up, "true", "{tag}: send_file() after the manager's restart");
+    manager.wait_outcome("complete", SMALL, 1);
+}
+
+/// Point 1: the manager dies before it confirms. It is stopped, so the request's worker
+/// connects (into the backlog), sends the job and blocks in recv() for the answer; then it
+/// is killed. The worker must see the socket close, fall back and send the whole file.
+fn killed_before_confirming(kind: Kind) {
+    let (stack, mut manager) = stack(kind, 1);
+    let sha = stack.data_file("small.bin", SMALL, 1);
+    manager.start();
+    for i in 0..HANDOFFS_PER_POINT {
+        let php = php_pid(&stack);
+        manager.signal(Signal::SIGSTOP);
+        let name = format!("before{i}");
+        let (mut curl, head, body) = stack
+            .curl(&name, &format!("/download.php?f=small.bin&result={name}"))
+            .spawn(stack.client_dir().join(format!("{name}.curl.log")));
+        wait_worker_in_handshake(php, &stack.manager_socket);
+        let killed = Instant::now();
+        manager.kill();
+        let status = curl
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("#{i}: curl still running 30 s after the kill"));
+        let waited = killed.elapsed();
+        assert!(status.success(), "#{i}: curl {status}\n{}", curl.log_text());
+        let r = response_from(&head, &body);
+        assert_eq!(r.status, 200, "#{i}:\n{}", r.head_text);
+        assert_eq!(r.body_len(), SMALL, "#{i}: body length");
+        assert_eq!(r.body_sha(), sha, "#{i}: body sha256");
+        assert_eq!(
+            stack.wait_result(&name),
+            "false",
+            "#{i}: send_file() must report the fallback"
+        );
+        assert!(
+            waited < FALLBACK_AFTER_KILL,
+            "#{i}: the response took {waited:?} after the kill: the worker did not notice it"
+        );
+        fallback_then_resume(&stack, &mut manager, &sha, &format!("before{i}"));
+    }
+    stack.assert_clean_logs();
+}
+
+#[test]
+fn manager_killed_before_confirming_fpm() {
+    killed_before_confirming(Kind::Fpm);
+}
+
+#[test]
+fn manager_killed_before_confirming_cli_server() {
+    killed_before_confirming(Kind::CliServer);
+}
+
+/// Point 2: the manager confirms (Accept) and dies before "go" (see [`CrashAfterAccept`]
+/// for why this is a stand-in). The worker's go fails; it must take its connection back
+/// and send the whole file itself.
+fn crashed_after_confirming(kind: Kind) {
+    let (stack, mut manager) = stack(kind, 1);
+    let sha = stack.data_file("small.bin", SMALL, 2);
+    for i in 0..HANDOFFS_PER_POINT {
+        let stand_in = CrashAfterAccept::bind(&stack.manager_socket);
+        let returned = download_exact(&stack, "small.bin", &sha, SMALL, &format!("&after={i}"));
+        let confirmed = stand_in
+            .join()
+            .unwrap_or_else(|e| panic!("#{i}: the stand-in did not confirm a job: {e}"));
+        assert!(
+            confirmed.file_name.ends_with("/small.bin"),
+            "#{i}: the stand-in confirmed {:?}",
+            confirmed.file_name
+        );
+        assert_eq!(
+            returned, "false",
+            "#{i}: send_file() after the manager died between accept and go"
+        );
+        fallback_then_resume(&stack, &mut manager, &sha, &format!("after{i}"));
+        manager.kill();
+    }
+    stack.assert_clean_logs();
+}
+
+#[test]
+fn manager_crashing_after_confirming_fpm() {
+    crashed_after_confirming(Kind::Fpm);
+}
+
+#[test]
+fn manager_crashing_after_confirming_cli_server() {
+    crashed_after_confirming(Kind::CliServer);
+}
+
+/// One slow download in flight.
+struct Slow {
+    name: String,
+    curl: Proc,
+    head: PathBuf,
+    body: PathBuf,
+}
+
+fn body_len(path: &PathBuf) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Point 3: the manager dies mid-stream. `per_round` slow clients read a large file; once
+/// every one is handed off and has part of the body, the manager is killed. Each client
+/// must hold a clean prefix of the file under a single head, and curl must report the
+/// transfer as short (exit 18): the connection was closed, not finished.
+fn killed_mid_stream(kind: Kind, rounds: usize, per_round: usize, allow_left_open: bool) {
+    let _heavy = heavy_lock();
+    let (stack, mut manager) = stack(kind, 4);
+    let size = 64 * MIB;
+    stack.data_file("big.bin", size, 3);
+    let content = fs::read(stack.data().join("big.bin")).expect("read big.bin");
+    let sha = stack.data_file("small.bin", SMALL, 4);
+    let enough = 256 * 1024;
+    let mut left_open = Vec::new();
+    manager.start();
+    for round in 0..rounds {
+        let mut slow: Vec<Slow> = (0..per_round)
+            .map(|k| {
+                let name = format!("mid{round}_{k}");
+                let (curl, head, body) = stack
+                    .curl(&name, &format!("/download.php?f=big.bin&result={name}"))
+                    .args(&["--limit-rate", "8M"])
+                    .spawn(stack.client_dir().join(format!("{name}.curl.log")));
+                Slow {
+                    name,
+                    curl,
+                    head,
+                    body,
+                }
+            })
+            .collect();
+        for s in &mut slow {
+            assert_eq!(
+                stack.wait_result(&s.name),
+                "true",
+                "{}: the download must be handed off before the kill",
+                s.name
+            );
+            let (curl, body) = (&mut s.curl, &s.body);
+            wait_until(
+                &format!("{}: {enough} bytes at the client", s.name),
+                Duration::from_secs(30),
+                || body_len(body) >= enough,
+                || curl.check_alive(),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", curl.log_text()));
+        }
+        manager.kill();
+        let cut = Instant::now();
+        if kind == Kind::Fpm {
+            // nginx must have finished each request (its access log line) before the
+            // clients are judged: then nothing more can arrive.
+            let access_log = stack.path().join("access.log");
+            let logged = |name: &str| {
+                read_lossy(&access_log)
+                    .lines()
+                    .any(|l| l.contains(&format!("result={name} ")))
+            };
+            wait_until(
+                &format!("round {round}: nginx logs the {per_round} cut requests"),
+                Duration::from_secs(30),
+                || slow.iter().all(|s| logged(&s.name)),
+                || Ok(()),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        // What the kernel already buffered for a client still arrives after the kill, at
+        // the client's pace: a connection counts as left open only once its bytes stop.
+        let mut sizes: Vec<(u64, Instant)> = slow.iter().map(|_| (0, Instant::now())).collect();
+        let _ = wait_until(
+            &format!("round {round}: every client sees its connection closed"),
+            Duration::from_secs(60),
+            || {
+                let mut settled = true;
+                for (s, (last, since)) in slow.iter_mut().zip(sizes.iter_mut()) {
+                    if !s.curl.is_running() {
+                        continue;
+                    }
+                    let now = body_len(&s.body);
+                    if now != *last {
+                        (*last, *since) = (now, Instant::now());
+                    }
+                    settled &= since.elapsed() >= STALLED;
+                }
+                settled
+            },
+            || Ok(()),
+        );
+        for s in &mut slow {
+            let r = response_from(&s.head, &s.body);
+            let heads = r.head_text.matches("HTTP/").count();
+            assert_eq!(
+                heads, 1,
+                "{}: {heads} response heads:\n{}",
+                s.name, r.head_text
+            );
+            assert_eq!(r.status, 200, "{}:\n{}", s.name, r.head_text);
+            let got = r.body();
+            assert!(
+                got.len() as u64 >= enough && (got.len() as u64) < size,
+                "{}: {} body bytes of {size}",
+                s.name,
+                got.len()
+            );
+            if let Some(at) = got.iter().zip(&content).position(|(a, b)| a != b) {
+                panic!(
+                    "{}: byte {at} of {} differs from the file: not a clean prefix",
+                    s.name,
+                    got.len()
+                );
+            }
+            match s.curl.wait_exit(Duration::ZERO) {
+                Some(status) => assert_eq!(
+                    status.code(),
+                    Some(18),
+                    "{}: curl must report a short transfer (exit 18), got {status}\n{}",
+                    s.name,
+                    s.curl.log_text()
+                ),
+                None => left_open.push(format!(
+                    "{} ({} of {size} bytes, still open {:?} after the kill)",
+                    s.name,
+                    got.len(),
+                    cut.elapsed()
+                )),
+            }
+        }
+        fallback_then_resume(&stack, &mut manager, &sha, &format!("mid{round}"));
+    }
+    if !left_open.is_empty() {
+        let note = format!(
+            "{} of {} clients left open (no byte for {STALLED:?}) after the manager died, \
+             each with a clean prefix: {}",
+            left_open.len(),
+            rounds * per_round,
+            left_open.join(", ")
+        );
+        assert!(allow_left_open, "{note}");
+        eprintln!(
+            "known nginx behaviour (see nginx_closes_client_when_manager_dies_mid_stream): {note}"
+        );
+    }
+    let fpm_log = read_lossy(&stack.path().join("fpm.log"));
+    assert!(
+        !fpm_log.contains("exited on signal"),
+        "a php-fpm worker crashed:\n{fpm_log}"
+    );
+}
+
+#[test]
+fn manager_killed_mid_stream_fpm() {
+    killed_mid_stream(Kind::Fpm, 10, 10, true);
+}
+
+#[test]
+fn manager_killed_mid_stream_cli_server() {
+    killed_mid_stream(Kind::CliServer, 10, 10, false);
+}
+
+/// A php-fpm worker killed while it waits for the manager's answer: the manager (stopped
+/// meanwhile) finds the job of a dead worker and must drop it without writing, so nginx
+/// answers 502 (or closes) and the client gets no byte of the file.
+#[test]
+fn fpm_worker_killed_mid_handshake() {
+    let (stack, mut manager) = stack(Kind::Fpm, 1);
+    let size = MIB;
+    stack.data_file("victim.bin", size, 5);
+    let content = fs::read(stack.data().join("victim.bin")).expect("read victim.bin");
+    let sha = stack.data_file("small.bin", SMALL, 6);
+    let dropped = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("worker went away before go; job dropped")
+                    || l.contains("worker gone before accept")
+            })
+            .count()
+    };
+    manager.start();
+    let rounds = 10;
+    for i in 0..rounds {
+        let worker = only_fpm_worker(stack.path());
+        manager.signal(Signal::SIGSTOP);
+        let name = format!("victim{i}");
+        let (mut curl, head, body) = stack
+            .curl(&name, "/download.php?f=victim.bin")
+            .spawn(stack.client_dir().join(format!("{name}.curl.log")));
+        wait_worker_in_handshake(worker, &stack.manager_socket);
+        kill(Pid::from_raw(worker), Signal::SIGKILL).expect("kill the php-fpm worker");
+        wait_until(
+            &format!("php-fpm worker {worker} reaped"),
+            Duration::from_secs(10),
+            || !std::path::Path::new(&format!("/proc/{worker}")).exists(),
+            || Ok(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        manager.signal(Signal::SIGCONT);
+        let status = curl
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("#{i}: curl still running 30 s after SIGCONT"));
+        let r = response_from(&head, &body);
+        // Either nginx's 502 page, or an empty reply (curl exit 52): both carry nothing of
+        // the file.
+        assert!(
+            (status.success() && r.status == 502) || status.code() == Some(52),
+            "#{i}: expected a 502 or a closed connection, got curl {status}, status {}:\n{}\n{}",
+            r.status,
+            r.head_text,
+            curl.log_text()
+        );
+        let got = r.body();
+        assert!(
+            !got.windows(64).any(|w| w == &content[..64]) && got.len() < 4096,
+            "#{i}: the client got {} body bytes, some of them the file's",
+            got.len()
+        );
+        wait_until(
+            &format!("manager log: {} dropped jobs", i + 1),
+            Duration::from_secs(10),
+            || dropped(&manager.log()) > i,
+            || Ok(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", manager.log()));
+    }
+    assert_eq!(
+        dropped(&manager.log()),
+        rounds,
+        "one dropped job per killed worker"
+    );
+    assert_eq!(
+        manager.outcome_count("complete", size) + manager.outcome_count("aborted", size),
+        0,
+        "the manager started a download for a dead worker"
+    );
+    assert!(
+        !manager.log().contains("outcome="),
+        "the manager wrote to a connection it should have dropped:\n{}",
+        manager.log()
+    );
+    // The pool (with its respawned worker) and the manager go on.
+    let returned = download_exact(&stack, "small.bin", &sha, SMALL, "&after=1");
+    assert_eq!(returned, "true", "send_file() after the killed workers");
+    manager.wait_outcome("complete", SMALL, 1);
+}
+
+/// The strict form of the mid-stream point behind nginx: the client must see its
+/// connection closed soon after the manager dies, not only a clean prefix.
+///
+/// Fails with nginx 1.22: the manager sends `X-Accel-Buffering: no`, and in unbuffered
+/// mode nginx takes the FastCGI connection's EOF for the end of the response (no error
+/// logged, status 200 in its access log) and keeps the client's connection open for
+/// keep-alive, so the client waits for the missing bytes until `keepalive_timeout` (75 s
+/// by default). Reported, not fixed here; run with `--ignored`.
+#[test]
+#[ignore = "nginx 1.22 keeps the client connection open after the manager dies mid-stream (until keepalive_timeout)"]
+fn nginx_closes_client_when_manager_dies_mid_stream() {
+    let (stack, mut manager) = stack(Kind::Fpm, 1);
+    let size = 64 * MIB;
+    stack.data_file("big.bin", size, 7);
+    manager.start();
+    let (mut curl, head, body) = stack
+        .curl("cut", "/download.php?f=big.bin&result=cut")
+        .args(&["--limit-rate", "8M"])
+        .spawn(stack.client_dir().join("cut.curl.log"));
+    assert_eq!(stack.wait_result("cut"), "true", "handed off");
+    wait_until(
+        "256 KiB at the client",
+        Duration::from_secs(30),
+        || body_len(&body) >= 256 * 1024,
+        || curl.check_alive(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    manager.kill();
+    let status = curl.wait_exit(Duration::from_secs(20));
+    let r = response_from(&head, &body);
+    assert!(
+        status.is_some_and(|s| s.code() == Some(18)),
+        "curl {status:?} 20 s after the manager died, {} of {size} bytes received;\n\
+         nginx access.log:\n{}\nnginx error.log:\n{}",
+        r.body_len(),
+        read_lossy(&stack.path().join("access.log")),
+        read_lossy(&stack.path().join("error.log")),
+    );
+}
