@@ -151,3 +151,130 @@ fn run_one(
     }
     Ok(())
 }
+
+/// The handoff path itself under memcheck: `php -S` (the one SAPI where a test can wrap the
+/// PHP process in valgrind) hands a download to the manager, serves the error and
+/// flushed-headers pages, and falls back once the manager is gone; then it is stopped with
+/// SIGINT, so that PHP shuts down normally and valgrind checks for leaks.
+#[test]
+fn cli_server_handoff_and_fallback_are_clean_under_memcheck() {
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use crate::util::{curl, docroot, wait_until, Endpoint, Proc};
+    use nix::sys::signal::Signal;
+
+    let Some(valgrind) = valgrind() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    for sub in ["data", "results", "client"] {
+        fs::create_dir(dir.path().join(sub)).expect("create subdir");
+    }
+    let size = MIB + 5;
+    let sha = write_random_file(&dir.path().join("data/v.bin"), size, 44);
+    let socket = dir.path().join("manager.sock");
+    let manager = start_manager(&socket, &dir.path().join("manager.log"));
+
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("pick a free port");
+    let log = dir.path().join("php-server.memcheck.log");
+    let mut cmd = Command::new(&valgrind);
+    cmd.args([
+        "--tool=memcheck",
+        "--error-exitcode=99",
+        "--errors-for-leak-kinds=definite",
+        "--leak-check=full",
+        "--num-callers=40",
+    ])
+    .arg(format!("--log-file={}", log.display()))
+    .arg(find_program(&["php"]))
+    .arg("-d")
+    .arg(format!("extension={}", extension().display()))
+    .arg("-d")
+    .arg(format!("handoff.socket={}", socket.display()))
+    .arg("-S")
+    .arg(addr.to_string())
+    .arg("-t")
+    .arg(docroot())
+    .env("USE_ZEND_ALLOC", "0")
+    .env("ZEND_DONT_UNLOAD_MODULES", "1")
+    .env("HANDOFF_TEST_DIR", dir.path());
+    let mut server = Proc::spawn(
+        "php -S under valgrind",
+        cmd,
+        dir.path().join("php-server.out"),
+        Signal::SIGKILL,
+    );
+    let report = |server: &Proc| {
+        format!(
+            "{}\noutput:\n{}\nvalgrind log:\n{}\nframes in our code:\n{}",
+            server.cmdline,
+            tail(&server.log_text(), 50),
+            tail(&read_lossy(&log), 200),
+            our_frames(&read_lossy(&log))
+        )
+    };
+    wait_until(
+        "php -S under valgrind",
+        Duration::from_secs(120),
+        || TcpStream::connect(addr).is_ok(),
+        || server.check_alive(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", report(&server)));
+
+    let endpoint = Endpoint::Tcp(addr);
+    let client = dir.path().join("client");
+    let get = |name: &str, path: &str| curl(&client, name, &endpoint, path).run();
+    let result = |name: &str| fs::read_to_string(dir.path().join("results").join(name)).ok();
+
+    let r = get("handed", "/download.php?f=v.bin&result=handed");
+    assert_eq!(
+        r.body_sha(),
+        sha,
+        "handed-off download\n{}",
+        report(&server)
+    );
+    wait_until(
+        "send_file() result",
+        Duration::from_secs(60),
+        || result("handed").is_some_and(|s| !s.is_empty()),
+        || Ok(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result("handed").as_deref(), Some("true"), "handed off");
+    let r = curl(&client, "range", &endpoint, "/download.php?f=v.bin")
+        .args(&["-r", "10-99"])
+        .run();
+    assert_eq!((r.status, r.body_len()), (206, 90), "range");
+    let r = get("missing", "/missing.php");
+    assert_eq!(r.status, 404, "missing file page");
+    get("flushed", "/flushed.php?f=v.bin");
+
+    // The manager goes away (SIGKILL): the next download is streamed by PHP itself.
+    drop(manager);
+    let r = get("fallback", "/download.php?f=v.bin&result=fallback");
+    assert_eq!(r.body_sha(), sha, "fallback download\n{}", report(&server));
+    assert_eq!(result("fallback").as_deref(), Some("false"), "fell back");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        Signal::SIGINT,
+    )
+    .expect("SIGINT php -S");
+    let status = server
+        .wait_exit(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("php -S did not exit on SIGINT\n{}", report(&server)));
+    let vg = read_lossy(&log);
+    assert!(
+        status.code() != Some(ERROR_EXIT) && vg.contains("ERROR SUMMARY: 0 errors"),
+        "memcheck found errors (exit {status})\n{}",
+        report(&server)
+    );
+    assert!(
+        vg.contains("LEAK SUMMARY") || vg.contains("All heap blocks were freed"),
+        "php -S did not reach valgrind's leak check (exit {status})\n{}",
+        report(&server)
+    );
+}
