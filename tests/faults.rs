@@ -31,10 +31,10 @@ const HANDOFFS_PER_POINT: usize = 100;
 const SMALL: u64 = 64 * 1024;
 /// What a kill may cost a waiting worker at most: far below its `handoff.timeout_ms`, so a
 /// fallback that took this long came from the worker's timeout, not from seeing the kill.
-const FALLBACK_AFTER_KILL: Duration = Duration::from_secs(3);
+const FALLBACK_AFTER_KILL: Duration = Duration::from_secs(5);
 /// A client that got no byte for this long after a kill mid-stream, and whose connection is
 /// still open, was left hanging.
-const STALLED: Duration = Duration::from_secs(2);
+const STALLED: Duration = Duration::from_secs(3);
 
 /// A stack whose manager the test runs itself (to stop, kill and restart it). The worker
 /// waits up to 10 s for the manager: only the kill, never this timeout, may end its wait.

@@ -256,6 +256,13 @@ fn cli_server_handoff_and_fallback_are_clean_under_memcheck() {
     drop(manager);
     let r = get("fallback", "/download.php?f=v.bin&result=fallback");
     assert_eq!(r.body_sha(), sha, "fallback download\n{}", report(&server));
+    wait_until(
+        "send_file() result of the fallback",
+        Duration::from_secs(60),
+        || result("fallback").is_some_and(|s| !s.is_empty()),
+        || Ok(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(result("fallback").as_deref(), Some("false"), "fell back");
 
     nix::sys::signal::kill(
