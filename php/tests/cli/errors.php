@@ -44,6 +44,32 @@ $cases = [
     'rate is zero' => fn () => send_file($file, ['rate' => 0]),
     'rate is a string' => fn () => send_file($file, ['rate' => '1000']),
 ];
+$fifo = "$dir/fifo";
+posix_mkfifo($fifo, 0600);
+$cases += [
+    'empty path' => fn () => send_file(''),
+    'path with a NUL byte' => fn () => send_file("$file\0.txt"),
+    'FIFO' => fn () => send_file($fifo),
+    'character device' => fn () => send_file('/dev/zero'),
+    // Irreversible settings last: open_basedir can only be narrowed, setuid only dropped.
+    'outside open_basedir' => function () use ($dir, $file) {
+        mkdir("$dir/jail");
+        ini_set('open_basedir', "$dir/jail");
+        return send_file($file);
+    },
+    'unreadable file' => function () use ($dir) {
+        // Root reads everything: become nobody first (the file and its directory are
+        // root's, mode 0600 / 0700).
+        $secret = "$dir/jail/secret.bin";
+        file_put_contents($secret, 'secret');
+        chmod($secret, 0600);
+        if (posix_geteuid() === 0) {
+            posix_setgid(65534);
+            posix_setuid(65534);
+        }
+        return send_file($secret);
+    },
+];
 foreach ($cases as $what => $call) {
     [$e, $printed] = throws($call);
     check("$what throws HandoffException", $e instanceof HandoffException);
