@@ -4,7 +4,8 @@
 #   bash scripts/test.sh
 #
 # Installs what is missing and builds (scripts/setup.sh), then: shell/PHP lint, rustfmt check,
-# clippy with warnings as errors, release build, a smoke test of scripts/demo.sh, and every
+# clippy with warnings as errors, release build, a smoke test of scripts/demo.sh, bounded
+# fuzzing (scripts/fuzz.sh), and every
 # test of the workspace in release mode (the integration tests load
 # target/release/libhandoff.so into real php / php-fpm / nginx).
 # Works as root with no stdin and CI=true.
@@ -62,6 +63,9 @@ step "demo smoke test (scripts/demo.sh end to end)"
 bash scripts/demo-smoke.sh
 
 step "benchmark harness smoke test (bench/run.sh --smoke, no thresholds)" && HANDOFF_SKIP_SETUP=1 bash bench/run.sh --smoke
+
+step "fuzz the message decoder and the planner (30 s each)"
+bash scripts/fuzz.sh 30
 
 # Last: CI reads cargo test's closing lines.
 step "cargo test --release --workspace"
