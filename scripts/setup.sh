@@ -26,7 +26,7 @@ PACKAGES=(
     php-cli php-dev php-fpm     # the PHP the extension is built against and tested in
     nginx                       # the demo and the integration tests run their own nginx
     clang libclang-dev          # bindgen (ext-php-rs) needs libclang
-    gcc libc6-dev make pkg-config
+    gcc g++ libc6-dev make pkg-config   # g++: libFuzzer for scripts/fuzz.sh
     curl ca-certificates
     gettext-base                # envsubst for the nginx site template
     docker-compose              # tests/compose.rs validates docker-compose.yml
