@@ -2,10 +2,11 @@
 # The handoff benchmark: send_file() against readfile(), X-Accel-Redirect and nginx static,
 # on one machine, in one run.
 #
-#   bash bench/run.sh --quick     # ~5 minutes: every scenario at its smallest size, 3 runs
-#   bash bench/run.sh --full      # ~40 minutes: the sizes of issue 3, 3 runs
+#   bash bench/run.sh --quick     # < 5 minutes: every scenario at its smallest size, 3 runs
+#   bash bench/run.sh --full      # ~35 minutes: the sizes of issue 3, 3 runs
 #   bash bench/run.sh --smoke     # < 90 s, 1 run, tiny loads: checks that the harness works
-#   ... --publish                 # also copy the report and plot to docs/
+#   ... --publish                 # also write the tables into docs/benchmarks.md and the
+#                                 # plot to docs/s1-probe-latency.png
 #
 # Starts its own handoff-manager, php-fpm (pm = static, 4 children, the shared pool file),
 # nginx (the shared site template plus two bench-only locations) and `php -S`, all in a
@@ -60,21 +61,21 @@ case "$MODE" in
     smoke)
         RUNS=1
         S1_NS=(20); S1_SECS=3; S1_RAMP=0.5
-        S2_CONNS=8; S2_SECS=1.5; S2_BIG=""
+        S2_CONNS=8; S2_SECS=1.5; S2_BIG=""; S2_BIG_REQUESTS=0
         S3_SIZES=(4k); S3_SECS=1
         S5_CONNS=100; S5_RATE=$((10 * KIB)); S5_SECS=4; S5_RAMP=1
         ;;
     quick)
         RUNS=3
-        S1_NS=(200); S1_SECS=4; S1_RAMP=1
-        S2_CONNS=64; S2_SECS=1; S2_BIG=f1g
-        S3_SIZES=(4k 64k); S3_SECS=1
-        S5_CONNS=2000; S5_RATE=$((10 * KIB)); S5_SECS=12; S5_RAMP=5
+        S1_NS=(200); S1_SECS=3.5; S1_RAMP=1
+        S2_CONNS=64; S2_SECS=1; S2_BIG=f1g; S2_BIG_REQUESTS=1
+        S3_SIZES=(4k 64k); S3_SECS=0.8
+        S5_CONNS=2000; S5_RATE=$((10 * KIB)); S5_SECS=10; S5_RAMP=4
         ;;
     full)
         RUNS=3
         S1_NS=(200 1000 2000); S1_SECS=15; S1_RAMP=3
-        S2_CONNS=64; S2_SECS=5; S2_BIG=f1g
+        S2_CONNS=64; S2_SECS=5; S2_BIG=f1g; S2_BIG_REQUESTS=2
         S3_SIZES=(4k 16k 64k 256k); S3_SECS=3
         S5_CONNS=10000; S5_RATE=$((10 * KIB)); S5_SECS=45; S5_RAMP=25
         ;;
@@ -142,6 +143,9 @@ make_file f256k $((256 * KIB))
 make_file f10m $((10 * MIB))
 make_file f20m $((20 * MIB))
 [ -n "$S2_BIG" ] && make_file f1g $((1024 * MIB))
+
+HANDOFF_COMMIT="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git -C "$REPO" diff --quiet HEAD -- src manager 2>/dev/null || HANDOFF_COMMIT="$HANDOFF_COMMIT+dirty"
 
 # --- runtime dir and processes -------------------------------------------------------------
 RUN="$(mktemp -d /tmp/handoff-bench.XXXXXX)"
@@ -322,18 +326,30 @@ url_of() { # backend file -> "port path"
     esac
 }
 
-# Waits (at most 15 s) until the previous run's downloads are gone: the manager has none
-# running and nginx's temp files are deleted, so runs do not overlap.
+# Waits (at most 20 s) until the previous run's downloads are gone, so that runs do not
+# overlap: the manager has none running, no nginx process holds a temp file (nginx unlinks
+# them at once, so the directory itself always looks empty) and php-fpm's access log has
+# stopped growing (queued readfile() requests finished).
+nginx_temp_files() {
+    local pid
+    for pid in $(pgrep -P "$NGINX_PID") "$NGINX_PID"; do
+        find "/proc/$pid/fd" -lname "$TEMP/*" 2>/dev/null
+    done | head -n 1
+}
 settle() {
-    local deadline=$((SECONDS + 15))
+    local deadline=$((SECONDS + 20)) size=-1
     while [ "$SECONDS" -lt "$deadline" ]; do
-        if grep -q '"active":0[,}]' <(curl -s --max-time 2 "http://127.0.0.1:$METRICS_PORT/status") &&
-            [ -z "$(find "$TEMP" -type f 2>/dev/null | head -n 1)" ]; then
+        local now_size
+        now_size="$(stat -c %s "$FPM_LOG" 2>/dev/null || echo 0)"
+        if [ "$now_size" = "$size" ] &&
+            grep -q '"active":0[,}]' <(curl -s --max-time 2 "http://127.0.0.1:$METRICS_PORT/status") &&
+            [ -z "$(nginx_temp_files)" ]; then
             return 0
         fi
-        sleep 0.2
+        size="$now_size"
+        sleep 0.3
     done
-    log "warning: previous run had not drained after 15 s"
+    log "warning: previous run had not drained after 20 s"
 }
 
 # bench SCENARIO BACKEND RUN [client args...]: one bounded client run; appends its JSON line
@@ -399,7 +415,7 @@ for run in $(seq 1 "$RUNS"); do
             --read-buf $((1024 * KIB)) --max-requests 100000
         if [ -n "$S2_BIG" ]; then
             FILE="$S2_BIG" bench S2-1g "$backend" "$run" --conns 1 --duration 30 \
-                --read-buf $((1024 * KIB)) --max-requests 2
+                --read-buf $((1024 * KIB)) --max-requests "$S2_BIG_REQUESTS"
         fi
     done
 
@@ -422,19 +438,17 @@ wants S5 && for run in $(seq 1 "$RUNS"); do
 done
 
 log "measurements done in $((SECONDS - started)) s"
-cp "$LOGS/manager-access.log" "$OUT/manager-access.log" 2>/dev/null || true
+# php-fpm access-log excerpts (S4) are packed: tens of MB as text, ~2 MB packed.
+(cd "$OUT" && find . -maxdepth 1 -name 'fpm-*.log' -printf '%f\n' | sort |
+    tar -cJf fpm-logs.tar.xz -T - && rm -f fpm-*.log)
 {
     echo "mode=$MODE runs=$RUNS date=$(date -u +%Y-%m-%dT%H:%MZ)"
     echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') cores=$(nproc)"
     echo "mem=$(free -g | awk '/^Mem:/ {print $2}')GiB kernel=$(uname -r)"
     echo "nginx=$(nginx -v 2>&1 | cut -d/ -f2) php=$(php -r 'echo PHP_VERSION;') rustc=$(rustc --version | cut -d' ' -f2)"
-    echo "handoff=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "handoff=$HANDOFF_COMMIT (HEAD when the run started)"
 } >"$OUT/machine.txt"
-if [ "$MODE" != smoke ] || python3 -c 'import matplotlib' 2>/dev/null; then
-    python3 "$REPO/bench/report.py" "$OUT" || die "bench/report.py failed"
-fi
-if [ "$PUBLISH" = 1 ]; then
-    cp "$OUT/s1-probe-latency.png" "$REPO/docs/s1-probe-latency.png"
-    log "plot copied to docs/; paste $OUT/report.md into docs/benchmarks.md"
-fi
+publish=()
+[ "$PUBLISH" = 1 ] && publish=(--publish)
+python3 "$REPO/bench/report.py" "$OUT" "${publish[@]}" || die "bench/report.py failed"
 log "results in $OUT"
