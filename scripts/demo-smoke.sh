@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of scripts/demo.sh (run by scripts/test.sh after the build): start the demo in
 # a temporary runtime dir on a free port, download both demo files through nginx, check
-# them byte for byte and that handoff-manager (not the worker) sent them, then stop the
-# demo with SIGTERM and check that nothing is left running.
+# them byte for byte, that handoff-manager (not the worker) sent the big one and the worker
+# the small one (handoff.inline_below), then stop the demo with SIGTERM and check that
+# nothing is left running.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,12 +64,16 @@ done
 code="$(curl -s -o /dev/null -w '%{http_code}' "$base/download.php?name=..%2Fdata%2Fbig.bin")"
 [ "$code" = 404 ] || fail "a name with a directory part gave HTTP $code, expected 404"
 
-# The manager logs one line per finished download: proof that it, not the worker, sent them.
+# The manager logs one line per finished download: proof that it, not the worker, sent
+# big.bin. hello.txt is below handoff.inline_below (64 KiB): the worker sends it itself.
 deadline=$((SECONDS + 10))
-until [ "$(grep -c 'outcome=complete' "$DIR/run/logs/manager.log" || true)" -ge 2 ]; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "manager.log does not show 2 completed downloads"
+until grep -q 'big.bin.*outcome=complete' "$DIR/run/logs/manager.log"; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "manager.log does not show big.bin completed"
     sleep 0.2
 done
+if grep -q 'hello.txt' "$DIR/run/logs/manager.log"; then
+    fail "hello.txt (below handoff.inline_below) went through the manager"
+fi
 
 kill -TERM "$demo_pid"
 status=0
@@ -79,4 +84,4 @@ grep -q 'stopped; logs are in' "$OUT" || fail "demo.sh did not report stopping"
 [ ! -S "$DIR/run/manager.sock" ] || fail "handoff-manager left its socket behind"
 left="$(grep -lsF -- "$DIR/run" /proc/[0-9]*/cmdline || true)"
 [ -z "$left" ] || fail "processes still running after demo.sh stopped: $left"
-echo "demo-smoke: ok (port $port: 2 downloads byte-exact through handoff-manager, clean stop)"
+echo "demo-smoke: ok (port $port: big.bin byte-exact through handoff-manager, hello.txt inline, clean stop)"

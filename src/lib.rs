@@ -73,7 +73,7 @@ static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
     ),
     IniEntryDef::new(c"handoff.fallback", c"stream", IniEntryPermission::All),
     IniEntryDef::new(c"handoff.timeout_ms", c"1000", IniEntryPermission::All),
-    IniEntryDef::new(c"handoff.inline_below", c"0", IniEntryPermission::All),
+    IniEntryDef::new(c"handoff.inline_below", c"65536", IniEntryPermission::All),
     IniEntryDef::end(),
 ]);
 

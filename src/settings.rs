@@ -13,7 +13,10 @@ pub const INLINE_BELOW: &str = "handoff.inline_below";
 
 pub const DEFAULT_SOCKET: &str = "/run/handoff/manager.sock";
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
-pub const DEFAULT_INLINE_BELOW: u64 = 0;
+/// Measured break-even (docs/benchmarks.md, S3): below 64 KiB the worker streaming the file
+/// is faster than a handoff, and such a body fits in the socket buffers anyway, so it cannot
+/// hold the worker on a slow client.
+pub const DEFAULT_INLINE_BELOW: u64 = 64 * 1024;
 
 /// What `send_file()` does when the file cannot be handed off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

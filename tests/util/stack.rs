@@ -42,11 +42,14 @@ pub struct Config {
 
 impl Config {
     pub fn new(kind: Kind) -> Config {
+        // The tests exercise the handoff for every size, 0 and 1 byte included; the inline
+        // threshold (default 64 KiB) has its own test, which sets it again.
+        let ini = vec![("handoff.inline_below".to_string(), "0".to_string())];
         Config {
             kind,
             manager: true,
             fpm_children: 2,
-            ini: Vec::new(),
+            ini,
             static_files: false,
         }
     }
