@@ -153,7 +153,8 @@ chmod 0755 "$RUN"
 LOGS="$RUN/logs"
 TEMP="$RUN/nginx-temp"
 mkdir -p "$LOGS" "$TEMP" "$OUT"
-rm -f "$OUT"/results.jsonl "$OUT"/probe-*.csv "$OUT"/fpm-*.log
+rm -f "$OUT"/results.jsonl "$OUT"/probe-*.csv "$OUT"/fpm-*.log "$OUT"/fpm-logs.tar.xz \
+    "$OUT"/manager-access.log
 
 PIDS=()
 cleanup() {
@@ -178,11 +179,25 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-for p in "$PORT" "$CLI_PORT" "$METRICS_PORT" "$TUNED_PORT"; do
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$p/"; then
-        die "127.0.0.1:$p is in use: set BENCH_PORT"
-    fi
-done
+# Four consecutive ports from PORT must be free; without BENCH_PORT, try a few other bases.
+ports_free() {
+    local p
+    for p in "$1" $(($1 + 1)) $(($1 + 2)) $(($1 + 3)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && return 1
+    done
+    return 0
+}
+if ! ports_free "$PORT"; then
+    [ -z "${BENCH_PORT:-}" ] || die "a port in 127.0.0.1:$PORT..$((PORT + 3)) is in use: change BENCH_PORT"
+    for base in 28480 38480 48480 19480 29480; do
+        if ports_free "$base"; then PORT=$base; break; fi
+    done
+    ports_free "$PORT" || die "no free ports found: set BENCH_PORT"
+    CLI_PORT=$((PORT + 1))
+    METRICS_PORT=$((PORT + 2))
+    TUNED_PORT=$((PORT + 3))
+    log "using ports $PORT..$TUNED_PORT"
+fi
 
 wait_for() { # what pid check...
     local what="$1" pid="$2"
