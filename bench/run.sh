@@ -15,7 +15,10 @@
 #
 # Backends (what a download request hits):
 #   handoff-fpm     nginx -> php-fpm -> send_file()          (the manager streams)
+#   handoff-fpm-4k  the same with nginx's default fastcgi_buffer_size (the site's lines removed)
 #   handoff-cli     php -S -> send_file()                    (the manager streams)
+# (the handoff backends force handoff.inline_below = 0; the *-inline variants in S3 force
+# the worker to stream the file itself)
 #   readfile-fpm    nginx -> php-fpm -> readfile(), nginx fastcgi buffering on (default)
 #   readfile-nobuf  the same with X-Accel-Buffering: no
 #   xaccel          nginx -> php-fpm -> X-Accel-Redirect -> nginx internal location
@@ -84,8 +87,7 @@ RUNS="${BENCH_RUNS:-$RUNS}"
 PORT="${BENCH_PORT:-18480}"
 CLI_PORT=$((PORT + 1))
 METRICS_PORT=$((PORT + 2))
-TUNED_PORT=$((PORT + 3))
-TUNED_BUFFER="${BENCH_TUNED_BUFFER:-128k}"
+DEFAULTS_PORT=$((PORT + 3))
 SCENARIOS="${BENCH_SCENARIOS:-S1 S2 S3 S5}"
 DATA="${BENCH_DATA:-/tmp/handoff-bench-data}"
 OUT="${BENCH_OUT:-$REPO/bench/results/$MODE}"
@@ -195,8 +197,8 @@ if ! ports_free "$PORT"; then
     ports_free "$PORT" || die "no free ports found: set BENCH_PORT"
     CLI_PORT=$((PORT + 1))
     METRICS_PORT=$((PORT + 2))
-    TUNED_PORT=$((PORT + 3))
-    log "using ports $PORT..$TUNED_PORT"
+    DEFAULTS_PORT=$((PORT + 3))
+    log "using ports $PORT..$DEFAULTS_PORT"
 fi
 
 wait_for() { # what pid check...
@@ -254,16 +256,14 @@ HANDOFF_LISTEN="127.0.0.1:$PORT" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$R
     envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' <"$TEMPLATE" |
     sed '$!b; /^}$/i\    include '"$RUN"'/bench-locations.conf;' >"$RUN/nginx-site.conf"
 grep -q bench-locations "$RUN/nginx-site.conf" || die "could not add the bench locations to the site"
-# A second server, the same site on TUNED_PORT, with one server-level line added:
-# fastcgi_buffer_size. With X-Accel-Buffering: no (which send_file() sends), nginx relays
-# the response through this one buffer, 4 KiB by default (a page): the handoff-fpm-tuned
-# backend measures what a larger one (128 KiB, two FastCGI records) gives. The PHP location is still the shared one.
+# A second server on DEFAULTS_PORT: the same site *without* its fastcgi_buffer_size and
+# fastcgi_buffers lines, i.e. nginx's defaults (a 4 KiB relay buffer). With
+# X-Accel-Buffering: no, which send_file() sends, nginx relays a response through that one
+# buffer: the handoff-fpm-4k backend shows what the shared site's 128k buffer is worth.
 # shellcheck disable=SC2016
-HANDOFF_LISTEN="127.0.0.1:$TUNED_PORT" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
+HANDOFF_LISTEN="127.0.0.1:$DEFAULTS_PORT" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
     envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' <"$TEMPLATE" |
-    sed '$!b; /^}$/i\    include '"$RUN"'/bench-tuned.conf;' >"$RUN/nginx-site-tuned.conf"
-# (fastcgi_buffers must then be raised too: nginx checks busy buffers against them.)
-printf 'fastcgi_buffer_size %s;\nfastcgi_buffers 4 %s;\n' "$TUNED_BUFFER" "$TUNED_BUFFER" >"$RUN/bench-tuned.conf"
+    sed '/^ *fastcgi_buffer_size /d; /^ *fastcgi_buffers /d' >"$RUN/nginx-site-4k.conf"
 cat >"$RUN/bench-locations.conf" <<EOF
 location /_protected/ {
     internal;
@@ -296,7 +296,7 @@ http {
     uwsgi_temp_path $TEMP/uwsgi;
     scgi_temp_path $TEMP/scgi;
     include $RUN/nginx-site.conf;
-    include $RUN/nginx-site-tuned.conf;
+    include $RUN/nginx-site-4k.conf;
 }
 EOF
 nginx -t -q -p "$RUN" -e "$LOGS/nginx-error.log" -c "$RUN/nginx.conf" || die "nginx rejected its config"
@@ -314,9 +314,9 @@ wait_for "php -S" "$CLI_PID" curl -sf "http://127.0.0.1:$CLI_PORT/probe.php"
 
 # Every backend must deliver the right bytes before anything is measured.
 want="$(sha256sum <"$DATA/f64k" | cut -d' ' -f1)"
-for url in "$PORT/send.php?f=f64k" "$CLI_PORT/send.php?f=f64k" "$PORT/readfile.php?f=f64k" \
-    "$PORT/xaccel.php?f=f64k" "$PORT/static/f64k" "$PORT/send.php?f=f64k&inline=1" \
-    "$TUNED_PORT/send.php?f=f64k"; do
+for url in "$PORT/send.php?f=f64k&handoff=1" "$CLI_PORT/send.php?f=f64k&handoff=1" \
+    "$PORT/readfile.php?f=f64k" "$PORT/xaccel.php?f=f64k" "$PORT/static/f64k" \
+    "$PORT/send.php?f=f64k&inline=1" "$DEFAULTS_PORT/send.php?f=f64k&handoff=1"; do
     got="$(curl -sf --max-time 10 "http://127.0.0.1:$url" | sha256sum | cut -d' ' -f1)"
     [ "$got" = "$want" ] || die "http://127.0.0.1:$url did not return the file"
 done
@@ -327,10 +327,10 @@ log "stack up in $RUN (manager $MANAGER_PID, php-fpm $FPM_PID, nginx $NGINX_PID,
 # --- running the client ----------------------------------------------------------------------
 url_of() { # backend file -> "port path"
     case "$1" in
-        handoff-fpm) echo "$PORT /send.php?f=$2" ;;
+        handoff-fpm) echo "$PORT /send.php?f=$2&handoff=1" ;;
         handoff-fpm-inline) echo "$PORT /send.php?f=$2&inline=1" ;;
-        handoff-fpm-tuned) echo "$TUNED_PORT /send.php?f=$2" ;;
-        handoff-cli) echo "$CLI_PORT /send.php?f=$2" ;;
+        handoff-fpm-4k) echo "$DEFAULTS_PORT /send.php?f=$2&handoff=1" ;;
+        handoff-cli) echo "$CLI_PORT /send.php?f=$2&handoff=1" ;;
         handoff-cli-inline) echo "$CLI_PORT /send.php?f=$2&inline=1" ;;
         readfile-fpm) echo "$PORT /readfile.php?f=$2" ;;
         readfile-nobuf) echo "$PORT /readfile.php?f=$2&nobuf=1" ;;
@@ -408,7 +408,7 @@ print("req/s %.0f  GB/s %.2f  failed %d  starved %d  progressing %s  probe p50/p
     r["probe_failed"]))')"
 }
 
-BACKENDS=(handoff-fpm handoff-fpm-tuned handoff-cli readfile-fpm readfile-nobuf xaccel static)
+BACKENDS=(handoff-fpm handoff-fpm-4k handoff-cli readfile-fpm readfile-nobuf xaccel static)
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 started=$SECONDS
 

@@ -1,8 +1,12 @@
 <?php
-// send_file() of $HANDOFF_BENCH_DATA/<f>. inline=1 forces the in-worker path
-// (handoff.inline_below above the file size), to compare against the handoff.
+// send_file() of $HANDOFF_BENCH_DATA/<f>.
+//   handoff=1  always hand off (handoff.inline_below = 0), whatever the file size
+//   inline=1   always stream in the worker (handoff.inline_below above the file size)
+//   neither    the extension's shipped default
 $path = getenv('HANDOFF_BENCH_DATA') . '/' . basename($_GET['f'] ?? '');
-if (isset($_GET['inline'])) {
+if (isset($_GET['handoff'])) {
+    ini_set('handoff.inline_below', '0');
+} elseif (isset($_GET['inline'])) {
     ini_set('handoff.inline_below', (string) PHP_INT_MAX);
 }
 send_file($path, ['content_type' => 'application/octet-stream']);
