@@ -79,7 +79,7 @@ case "$MODE" in
         RUNS=3
         S1_NS=(200 1000 2000); S1_SECS=15; S1_RAMP=3
         S2_CONNS=64; S2_SECS=5; S2_BIG=f1g; S2_BIG_REQUESTS=2
-        S3_SIZES=(4k 16k 64k 256k); S3_SECS=3
+        S3_SIZES=(4k 16k 64k 128k 256k); S3_SECS=3
         S5_CONNS=10000; S5_RATE=$((10 * KIB)); S5_SECS=45; S5_RAMP=25
         ;;
 esac
@@ -141,6 +141,7 @@ make_file() { # name bytes
 make_file f4k $((4 * KIB))
 make_file f16k $((16 * KIB))
 make_file f64k $((64 * KIB))
+make_file f128k $((128 * KIB))
 make_file f256k $((256 * KIB))
 make_file f10m $((10 * MIB))
 make_file f20m $((20 * MIB))
