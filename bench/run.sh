@@ -133,8 +133,9 @@ make_file() { # name bytes
     local path="$DATA/$1"
     if [ "$(stat -c %s "$path" 2>/dev/null || echo 0)" != "$2" ]; then
         log "generating $path ($2 bytes)"
-        head -c "$2" /dev/urandom >"$path.tmp"
-        mv "$path.tmp" "$path"
+        # A per-process temp name: two runs sharing BENCH_DATA must not write one file.
+        head -c "$2" /dev/urandom >"$path.tmp.$$"
+        mv "$path.tmp.$$" "$path"
     fi
     chmod 0644 "$path"
 }
