@@ -100,7 +100,7 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
         // Small enough that serving it here is cheaper than a handoff: not a fallback,
         // so handoff.fallback=off does not apply.
         Some(_) if plan.body_len() < settings.inline_below => {
-            crate::fallback::stream(&plan, &file, options.rate)?;
+            crate::fallback::stream(&plan::for_inline(plan), &file, options.rate)?;
             return Ok(Sent::Streamed);
         }
         Some(conn) => {

@@ -305,6 +305,14 @@ pub fn plan(
     }
 }
 
+/// The plan for a small body that the worker sends itself (`handoff.inline_below`): it
+/// fits the web server's buffers, so nginx may buffer it, which is faster than its
+/// unbuffered relay (docs/benchmarks.md, S3).
+pub fn for_inline(mut plan: Plan) -> Plan {
+    plan.head.headers.retain(|h| !h.is("X-Accel-Buffering"));
+    plan
+}
+
 fn push_length(headers: &mut Vec<Header>, body: &[Piece]) {
     let len: u64 = body.iter().map(Piece::len).sum();
     headers.push(Header::new("Content-Length", len.to_string()));
@@ -773,6 +781,23 @@ mod tests {
         assert_eq!(p.head.get("X-Accel-Buffering"), Some("no"));
         assert_eq!(p.head.get("Last-Modified"), Some(LM));
         assert!(p.head.get("ETag").is_some());
+    }
+
+    #[test]
+    fn inline_plans_let_the_web_server_buffer() {
+        let p = plan(
+            file(10),
+            &Request::default(),
+            &script(&[("X-Custom", "1")]),
+            &Options::default(),
+            "a.bin",
+            Transport::FastCgi,
+        );
+        assert_eq!(p.head.get("X-Accel-Buffering"), Some("no"));
+        let inline = for_inline(p.clone());
+        assert_eq!(inline.head.get("X-Accel-Buffering"), None);
+        assert_eq!(inline.head.get("X-Custom"), Some("1"));
+        assert_eq!(inline.body, p.body);
     }
 
     #[test]
