@@ -147,6 +147,7 @@ impl Server {
             .map_err(ServerError::Signal)?;
 
         raise_fd_limit();
+        crate::sys::single_malloc_arena();
         let access_log = Arc::new(Mutex::new(
             AccessLog::open(config.access_log.as_deref())
                 .map_err(io_err("opening the access log"))?,

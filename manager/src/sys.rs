@@ -25,3 +25,17 @@ pub(crate) fn release_free_memory() {
         nix::libc::malloc_trim(0);
     }
 }
+
+/// One malloc arena for the whole process. Jobs are built by the handshake thread and
+/// freed by a download loop; with glibc's default of one arena per thread those frees
+/// fragment several heaps that `malloc_trim` cannot give back, and the manager's memory
+/// would not return to its baseline after a burst (measured: +3 MiB of 9 MiB kept with
+/// 8 arenas, +1 MiB with one). The loops allocate almost nothing per event, so one arena's
+/// lock costs nothing measurable.
+pub(crate) fn single_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a glibc tunable; called before any other thread starts.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}

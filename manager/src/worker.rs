@@ -148,6 +148,7 @@ pub fn spawn(
         wanting: HashSet::new(),
         scratch: vec![0u8; 64 * 1024],
         drain_until: None,
+        trimmed_idle: true,
     };
     let thread = std::thread::Builder::new()
         .name(format!("download-{index}"))
@@ -181,6 +182,8 @@ struct Loop {
     wanting: HashSet<usize>,
     scratch: Vec<u8>,
     drain_until: Option<Instant>,
+    /// Memory was given back since the loop last fell idle.
+    trimmed_idle: bool,
 }
 
 impl Loop {
@@ -297,14 +300,20 @@ impl Loop {
     }
 
     /// After a burst, give back the tables' room and the allocator's free memory.
+    /// Also once each time the loop falls idle, so that the last frees of a burst are
+    /// returned too.
     fn shrink_after_burst(&mut self) {
-        if self.downloads.capacity() > 64 && self.downloads.len() < self.downloads.capacity() / 4 {
+        let shrunk =
+            self.downloads.capacity() > 64 && self.downloads.len() < self.downloads.capacity() / 4;
+        let fell_idle = self.downloads.is_empty() && !self.trimmed_idle;
+        if shrunk || fell_idle {
             self.downloads.shrink_to_fit();
             self.wanting.shrink_to_fit();
             self.sleepers.shrink_to_fit();
             self.ready.shrink_to_fit();
             crate::sys::release_free_memory();
         }
+        self.trimmed_idle = self.downloads.is_empty();
     }
 
     fn take_commands(&mut self, now: Instant) {
