@@ -353,15 +353,19 @@ impl Server {
     }
 
     fn on_signal(&mut self, now: Instant) {
+        let mut signals = Vec::new();
         while let Ok(Some(info)) = self.signals.read_signal() {
+            signals.push(info.ssi_signo);
+        }
+        // Logged once the socket is gone, so that the line means what it says.
+        self.drain(now);
+        let active = Counters::get(&self.counters.active);
+        for signo in signals {
             info!(
-                "signal {}: no new handoffs; {} connection(s) get {:?} to finish",
-                info.ssi_signo,
-                self.conns.len(),
+                "signal {signo}: no new handoffs; {active} download(s) get {:?} to finish",
                 self.config.grace
             );
         }
-        self.drain(now);
     }
 
     /// Stops taking handoffs; running downloads get the grace period.
