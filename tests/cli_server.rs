@@ -86,26 +86,10 @@ fn ranges_and_conditionals_without_manager() {
 
 #[test]
 fn rate_option_limits_speed() {
-    for (manager, returned) in [(true, "true"), (false, "false")] {
-        let config = Config::new(Kind::CliServer);
-        let stack = Stack::start(if manager {
-            config
-        } else {
-            config.without_manager()
-        });
-        scenarios::rate_option_limits_speed(&stack, returned);
-    }
+    scenarios::on_both_paths(Kind::CliServer, scenarios::rate_option_limits_speed);
 }
 
 #[test]
 fn download_answering_unread_post() {
-    for (manager, returned) in [(true, "true"), (false, "false")] {
-        let config = Config::new(Kind::CliServer);
-        let stack = Stack::start(if manager {
-            config
-        } else {
-            config.without_manager()
-        });
-        scenarios::download_answering_unread_post(&stack, returned);
-    }
+    scenarios::on_both_paths(Kind::CliServer, scenarios::download_answering_unread_post);
 }

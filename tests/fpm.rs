@@ -179,30 +179,12 @@ fn small_files_below_inline_threshold_stay_in_the_worker() {
 
 #[test]
 fn rate_option_limits_speed() {
-    for (manager, returned) in [(true, "true"), (false, "false")] {
-        let config = Config::new(Kind::Fpm);
-        let stack = Stack::start(if manager {
-            config
-        } else {
-            config.without_manager()
-        });
-        scenarios::rate_option_limits_speed(&stack, returned);
-        stack.assert_clean_logs();
-    }
+    scenarios::on_both_paths(Kind::Fpm, scenarios::rate_option_limits_speed);
 }
 
 #[test]
 fn download_answering_unread_post() {
-    for (manager, returned) in [(true, "true"), (false, "false")] {
-        let config = Config::new(Kind::Fpm);
-        let stack = Stack::start(if manager {
-            config
-        } else {
-            config.without_manager()
-        });
-        scenarios::download_answering_unread_post(&stack, returned);
-        stack.assert_clean_logs();
-    }
+    scenarios::on_both_paths(Kind::Fpm, scenarios::download_answering_unread_post);
 }
 
 /// The in-process fallback also keeps nginx from spooling a slow download to disk (nginx

@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use super::{
-    raw_request, response_from, sha256_bytes, split_head, urlencode, SilentManager, Stack, MIB,
+    raw_request, response_from, sha256_bytes, split_head, urlencode, Config, Kind, SilentManager,
+    Stack, MIB,
 };
 
 /// The sizes every server must deliver byte-exact.
@@ -591,5 +592,23 @@ pub fn download_answering_unread_post(stack: &Stack, expect_returned: &str) {
             expect_returned,
             "send_file() answering a POST of {post_size} bytes"
         );
+    }
+}
+
+/// Runs `scenario` on a stack with the manager, where send_file() must return `"true"`, and
+/// on one without it (the in-process fallback, `"false"`); behind nginx the logs must stay
+/// clean on both.
+pub fn on_both_paths(kind: Kind, scenario: impl Fn(&Stack, &str)) {
+    for (manager, returned) in [(true, "true"), (false, "false")] {
+        let config = Config::new(kind);
+        let stack = Stack::start(if manager {
+            config
+        } else {
+            config.without_manager()
+        });
+        scenario(&stack, returned);
+        if kind == Kind::Fpm {
+            stack.assert_clean_logs();
+        }
     }
 }
