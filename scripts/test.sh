@@ -62,7 +62,7 @@ cargo build --release --workspace
 step "demo smoke test (scripts/demo.sh end to end)"
 bash scripts/demo-smoke.sh
 
-step "benchmark harness smoke test (bench/run.sh --smoke, no thresholds)" && HANDOFF_SKIP_SETUP=1 bash bench/run.sh --smoke
+step "benchmark quick mode as a smoke test (bench/run.sh --quick, no thresholds)" && HANDOFF_SKIP_SETUP=1 bash bench/run.sh --quick
 
 step "fuzz the message decoder and the planner (30 s each)"
 bash scripts/fuzz.sh 30
