@@ -67,6 +67,19 @@ step "benchmark quick mode as a smoke test (bench/run.sh --quick, no thresholds)
 step "fuzz the message decoder and the planner (30 s each)"
 bash scripts/fuzz.sh 30
 
-# Last: CI reads cargo test's closing lines.
+# Last: CI reads the closing lines. cargo test ends with the doc-tests' "0 passed" (there
+# are none), so the totals over every test binary follow as the last line.
 step "cargo test --release --workspace"
-cargo test --release --workspace
+results="$(mktemp)"
+status=0
+cargo test --release --workspace 2>&1 | tee "$results" || status=$?
+awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($i == "passed;") passed += $(i - 1)
+            if ($i == "failed;") failed += $(i - 1)
+            if ($i == "ignored;") ignored += $(i - 1)
+        }
+     }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$results"
+rm -f "$results"
+exit "$status"
