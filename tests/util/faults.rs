@@ -170,23 +170,8 @@ pub struct CrashAfterAccept {
 impl CrashAfterAccept {
     /// Binds `path` (replacing a stale socket file) and serves exactly one handshake.
     pub fn bind(path: &Path) -> CrashAfterAccept {
-        use nix::sys::socket::{
-            bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
-        };
         let _ = fs::remove_file(path);
-        let listener = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )
-        .expect("seqpacket socket");
-        bind(
-            listener.as_raw_fd(),
-            &UnixAddr::new(path).expect("socket path"),
-        )
-        .expect("bind the crashing stand-in");
-        listen(&listener, Backlog::new(16).expect("backlog")).expect("listen");
+        let listener = super::manager::listen_seqpacket(path, "the crashing stand-in");
         let thread = std::thread::spawn(move || Self::serve_one(listener));
         CrashAfterAccept {
             thread: Some(thread),

@@ -9,6 +9,29 @@ use nix::sys::signal::Signal;
 
 use super::{manager_binary, wait_until, Proc, START_DEADLINE};
 
+/// A non-blocking listening SOCK_SEQPACKET socket at `path`, for the test stand-ins that
+/// play a misbehaving manager; `who` names it in a failure.
+pub fn listen_seqpacket(path: &Path, who: &str) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::AsRawFd;
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .expect("seqpacket socket");
+    bind(
+        listener.as_raw_fd(),
+        &UnixAddr::new(path).expect("socket path"),
+    )
+    .unwrap_or_else(|e| panic!("bind {who}: {e}"));
+    listen(&listener, Backlog::new(16).expect("backlog")).expect("listen");
+    listener
+}
+
 /// Whether a SOCK_SEQPACKET listener at `path` accepts (the manager's socket type: a stream
 /// connect would be refused).
 pub fn seqpacket_accepts(path: &Path) -> bool {
@@ -59,26 +82,12 @@ pub struct SilentManager {
 
 impl SilentManager {
     pub fn bind(path: &Path) -> SilentManager {
-        use nix::sys::socket::{
-            accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
-        };
+        use nix::sys::socket::accept;
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::Arc;
 
-        let listener = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )
-        .expect("seqpacket socket");
-        bind(
-            listener.as_raw_fd(),
-            &UnixAddr::new(path).expect("socket path"),
-        )
-        .expect("bind the silent manager");
-        listen(&listener, Backlog::new(16).expect("backlog")).expect("listen");
+        let listener = listen_seqpacket(path, "the silent manager");
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (stop2, accepted2) = (stop.clone(), accepted.clone());
