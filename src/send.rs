@@ -76,48 +76,35 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
         .unwrap_or_default();
     let settings = settings::current();
 
-    let (conn, transport) = match connection::find() {
-        Ok(conn) => {
-            let t = match conn.kind {
-                Kind::FastCgi { .. } => Transport::FastCgi,
-                Kind::Http => Transport::Http,
-            };
-            (Some(conn), t)
-        }
-        Err(reason) => {
-            note_fallback(&reason);
-            let t = if ffi::sapi_name() == "fpm-fcgi" {
-                Transport::FastCgi
-            } else {
-                Transport::Http
-            };
-            (None, t)
-        }
+    let conn = connection::find();
+    let transport = match &conn {
+        Ok(c) if matches!(c.kind, Kind::Http) => Transport::Http,
+        Ok(_) => Transport::FastCgi,
+        Err(_) if ffi::sapi_name() == "fpm-fcgi" => Transport::FastCgi,
+        Err(_) => Transport::Http,
     };
     let plan = plan::plan(info, &request, &script, options, &name, transport);
 
     let reason = match conn {
         // Small enough that serving it here is cheaper than a handoff: not a fallback,
         // so handoff.fallback=off does not apply.
-        Some(_) if plan.body_len() < settings.inline_below => {
+        Ok(_) if plan.body_len() < settings.inline_below => {
             crate::fallback::stream(&plan::for_inline(plan), &file, options.rate)?;
             return Ok(Sent::Streamed);
         }
-        Some(conn) => {
+        Ok(conn) => {
             let file_name = String::from_utf8_lossy(path).into_owned();
             match hand_off(&conn, &plan, options.rate, &file, &settings, file_name) {
                 Ok(()) => {
                     ffi::disable_output();
                     return Ok(Sent::HandedOff);
                 }
-                Err(reason) => {
-                    note_fallback(&reason);
-                    reason
-                }
+                Err(reason) => reason,
             }
         }
-        None => LAST_FALLBACK.lock().map(|s| s.clone()).unwrap_or_default(),
+        Err(reason) => reason,
     };
+    note_fallback(&reason);
     if settings.fallback == Fallback::Off {
         return Err(SendFileError::NoFallback { reason }.into());
     }
