@@ -5,7 +5,8 @@
 //! zero-copy `sendfile` (FastCGI: one record header per at most 65,528 body bytes; the last
 //! data record, the empty `STDOUT` and `END_REQUEST` go out in one send, as nginx needs),
 //! then `Lingering`: the write side is shut down and whatever the peer still sends (the
-//! unread FastCGI `STDIN`, a request body) is read and discarded until end-of-file or the
+//! unread FastCGI `STDIN`, a request body; a FastCGI connection is not read before this
+//! point, see [`Download::on_readable`]) is read and discarded until end-of-file or the
 //! linger deadline, so that closing does not turn into a reset that would cut the tail of
 //! the response. `Done` carries the outcome for the log.
 //!
@@ -442,7 +443,20 @@ impl Download {
     }
 
     /// Reads and discards what the peer sends (FastCGI `STDIN`, a request body).
+    ///
+    /// Behind a FastCGI web server nothing is read while the response is being sent: what
+    /// the web server sent and nobody read (at least the empty `STDIN` record that ends a
+    /// GET request) stays queued on our end of the connection. If the manager then dies,
+    /// the kernel reports that unread data to the web server as a reset instead of a clean
+    /// end-of-file. nginx takes a clean end-of-file in unbuffered mode for the end of the
+    /// response and keeps the client's connection for keep-alive, so the client would wait
+    /// for the missing bytes until `keepalive_timeout`; a reset is an upstream error, and
+    /// nginx closes the client's connection. A web server that goes away still shows up:
+    /// the next write fails.
     pub fn on_readable(&mut self, scratch: &mut [u8]) -> Step {
+        if matches!(self.state, State::Sending) && matches!(self.framing, Framing::FastCgi { .. }) {
+            return Step::Wait;
+        }
         loop {
             match nix::sys::socket::recv(self.sock.as_raw_fd(), scratch, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => {

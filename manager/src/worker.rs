@@ -202,7 +202,13 @@ impl Loop {
             for event in events.iter() {
                 match event.token() {
                     WAKER => self.take_commands(now),
-                    Token(id) => self.on_event(id, event.is_readable(), event.is_writable(), now),
+                    // A closed or failed connection counts as writable: the next write
+                    // reports it (a FastCGI connection is not read while sending).
+                    Token(id) => {
+                        let writable =
+                            event.is_writable() || event.is_write_closed() || event.is_error();
+                        self.on_event(id, event.is_readable(), writable, now)
+                    }
                 }
             }
             for id in std::mem::take(&mut self.ready) {
