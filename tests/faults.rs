@@ -49,6 +49,19 @@ fn stack(kind: Kind, children: u32) -> (Stack, RestartableManager) {
     (stack, manager)
 }
 
+/// [`stack`] with php-fpm on 127.0.0.1 (TCP) instead of a Unix socket.
+fn stack_fpm_tcp() -> (Stack, RestartableManager) {
+    let stack = Stack::start(
+        Config::new(Kind::Fpm)
+            .without_manager()
+            .children(1)
+            .fpm_over_tcp()
+            .ini("handoff.timeout_ms", "10000"),
+    );
+    let manager = RestartableManager::new(&stack.manager_socket, stack.path());
+    (stack, manager)
+}
+
 /// The process whose script runs the next request: the pool's only php-fpm worker, or
 /// `php -S` itself.
 fn php_pid(stack: &Stack) -> i32 {
@@ -421,9 +434,12 @@ fn fpm_worker_killed_mid_handshake() {
 /// until `keepalive_timeout` (75 s by default). The manager therefore leaves what nginx
 /// sent unread while it sends (at least the empty `STDIN` record that ends every request):
 /// when it dies, the kernel reports a reset, nginx logs an upstream error and closes the
-/// client's connection. `extra` adds curl arguments (a request method, a body).
-fn closes_client_when_manager_dies(extra: &[&str]) {
-    let (stack, mut manager) = stack(Kind::Fpm, 1);
+/// client's connection. Over TCP the unread data makes the kernel send a RST. `extra` adds
+/// curl arguments (a request method, a body).
+fn closes_client_when_manager_dies(
+    (stack, mut manager): (Stack, RestartableManager),
+    extra: &[&str],
+) {
     let size = 64 * MIB;
     stack.data_file("big.bin", size, 7);
     manager.start();
@@ -457,17 +473,26 @@ fn closes_client_when_manager_dies(extra: &[&str]) {
 
 #[test]
 fn nginx_closes_client_when_manager_dies_mid_stream() {
-    closes_client_when_manager_dies(&[]);
+    closes_client_when_manager_dies(stack(Kind::Fpm, 1), &[]);
 }
 
 /// A POST whose form body PHP read before the script ran.
 #[test]
 fn nginx_closes_client_when_manager_dies_mid_stream_post() {
-    closes_client_when_manager_dies(&["--data", "field=value&other=2"]);
+    closes_client_when_manager_dies(stack(Kind::Fpm, 1), &["--data", "field=value&other=2"]);
 }
 
 /// A multipart POST, which PHP parses (and reads to the end) before the script runs.
 #[test]
 fn nginx_closes_client_when_manager_dies_mid_stream_multipart() {
-    closes_client_when_manager_dies(&["--form", "field=value", "--form", "other=2"]);
+    closes_client_when_manager_dies(
+        stack(Kind::Fpm, 1),
+        &["--form", "field=value", "--form", "other=2"],
+    );
+}
+
+/// nginx talking to php-fpm over TCP.
+#[test]
+fn nginx_closes_client_when_manager_dies_mid_stream_fpm_tcp() {
+    closes_client_when_manager_dies(stack_fpm_tcp(), &[]);
 }

@@ -14,6 +14,16 @@ fn byte_exact_downloads_through_manager() {
     stack.assert_clean_logs();
 }
 
+/// php-fpm on 127.0.0.1 instead of a Unix socket (`fastcgi_pass 127.0.0.1:9000`, common in
+/// containers): the worker finds and hands off a TCP FastCGI connection the same way.
+#[test]
+fn byte_exact_downloads_with_fpm_over_tcp() {
+    let _heavy = heavy_lock();
+    let stack = Stack::start(Config::new(Kind::Fpm).fpm_over_tcp());
+    scenarios::byte_exact_through_manager(&stack);
+    stack.assert_clean_logs();
+}
+
 #[test]
 fn script_headers_reach_client() {
     let stack = Stack::start(Config::new(Kind::Fpm));

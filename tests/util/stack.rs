@@ -38,6 +38,9 @@ pub struct Config {
     /// nginx also serves `data/` statically on a second socket ([`Stack::static_endpoint`]),
     /// the reference the differential test compares `send_file()` with.
     pub static_files: bool,
+    /// php-fpm listens on 127.0.0.1 (TCP) instead of a Unix socket, as in many container
+    /// set-ups (`fastcgi_pass 127.0.0.1:9000`).
+    pub fpm_tcp: bool,
 }
 
 impl Config {
@@ -51,7 +54,14 @@ impl Config {
             fpm_children: 2,
             ini,
             static_files: false,
+            fpm_tcp: false,
         }
+    }
+
+    /// nginx talks to php-fpm over TCP on 127.0.0.1 (only with [`Kind::Fpm`]).
+    pub fn fpm_over_tcp(mut self) -> Config {
+        self.fpm_tcp = true;
+        self
     }
 
     /// nginx serves `data/` statically too (only with [`Kind::Fpm`]).
@@ -117,8 +127,8 @@ impl Stack {
         }
         match config.kind {
             Kind::Fpm => {
-                let fpm_sock = stack.start_fpm(&config);
-                stack.start_nginx(&fpm_sock, config.static_files);
+                let fpm = stack.start_fpm(&config);
+                stack.start_nginx(&fpm, config.static_files);
             }
             Kind::CliServer => stack.start_cli_server(&config),
         }
@@ -282,9 +292,20 @@ impl Stack {
         self.wait_ready("handoff-manager", move || seqpacket_accepts(&sock));
     }
 
-    fn start_fpm(&mut self, config: &Config) -> PathBuf {
+    /// Starts php-fpm; returns the address for nginx's `fastcgi_pass`.
+    fn start_fpm(&mut self, config: &Config) -> String {
         let tmp = self.path().to_path_buf();
         let fpm_sock = tmp.join("php-fpm.sock");
+        // A port the kernel just handed out and nobody holds (php-fpm binds it at once).
+        let tcp: Option<SocketAddr> = config.fpm_tcp.then(|| {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("pick a free port")
+        });
+        let listen = match tcp {
+            Some(addr) => addr.to_string(),
+            None => fpm_sock.display().to_string(),
+        };
         let fpm_log = tmp.join("fpm.log");
         let conf = tmp.join("php-fpm.conf");
         fs::write(
@@ -310,7 +331,7 @@ impl Stack {
         for (k, v) in &config.ini {
             cmd.arg("-d").arg(format!("{k}={v}"));
         }
-        cmd.env("HANDOFF_FPM_LISTEN", &fpm_sock)
+        cmd.env("HANDOFF_FPM_LISTEN", &listen)
             .env("HANDOFF_FPM_USER", user)
             .env("HANDOFF_FPM_CHILDREN", config.fpm_children.to_string())
             .env("HANDOFF_SOCKET", &self.manager_socket);
@@ -318,12 +339,20 @@ impl Stack {
         self.extra_logs.push(("php-fpm log".into(), fpm_log));
         let proc = Proc::spawn("php-fpm", cmd, tmp.join("fpm.out"), Signal::SIGTERM);
         self.procs.push(proc);
-        let sock = fpm_sock.clone();
-        self.wait_ready("php-fpm", move || UnixStream::connect(&sock).is_ok());
-        fpm_sock
+        match tcp {
+            Some(addr) => {
+                self.wait_ready("php-fpm", move || TcpStream::connect(addr).is_ok());
+                addr.to_string()
+            }
+            None => {
+                let sock = fpm_sock.clone();
+                self.wait_ready("php-fpm", move || UnixStream::connect(&sock).is_ok());
+                format!("unix:{}", fpm_sock.display())
+            }
+        }
     }
 
-    fn start_nginx(&mut self, fpm_sock: &Path, static_files: bool) {
+    fn start_nginx(&mut self, fpm: &str, static_files: bool) {
         let tmp = self.path().to_path_buf();
         let nginx_sock = tmp.join("nginx.sock");
         let template = fs::read_to_string(repo_root().join("deploy/nginx-site.conf.template"))
@@ -334,7 +363,7 @@ impl Stack {
                 &format!("unix:{}", nginx_sock.display()),
             )
             .replace("${HANDOFF_DOCROOT}", &docroot().display().to_string())
-            .replace("${HANDOFF_FPM}", &format!("unix:{}", fpm_sock.display()));
+            .replace("${HANDOFF_FPM}", fpm);
         fs::write(tmp.join("site.conf"), site).expect("write site.conf");
         let t = tmp.display();
         // nginx's defaults for a static file (etag on, if_modified_since exact, no
