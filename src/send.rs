@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use handoff_manager::conditional::Conditions;
@@ -14,7 +15,7 @@ use handoff_manager::head::Header;
 use handoff_manager::plan::{
     self, FileInfo, Method, Options, Plan, Request, ScriptResponse, Transport,
 };
-use handoff_manager::protocol::{Framing, Job, Offer};
+use handoff_manager::protocol::{FallbackCause, Fallbacks, Framing, Job, Offer, ProtocolError};
 
 use crate::connection::{self, Connection, Kind, Neutered};
 use crate::error::SendFileError;
@@ -23,6 +24,27 @@ use crate::settings::{self, Fallback, Settings};
 
 /// Why the last `send_file()` of this process did not hand off (shown by phpinfo()).
 pub static LAST_FALLBACK: Mutex<String> = Mutex::new(String::new());
+
+/// Fallbacks of this process not yet reported to a manager, per [`FallbackCause`]. They
+/// travel with the next job, so fallbacks while the manager was down reach its metrics
+/// once it is back (those of a worker that exits before its next handoff are lost).
+static UNREPORTED: [AtomicU32; 5] = [const { AtomicU32::new(0) }; 5];
+
+/// Why a request is not handed off: the cause for the manager's metrics, and the reason
+/// for the exception, the log and phpinfo().
+struct Declined {
+    cause: FallbackCause,
+    reason: String,
+}
+
+impl Declined {
+    fn new(cause: FallbackCause, reason: impl Into<String>) -> Declined {
+        Declined {
+            cause,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// How the file went out.
 pub enum Sent {
@@ -85,7 +107,7 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
     };
     let plan = plan::plan(info, &request, &script, options, &name, transport);
 
-    let reason = match conn {
+    let declined = match conn {
         // Small enough that serving it here is cheaper than a handoff: not a fallback,
         // so handoff.fallback=off does not apply.
         Ok(_) if plan.body_len() < settings.inline_below => {
@@ -102,9 +124,10 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
                 Err(reason) => reason,
             }
         }
-        Err(reason) => reason,
+        Err(reason) => Declined::new(FallbackCause::NoConnection, reason),
     };
-    note_fallback(&reason);
+    let Declined { cause, reason } = declined;
+    note_fallback(cause, &reason);
     if settings.fallback == Fallback::Off {
         return Err(SendFileError::NoFallback { reason }.into());
     }
@@ -112,9 +135,26 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
     Ok(Sent::Streamed)
 }
 
-fn note_fallback(reason: &str) {
+fn note_fallback(cause: FallbackCause, reason: &str) {
+    UNREPORTED[cause.index()].fetch_add(1, Ordering::Relaxed);
     if let Ok(mut last) = LAST_FALLBACK.lock() {
         reason.clone_into(&mut last);
+    }
+}
+
+/// The fallbacks to report with the next job.
+fn unreported() -> Fallbacks {
+    let mut report = Fallbacks::default();
+    for (n, counter) in report.iter_mut().zip(&UNREPORTED) {
+        *n = counter.load(Ordering::Relaxed);
+    }
+    report
+}
+
+/// A manager answered the job that carried `report`: those fallbacks are counted there.
+fn reported(report: &Fallbacks) {
+    for (&n, counter) in report.iter().zip(&UNREPORTED) {
+        counter.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -226,7 +266,7 @@ fn hand_off(
     file: &File,
     settings: &Settings,
     file_name: String,
-) -> Result<(), String> {
+) -> Result<(), Declined> {
     let framing = match conn.kind {
         Kind::FastCgi { request_id } => Framing::FastCgi { request_id },
         Kind::Http => Framing::Http,
@@ -238,23 +278,46 @@ fn hand_off(
         rate,
         client: client_address(conn),
         file_name,
+        fallbacks: unreported(),
     };
-    let offer = Offer::connect(&settings.socket, settings.timeout)
-        .map_err(|e| format!("manager unreachable: {e}"))?;
-    offer
-        .propose(&job, conn.borrow(), file.as_fd())
-        .map_err(|e| format!("handoff not accepted: {e}"))?;
+    let offer = Offer::connect(&settings.socket, settings.timeout).map_err(|e| {
+        Declined::new(
+            FallbackCause::Unreachable,
+            format!("manager unreachable: {e}"),
+        )
+    })?;
+    match offer.propose(&job, conn.borrow(), file.as_fd()) {
+        Ok(()) => reported(&job.fallbacks),
+        Err(e @ ProtocolError::Refused { .. }) => {
+            reported(&job.fallbacks);
+            return Err(Declined::new(
+                FallbackCause::Refused,
+                format!("handoff not accepted: {e}"),
+            ));
+        }
+        Err(e) => {
+            return Err(Declined::new(
+                FallbackCause::Failed,
+                format!("handoff not accepted: {e}"),
+            ))
+        }
+    }
     // Dropping `offer` on any error below closes the socket before go: the manager then
     // drops the job without writing.
-    let neutered = Neutered::new(conn)?;
+    let neutered = Neutered::new(conn).map_err(|e| Declined::new(FallbackCause::Failed, e))?;
     match offer.go() {
         Ok(()) => {
             neutered.commit();
             Ok(())
         }
         Err(e) => {
-            neutered.restore()?;
-            Err(format!("manager went away before go: {e}"))
+            neutered
+                .restore()
+                .map_err(|e| Declined::new(FallbackCause::GoneBeforeGo, e))?;
+            Err(Declined::new(
+                FallbackCause::GoneBeforeGo,
+                format!("manager went away before go: {e}"),
+            ))
         }
     }
 }

@@ -11,6 +11,7 @@
 //! `/proc/net/unix`, file sizes, logs) with deadlines, never by sleeping.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -337,6 +338,53 @@ fn manager_killed_mid_stream_fpm() {
 #[test]
 fn manager_killed_mid_stream_cli_server() {
     killed_mid_stream(Kind::CliServer, 10, 10);
+}
+
+/// The requests a worker served itself while the manager was down reach the manager's
+/// metrics with that worker's next handoff, once, under their cause.
+#[test]
+fn fallbacks_while_the_manager_was_down_reach_its_metrics() {
+    let (stack, manager) = stack(Kind::Fpm, 1);
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("pick a free port")
+        .to_string();
+    let mut manager = manager.with_args(&["--metrics", &addr]);
+    let sha = stack.data_file("small.bin", SMALL, 5);
+    for k in 0..3 {
+        let got = download_exact(&stack, "small.bin", &sha, SMALL, &format!("&down={k}"));
+        assert_eq!(got, "false", "send_file() with the manager down");
+    }
+    manager.start();
+    let metrics = || -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let line = |cause: &str, n: u32| {
+        format!("\nhandoff_fallbacks_reported_total{{cause=\"{cause}\"}} {n}\n")
+    };
+    wait_until(
+        "the metrics endpoint answers",
+        Duration::from_secs(10),
+        || metrics().contains(&line("unreachable", 0)),
+        || Ok(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", manager.report()));
+    for k in 0..2 {
+        let got = download_exact(&stack, "small.bin", &sha, SMALL, &format!("&up={k}"));
+        assert_eq!(got, "true", "send_file() with the manager back");
+        let text = metrics();
+        assert!(
+            text.contains(&line("unreachable", 3)) && text.contains(&line("refused", 0)),
+            "after handoff {k}, the three fallbacks must be counted once:\n{text}"
+        );
+    }
 }
 
 /// A php-fpm worker killed while it waits for the manager's answer: the manager (stopped

@@ -59,6 +59,7 @@ fn one_run(manager: &Path, dir: &Path, schedule: &str) -> anyhow::Result<(f64, f
             rate: 0,
             client: "bench".into(),
             file_name: "data.bin".into(),
+            fallbacks: Default::default(),
         };
         let offer = Offer::connect(&socket, Duration::from_secs(5))?;
         offer.propose(&job, ours.as_fd(), file.as_fd())?;

@@ -164,6 +164,7 @@ impl Download {
             rate,
             client,
             file_name,
+            ..
         } = job;
         let planned: u64 = body.iter().map(Piece::len).sum();
         let mut out = Vec::with_capacity(1024);

@@ -21,12 +21,14 @@
 //! "HO" version:u8 kind:u8=1 framing:u8 reserved:u8 request_id:u16 status:u16
 //! header_count:u16 piece_count:u16 rate:u64
 //! reason:str16 (name:str16 value:str16)*header_count piece*piece_count
-//! client:str16 file_name:str16
+//! client:str16 file_name:str16 fallbacks:u32*5
 //! piece = 0:u8 len:u32 bytes | 1:u8 offset:u64 length:u64
 //! ```
 //!
 //! where `str16` is a `u16` length followed by that many bytes of UTF-8. A piece is either
-//! literal body bytes (multipart part heads) or a range of the file. Replies are
+//! literal body bytes (multipart part heads) or a range of the file. `fallbacks` are the
+//! worker's report of the requests it served itself since its last report, one count per
+//! [`FallbackCause`] in code order (the manager adds them to its metrics). Replies are
 //! `"HO" version kind` followed, for a refusal, by the reason text.
 //!
 //! This is the only module that touches `SCM_RIGHTS`.
@@ -48,7 +50,7 @@ use crate::plan::Piece;
 use crate::sys::own_new_fd;
 
 /// The protocol version this build speaks; a message with another version is refused.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest message either side sends or accepts.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 const MAGIC: [u8; 2] = *b"HO";
@@ -72,6 +74,52 @@ pub enum Framing {
     FastCgi { request_id: u16 },
 }
 
+/// Why a worker served a request itself instead of handing it off (`handoff.fallback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackCause {
+    /// No manager answered at the socket (not running, wrong path, no permission).
+    Unreachable,
+    /// The manager refused the job (at `--max-downloads`, shutting down, peer not allowed,
+    /// invalid job).
+    Refused,
+    /// The handshake failed otherwise (timeout, the manager died before answering).
+    Failed,
+    /// The manager accepted but went away before the worker's go.
+    GoneBeforeGo,
+    /// The worker found no connection it could hand off (SAPI, offsets not validated).
+    NoConnection,
+}
+
+impl FallbackCause {
+    /// Every cause, in wire (and array) order.
+    pub const ALL: [FallbackCause; 5] = [
+        FallbackCause::Unreachable,
+        FallbackCause::Refused,
+        FallbackCause::Failed,
+        FallbackCause::GoneBeforeGo,
+        FallbackCause::NoConnection,
+    ];
+
+    /// The index of this cause in [`Fallbacks`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            FallbackCause::Unreachable => "unreachable",
+            FallbackCause::Refused => "refused",
+            FallbackCause::Failed => "failed",
+            FallbackCause::GoneBeforeGo => "gone_before_go",
+            FallbackCause::NoConnection => "no_connection",
+        }
+    }
+}
+
+/// Fallback counts per [`FallbackCause`], indexed by [`FallbackCause::index`].
+pub type Fallbacks = [u32; 5];
+
 /// One download handed to the manager: what to write, and which bytes of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
@@ -85,6 +133,8 @@ pub struct Job {
     pub client: String,
     /// The file's name as the script gave it, for the log; never sent to the client.
     pub file_name: String,
+    /// The worker's fallbacks since its last report, for the manager's metrics.
+    pub fallbacks: Fallbacks,
 }
 
 /// A manager's answer to a job, a worker's go-ahead, or a new manager's request that the
@@ -275,6 +325,9 @@ impl Job {
         }
         put_str(&mut out, "client", &self.client)?;
         put_str(&mut out, "file name", &self.file_name)?;
+        for count in self.fallbacks {
+            out.extend_from_slice(&count.to_be_bytes());
+        }
         if out.len() > MAX_MESSAGE {
             return Err(ProtocolError::TooLarge { len: out.len() });
         }
@@ -345,6 +398,11 @@ impl Job {
         }
         let client = r.str16("client")?;
         let file_name = r.str16("file name")?;
+        let mut fallbacks = Fallbacks::default();
+        for count in &mut fallbacks {
+            let b = r.bytes(4, "fallbacks")?;
+            *count = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        }
         if r.pos != buf.len() {
             return Err(ProtocolError::Trailing {
                 extra: buf.len() - r.pos,
@@ -363,6 +421,7 @@ impl Job {
             rate,
             client,
             file_name,
+            fallbacks,
         })
     }
 }
@@ -573,6 +632,7 @@ mod tests {
             rate: 1 << 20,
             client: "127.0.0.1".into(),
             file_name: "/srv/files/ä.pdf".into(),
+            fallbacks: [3, 0, 1, 0, u32::MAX],
         }
     }
 
@@ -658,7 +718,7 @@ mod tests {
     fn refusal_reasons_are_clipped_the_same_way_both_ways() {
         // Found by the decode_job fuzz target: a long or invalid UTF-8 reason must come
         // back from a round trip unchanged.
-        let mut msg = b"HO\x01\x03".to_vec();
+        let mut msg = vec![b'H', b'O', VERSION, KIND_REFUSE];
         msg.extend(std::iter::repeat_n(0xffu8, 600));
         let r = Reply::decode(&msg).unwrap();
         assert_eq!(Reply::decode(&r.encode()).unwrap(), r);

@@ -422,6 +422,10 @@ impl Server {
                     return;
                 }
                 Ok(Some(Incoming::Job(rcv))) => {
+                    // Only an allowed peer's fallback report counts.
+                    if refuse.is_none() {
+                        self.counters.add_fallbacks(&rcv.job.fallbacks);
+                    }
                     let verdict = if let Some(why) = refuse.take() {
                         Err(why)
                     } else if draining {

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::protocol::{FallbackCause, Fallbacks};
+
 /// Monotonic counters and the running-download gauge; updated with relaxed atomics
 /// (each is an independent count, read only for reporting).
 #[derive(Debug, Default)]
@@ -18,6 +20,9 @@ pub struct Counters {
     pub bytes_sent: AtomicU64,
     /// Downloads running now.
     pub active: AtomicU64,
+    /// Requests the workers served themselves, as they reported with their next handoff,
+    /// per [`FallbackCause`].
+    pub fallbacks_reported: [AtomicU64; 5],
 }
 
 impl Counters {
@@ -27,6 +32,13 @@ impl Counters {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Adds a worker's fallback report.
+    pub fn add_fallbacks(&self, report: &Fallbacks) {
+        for (counter, &n) in self.fallbacks_reported.iter().zip(report) {
+            Self::add(counter, u64::from(n));
+        }
     }
 
     /// Prometheus text exposition of every counter.
@@ -88,6 +100,18 @@ impl Counters {
                 Self::get(value)
             ));
         }
+        let name = "handoff_fallbacks_reported_total";
+        out.push_str(&format!(
+            "# HELP {name} Requests PHP workers served themselves instead of handing off, \
+             by cause, as reported with their next handoff.\n# TYPE {name} counter\n"
+        ));
+        for cause in FallbackCause::ALL {
+            out.push_str(&format!(
+                "{name}{{cause=\"{}\"}} {}\n",
+                cause.label(),
+                Self::get(&self.fallbacks_reported[cause.index()])
+            ));
+        }
         out
     }
 }
@@ -143,6 +167,13 @@ pub fn status_json(counters: &Counters, downloads: &[Snapshot]) -> String {
         "complete": Counters::get(&counters.complete),
         "failed": Counters::get(&counters.failed),
         "bytes_sent": Counters::get(&counters.bytes_sent),
+        "fallbacks_reported": FallbackCause::ALL
+            .iter()
+            .map(|c| {
+                let n = Counters::get(&counters.fallbacks_reported[c.index()]);
+                (c.label().to_string(), serde_json::Value::from(n))
+            })
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "downloads": list,
     })
     .to_string()
@@ -161,6 +192,12 @@ mod tests {
             "# TYPE handoff_handoffs_accepted_total counter\nhandoff_handoffs_accepted_total 3\n"
         ));
         assert!(text.contains("# TYPE handoff_downloads_active gauge\n"));
+        c.add_fallbacks(&[2, 0, 0, 1, 0]);
+        c.add_fallbacks(&[1, 0, 0, 0, 0]);
+        let text = c.prometheus();
+        assert!(text.contains("\nhandoff_fallbacks_reported_total{cause=\"unreachable\"} 3\n"));
+        assert!(text.contains("\nhandoff_fallbacks_reported_total{cause=\"gone_before_go\"} 1\n"));
+        assert!(text.contains("\nhandoff_fallbacks_reported_total{cause=\"refused\"} 0\n"));
     }
 
     #[test]

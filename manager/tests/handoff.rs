@@ -117,6 +117,7 @@ fn job(framing: Framing, length: u64) -> Job {
         rate: 0,
         client: "test".into(),
         file_name: "data.bin".into(),
+        fallbacks: Default::default(),
     }
 }
 
@@ -341,7 +342,7 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
         let reply = raw_send(&m.socket, &bytes, &fds);
         assert_eq!(
             &reply[..4],
-            &[b'H', b'O', 1, 3],
+            &[b'H', b'O', handoff_manager::protocol::VERSION, 3],
             "{what}: expected a refusal"
         );
     }

@@ -24,6 +24,8 @@ pub struct RestartableManager {
     runs: usize,
     current: Option<Proc>,
     logs: Vec<PathBuf>,
+    /// Extra command-line flags for every run.
+    args: Vec<String>,
 }
 
 impl RestartableManager {
@@ -35,7 +37,14 @@ impl RestartableManager {
             runs: 0,
             current: None,
             logs: Vec::new(),
+            args: Vec::new(),
         }
+    }
+
+    /// Adds command-line flags to every later run.
+    pub fn with_args(mut self, args: &[&str]) -> RestartableManager {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
     }
 
     /// Starts a new run (the previous one must be gone) and waits until its socket accepts.
@@ -46,6 +55,7 @@ impl RestartableManager {
         let mut cmd = Command::new(manager_binary());
         cmd.arg("--socket")
             .arg(&self.socket)
+            .args(&self.args)
             .env("RUST_LOG", "debug");
         let mut proc = Proc::spawn("handoff-manager", cmd, log.clone(), Signal::SIGKILL);
         self.logs.push(log);
