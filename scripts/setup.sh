@@ -6,8 +6,9 @@
 #
 # Packages are installed only when `dpkg -s` says they are missing, and `apt-get update` runs
 # only then. Rust is not installed from Debian (bookworm's cargo is too old): when cargo is
-# missing, Rust >= 1.85 is installed with rustup. The distro's nginx and php-fpm services are never used: demo.sh and
-# the tests start their own instances with their own configs.
+# missing, Rust >= 1.85 is installed with rustup. The distro's nginx, php-fpm and apache2
+# services are never used: demo.sh and the tests start their own instances with their own
+# configs.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +26,7 @@ fi
 PACKAGES=(
     php-cli php-dev php-fpm     # the PHP the extension is built against and tested in
     nginx                       # the demo and the integration tests run their own nginx
+    apache2 libapache2-mod-php8.2   # the integration tests run their own Apache with mod_php
     clang libclang-dev          # bindgen (ext-php-rs) needs libclang
     gcc g++ libc6-dev make pkg-config   # g++: libFuzzer for scripts/fuzz.sh
     curl ca-certificates
@@ -46,9 +48,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         die "missing packages (${missing[*]}): run this script as root, or install them with apt-get"
     fi
-    # Keep the package scripts from starting the distro's nginx / php-fpm services: nothing
-    # here uses them, and a stock nginx on port 80 only gets in the way. policy-rc.d is
-    # honoured by invoke-rc.d and deb-systemd-invoke; restore whatever was there before.
+    # Keep the package scripts from starting the distro's nginx / php-fpm / apache2 services:
+    # nothing here uses them, and a stock web server on port 80 only gets in the way.
+    # policy-rc.d is honoured by invoke-rc.d and deb-systemd-invoke; restore whatever was
+    # there before.
     policy=/usr/sbin/policy-rc.d
     policy_backup=""
     if [ -e "$policy" ]; then
