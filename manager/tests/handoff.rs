@@ -222,6 +222,53 @@ fn fastcgi_handoff_frames_records_and_ends_the_request() {
     }
 }
 
+/// While it sends, the manager leaves what the web server sent unread (here the empty
+/// STDIN record that ends every request nginx sends). Killed mid-response, it thus leaves
+/// the web server a reset, not a clean end-of-file: nginx in unbuffered mode would take an
+/// end-of-file for the end of the response and keep the client waiting on keep-alive.
+#[test]
+fn a_killed_manager_leaves_the_web_server_a_reset_not_an_end_of_file() {
+    let mut m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let len = 32 * 1024 * 1024;
+    let file = file_with(dir.path(), &data(len));
+    let (ours, mut client) = UnixStream::pair().unwrap();
+    client.write_all(&[1, 5, 0, 1, 0, 0, 0, 0]).unwrap();
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(
+            &job(Framing::FastCgi { request_id: 1 }, len as u64),
+            ours.as_fd(),
+            file.as_fd(),
+        )
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < 256 * 1024 {
+        let n = client.read(&mut buf).expect("response bytes");
+        assert!(n > 0, "end of file before the manager was killed");
+        got += n;
+    }
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    let end = loop {
+        match client.read(&mut buf) {
+            Ok(0) => break Ok(got),
+            Ok(n) => got += n,
+            Err(e) => break Err(e),
+        }
+    };
+    match end {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("a clean end-of-file after {n} of {len} body bytes, not a reset"),
+    }
+}
+
 #[test]
 fn nothing_is_written_when_the_worker_leaves_before_go() {
     let m = Manager::start(&[]);
