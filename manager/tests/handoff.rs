@@ -189,6 +189,25 @@ fn parse_fcgi(bytes: &[u8], id: u16) -> (Vec<u8>, bool) {
     (stdout, ended)
 }
 
+/// [`hand_over`] of a FastCGI job whose web server side (the returned stream) has sent
+/// what nginx sends and PHP never reads: an empty STDIN record.
+fn hand_over_fcgi(socket: &Path, request_id: u16, len: u64, file: &impl AsFd) -> UnixStream {
+    let (ours, mut client) = UnixStream::pair().unwrap();
+    let id = request_id.to_be_bytes();
+    client.write_all(&[1, 5, id[0], id[1], 0, 0, 0, 0]).unwrap();
+    let offer = Offer::connect(socket, Duration::from_secs(5)).unwrap();
+    offer
+        .propose(
+            &job(Framing::FastCgi { request_id }, len),
+            ours.as_fd(),
+            file.as_fd(),
+        )
+        .unwrap();
+    drop(ours);
+    offer.go().unwrap();
+    client
+}
+
 #[test]
 fn fastcgi_handoff_frames_records_and_ends_the_request() {
     let m = Manager::start(&[]);
@@ -196,19 +215,7 @@ fn fastcgi_handoff_frames_records_and_ends_the_request() {
     for len in [0usize, 1, 65_528, 65_529, 1_000_003] {
         let body = data(len);
         let file = file_with(dir.path(), &body);
-        let (ours, mut client) = UnixStream::pair().unwrap();
-        // What nginx sends and PHP never reads: an empty STDIN record.
-        client.write_all(&[1, 5, 0, 7, 0, 0, 0, 0]).unwrap();
-        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-        offer
-            .propose(
-                &job(Framing::FastCgi { request_id: 7 }, len as u64),
-                ours.as_fd(),
-                file.as_fd(),
-            )
-            .unwrap();
-        drop(ours);
-        offer.go().unwrap();
+        let client = hand_over_fcgi(&m.socket, 7, len as u64, &file);
         let got = read_all(client);
         let (stdout, ended) = parse_fcgi(&got, 7);
         assert!(ended, "no END_REQUEST for {len} bytes");
@@ -232,18 +239,7 @@ fn a_killed_manager_leaves_the_web_server_a_reset_not_an_end_of_file() {
     let dir = tempfile::tempdir().unwrap();
     let len = 32 * 1024 * 1024;
     let file = file_with(dir.path(), &data(len));
-    let (ours, mut client) = UnixStream::pair().unwrap();
-    client.write_all(&[1, 5, 0, 1, 0, 0, 0, 0]).unwrap();
-    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
-    offer
-        .propose(
-            &job(Framing::FastCgi { request_id: 1 }, len as u64),
-            ours.as_fd(),
-            file.as_fd(),
-        )
-        .unwrap();
-    drop(ours);
-    offer.go().unwrap();
+    let mut client = hand_over_fcgi(&m.socket, 1, len as u64, &file);
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
