@@ -107,6 +107,20 @@ fn render(v: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
         n("failed"),
         human(n("bytes_sent") as f64)
     )?;
+    // Fallbacks the workers reported, by cause; only the causes that occurred.
+    if let Some(map) = v["fallbacks_reported"].as_object() {
+        let seen: Vec<String> = map
+            .iter()
+            .filter_map(|(cause, n)| {
+                n.as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| format!("{cause} {n}"))
+            })
+            .collect();
+        if !seen.is_empty() {
+            writeln!(out, "fallbacks reported by PHP: {}", seen.join("  "))?;
+        }
+    }
     let empty = Vec::new();
     for d in v["downloads"].as_array().unwrap_or(&empty) {
         let sent = d["sent"].as_u64().unwrap_or(0);
@@ -144,6 +158,7 @@ mod tests {
         let v = serde_json::json!({
             "active": 1, "accepted": 1, "refused": 0, "complete": 0, "failed": 0,
             "bytes_sent": 0,
+            "fallbacks_reported": {"unreachable": 4, "refused": 0},
             "downloads": [{"client": "c", "file": "big.iso", "status": 200,
                            "sent": 512, "planned": 1024, "elapsed_ms": 1000}]
         });
@@ -153,5 +168,9 @@ mod tests {
         assert!(text.contains("[##########..........]  50.0%"), "{text}");
         assert!(text.contains("512.0 B/s"), "{text}");
         assert!(text.contains("big.iso"), "{text}");
+        assert!(
+            text.contains("\nfallbacks reported by PHP: unreachable 4\n"),
+            "{text}"
+        );
     }
 }
