@@ -11,6 +11,9 @@ Reads results.jsonl (one JSON object per client run, see bench/client), the prob
 the php-fpm access-log excerpts (fpm-<scenario>-<backend>-<run>.log, "%{micro}d %s %r%Q%q",
 packed by run.sh into fpm-logs.tar.xz).
 Every figure is given as min / median / max over the runs. Goals are those of issue 3.
+Runs of `bench/run.sh --scaling` (scenarios scale-S2-10m and scale-S5-N, a threads=N label)
+are printed as one table per scenario, by backend and manager thread count, with the
+manager's CPU time per thread that run.sh adds to each line (bench/manager_cpu.py).
 """
 
 import collections
@@ -122,6 +125,94 @@ w("Every cell is **min / median / max** over the runs.\n")
 
 goals = []
 
+# ---------------------------------------------------------------- scaling (--threads)
+cores = int(m.group(1)) if (m := re.search(r"cores=(\d+)", machine)) else os.cpu_count()
+scaled = collections.defaultdict(list)
+for r in rows:
+    if r["labels"]["scenario"].startswith("scale-"):
+        scaled[(r["labels"]["scenario"], r["labels"]["backend"], int(r["labels"]["threads"]))].append(r)
+
+
+def loops(r):
+    return {k: v for k, v in r["manager_cpu"]["threads"].items() if k.startswith("download-")}
+
+
+def busiest_loop(r):
+    """Share of one core used by the busiest download loop."""
+    return max(loops(r).values()) / r["manager_cpu"]["wall_s"]
+
+
+def handshake(r):
+    """Share of one core used by the main thread (the handshake loop)."""
+    return sum(v for k, v in r["manager_cpu"]["threads"].items()
+               if not k.startswith("download-") and k != "metrics") / r["manager_cpu"]["wall_s"]
+
+
+def pct_cell(v):
+    return mmm([None if x is None else 100 * x for x in v], 0)
+
+
+def sval(key, f):
+    out = []
+    for r in scaled.get(key, []):
+        try:
+            out.append(f(r))
+        except (KeyError, TypeError, ZeroDivisionError, ValueError):
+            pass
+    return out
+
+
+for scn in sorted({k[0] for k in scaled}):
+    backends = sorted({k[1] for k in scaled if k[0] == scn}, key=lambda b: BACKENDS.index(b) if b in BACKENDS else 99)
+    threads = sorted({k[2] for k in scaled if k[0] == scn})
+    if scn.startswith("scale-S2-"):
+        w(f"\n### Scaling — S2 64 × 10 MiB (1 MiB reads), manager `--threads` {' vs '.join(map(str, threads))}\n")
+        w("Busy % = CPU time / wall time of the client run, 100 % = one core; machine busy: all "
+          f"{cores} cores together, 100 % = every core (includes the load client).\n")
+        w("| backend | threads | GB/s | manager CPU s/GB | manager busy % | busiest download loop busy % | handshake loop busy % | machine busy % | nginx CPU s/GB | php -S CPU s/GB | client CPU s/GB |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for b in backends:
+            for t in threads:
+                k = (scn, b, t)
+                if k not in scaled:
+                    continue
+                manager = b.startswith("handoff")
+                w(f"| {NAMES.get(b, b)} | {t} | {mmm(sval(k, lambda r: r['gb_per_s']))} "
+                  f"| {mmm(sval(k, lambda r: r['manager_cpu']['cpu_s'] / (r['bytes'] / GB))) if manager else '–'} "
+                  f"| {pct_cell(sval(k, lambda r: r['manager_cpu']['cpu_s'] / r['manager_cpu']['wall_s'])) if manager else '–'} "
+                  f"| {pct_cell(sval(k, busiest_loop)) if manager else '–'} "
+                  f"| {pct_cell(sval(k, handshake)) if manager else '–'} "
+                  f"| {pct_cell(sval(k, lambda r: r['machine_cpu_s'] / r['elapsed_s'] / cores))} "
+                  f"| {mmm(sval(k, cpu_per_gb('nginx')))} | {mmm(sval(k, cpu_per_gb('php-cli')))} "
+                  f"| {mmm(sval(k, lambda r: r['client_cpu_s'] / (r['bytes'] / GB)))} |")
+        base = threads[0]
+        w("")
+        w("Median GB/s against `--threads " + str(base) + "`: " + "; ".join(
+            f"{NAMES.get(b, b)}: " + ", ".join(
+                f"{t} threads {ratio(median(sval((scn, b, t), lambda r: r['gb_per_s'])), median(sval((scn, b, base), lambda r: r['gb_per_s'])))}"
+                for t in threads[1:] if (scn, b, t) in scaled)
+            for b in backends if b.startswith("handoff")) + ".\n")
+    else:
+        n = scn.split("-")[2]
+        w(f"\n### Scaling — S5 {n} slow downloads (10 KiB/s each, nginx + php-fpm + send_file()), manager `--threads` {' vs '.join(map(str, threads))}\n")
+        w("| threads | progressing at once | failed | starved | GB/s | manager CPU s | manager busy % | busiest download loop busy % | handshake loop busy % | machine busy % | manager peak RSS MiB |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for t in threads:
+            k = (scn, "handoff-fpm", t)
+            w(f"| {t} | {mmm(sval(k, lambda r: r['progressing_median']), 0)} | {mmm(sval(k, lambda r: r['failed']), 0)} "
+              f"| {mmm(sval(k, lambda r: r['starved']), 0)} | {mmm(sval(k, lambda r: r['gb_per_s']), 3)} "
+              f"| {mmm(sval(k, lambda r: r['manager_cpu']['cpu_s']))} "
+              f"| {pct_cell(sval(k, lambda r: r['manager_cpu']['cpu_s'] / r['manager_cpu']['wall_s']))} "
+              f"| {pct_cell(sval(k, busiest_loop))} | {pct_cell(sval(k, handshake))} "
+              f"| {pct_cell(sval(k, lambda r: r['machine_cpu_s'] / r['elapsed_s'] / cores))} "
+              f"| {mmm(sval(k, lambda r: mib(r['groups']['manager']['rss_peak'])), 1)} |")
+    loads = collections.defaultdict(list)
+    for (s_, _, t), rs in scaled.items():
+        if s_ == scn:
+            loads[t] += [float(r["labels"]["load1"]) for r in rs]
+    w("\nLoad average (1 min) before these client runs, by thread count: " + "; ".join(
+        f"{t}: {mmm(sorted(v))}" for t, v in sorted(loads.items())) + ".\n")
+
 # ---------------------------------------------------------------- S1
 s1 = [s for s in scenarios if s.startswith("S1-")]
 for scn in s1:
@@ -219,11 +310,6 @@ if inline_choice:
           + f" | {ratio(d.get('handoff-fpm'), d.get('handoff-fpm-inline'))} | {ratio(d.get('handoff-cli'), d.get('handoff-cli-inline'))} |")
 
 # ---------------------------------------------------------------- S4
-w("\n### S4 — php-fpm worker hold time (php-fpm access log, `%{micro}d`)\n")
-w("Per request, from php-fpm accepting it to the worker being free again; "
-  "for send_file() this is the whole script: open, plan, handshake with the manager.\n")
-w("| requests | scenario | n per run | p50 ms | p99 ms | max ms |")
-w("|---|---|---|---|---|---|")
 hold = collections.defaultdict(lambda: collections.defaultdict(list))
 def fpm_logs():
     """(name, lines) of every php-fpm access-log excerpt, packed or not."""
@@ -268,6 +354,12 @@ def pct(v, p):
 
 
 s4_p99 = []
+if hold:
+    w("\n### S4 — php-fpm worker hold time (php-fpm access log, `%{micro}d`)\n")
+    w("Per request, from php-fpm accepting it to the worker being free again; "
+      "for send_file() this is the whole script: open, plan, handshake with the manager.\n")
+    w("| requests | scenario | n per run | p50 ms | p99 ms | max ms |")
+    w("|---|---|---|---|---|---|")
 for (kind, scn) in sorted(hold):
     runs = hold[(kind, scn)]
     if scn.startswith("S3-") and kind.startswith("readfile() nobuf"):
@@ -309,11 +401,12 @@ for scn in [s for s in scenarios if s.startswith("S5-")]:
     goals.append((f"S5: manager ≤ 8 KiB per download ({n} downloads)", b <= 8192,
                   f"at most {fmt(b)} bytes (worst growth per download, or median whole RSS per download)"))
 
-w("\n### Goals of issue 3\n")
-w("| goal | met | measured |")
-w("|---|---|---|")
-for name, ok, how in goals:
-    w(f"| {name} | {'yes' if ok else '**no**'} | {how} |")
+if goals:
+    w("\n### Goals of issue 3\n")
+    w("| goal | met | measured |")
+    w("|---|---|---|")
+    for name, ok, how in goals:
+        w(f"| {name} | {'yes' if ok else '**no**'} | {how} |")
 
 report = "\n".join(lines) + "\n"
 open(os.path.join(OUT, "report.md"), "w").write(report)

@@ -5,6 +5,9 @@
 #   bash bench/run.sh --quick     # < 5 minutes: every scenario at its smallest size, 3 runs
 #   bash bench/run.sh --full      # ~35 minutes: the sizes of issue 3, 3 runs
 #   bash bench/run.sh --smoke     # < 90 s, 1 run, tiny loads: checks that the harness works
+#   bash bench/run.sh --scaling   # ~5 minutes (after waiting for a quiet machine): S2 and S5
+#                                 # with the manager at --threads 1 and 2, alternating
+#                                 # (t1, t2, t1, t2, ...), 5 runs each; CI does not run it
 #   ... --publish                 # also write the tables into docs/benchmarks.md and the
 #                                 # plot to docs/s1-probe-latency.png
 #
@@ -27,10 +30,23 @@
 # handoff.inline_below sweep), S4 worker hold time (php-fpm access log), S5 10,000 slow
 # connections. Output: $BENCH_OUT (default bench/results/MODE): results.jsonl (one line per
 # client run), probe-*.csv, fpm-*.log, report.md and s1-probe-latency.png (bench/report.py).
+# Every line of results.jsonl also carries the manager's CPU time per thread during that
+# client run (bench/manager_cpu.py) and a threads=N label (its --threads).
+#
+# --scaling restarts the manager before each round with --threads N (N from BENCH_THREADS,
+# default "1 2"; the rounds alternate, so drifting load hits every N alike) and runs in each
+# round: S2 64 x 10 MiB through php -S (handoff-cli), nginx+fpm (handoff-fpm) and nginx static
+# (the machine's ceiling, no manager), then S5 with many slow downloads. Scenario labels are
+# scale-S2-10m and scale-S5-N; bench/report.py prints them as one scaling table.
 #
 # Environment: BENCH_PORT (nginx port; php -S uses +1, manager metrics +2; default 18480),
 # BENCH_DATA (test files, reused across runs; default /tmp/handoff-bench-data), BENCH_RUNS
-# (repetitions), BENCH_OUT, HANDOFF_SKIP_SETUP=1 (packages and build already done).
+# (repetitions), BENCH_OUT, HANDOFF_SKIP_SETUP=1 (packages and build already done),
+# BENCH_QUIET_LOAD (wait, polling every 15 s for at most 10 min, until the 1-minute load
+# average is below it before measuring; default 0.8 in --scaling, off otherwise),
+# BENCH_THREADS (--scaling: the thread counts to alternate, default "1 2"), BENCH_REV (a
+# commit: export it to /tmp/handoff-bench-build-REV, build it there and measure those
+# binaries instead of target/release; the harness and bench/www stay the work tree's).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,9 +57,10 @@ for arg in "$@"; do
         --quick) MODE=quick ;;
         --full) MODE=full ;;
         --smoke) MODE=smoke ;;
+        --scaling) MODE=scaling ;;
         --publish) PUBLISH=1 ;;
-        -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
-        *) echo "run.sh: unknown argument $arg (--quick, --full, --smoke, --publish)" >&2; exit 2 ;;
+        -h | --help) sed -n '2,49p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $arg (--quick, --full, --smoke, --scaling, --publish)" >&2; exit 2 ;;
     esac
 done
 
@@ -82,7 +99,15 @@ case "$MODE" in
         S3_SIZES=(4k 16k 64k 128k 256k); S3_SECS=3
         S5_CONNS=10000; S5_RATE=$((10 * KIB)); S5_SECS=45; S5_RAMP=25
         ;;
+    scaling)
+        RUNS=5
+        S2_CONNS=64; S2_SECS=3; S2_BIG=""; S2_BIG_REQUESTS=0
+        S5_CONNS=8000; S5_RATE=$((10 * KIB)); S5_SECS=16; S5_RAMP=8
+        ;;
 esac
+QUIET_LOAD="${BENCH_QUIET_LOAD:-}"
+[ "$MODE" = scaling ] && QUIET_LOAD="${BENCH_QUIET_LOAD:-0.8}"
+read -r -a SCALING_THREADS <<<"${BENCH_THREADS:-1 2}"
 RUNS="${BENCH_RUNS:-$RUNS}"
 PORT="${BENCH_PORT:-18480}"
 CLI_PORT=$((PORT + 1))
@@ -100,7 +125,28 @@ POOL="$REPO/deploy/php-fpm-pool.conf"
 
 # --- setup: packages, build, limits ----------------------------------------------------------
 if [ "${HANDOFF_SKIP_SETUP:-0}" != "1" ]; then
-    bash "$REPO/scripts/setup.sh"
+    if [ -n "${BENCH_REV:-}" ]; then
+        HANDOFF_SKIP_BUILD=1 bash "$REPO/scripts/setup.sh"
+    else
+        bash "$REPO/scripts/setup.sh"
+    fi
+fi
+# BENCH_REV: measure the binaries of that commit, exported (git archive) and built apart from
+# the work tree, so that others editing and rebuilding the tree cannot change them mid-run.
+if [ -n "${BENCH_REV:-}" ]; then
+    rev="$(git -C "$REPO" rev-parse --short "$BENCH_REV^{commit}")" || die "BENCH_REV=$BENCH_REV is not a commit"
+    build="/tmp/handoff-bench-build-$rev"
+    if [ ! -e "$build/.built" ]; then
+        log "building $rev in $build"
+        rm -rf "$build"
+        mkdir -p "$build/src"
+        git -C "$REPO" archive "$rev" | tar -x -C "$build/src"
+        (cd "$build/src" && cargo build --release --workspace) || die "building $rev failed"
+        touch "$build/.built"
+    fi
+    SO="$build/src/target/release/libhandoff.so"
+    MANAGER="$build/src/target/release/handoff-manager"
+    CLIENT="$build/src/target/release/handoff-bench"
 fi
 # The client is a workspace member: setup.sh's `cargo build --release --workspace` builds it.
 [ -x "$CLIENT" ] || (cd "$REPO" && cargo build --release -p handoff-bench)
@@ -150,6 +196,7 @@ make_file f20m $((20 * MIB))
 
 HANDOFF_COMMIT="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git -C "$REPO" diff --quiet HEAD -- src manager 2>/dev/null || HANDOFF_COMMIT="$HANDOFF_COMMIT+dirty"
+[ -n "${BENCH_REV:-}" ] && HANDOFF_COMMIT="$rev (BENCH_REV, built apart from the work tree)"
 
 # --- runtime dir and processes -------------------------------------------------------------
 RUN="$(mktemp -d /tmp/handoff-bench.XXXXXX)"
@@ -215,12 +262,28 @@ wait_for() { # what pid check...
 }
 
 # handoff-manager: world-connectable socket (local benchmark; php-fpm runs as this user).
-RUST_LOG=warn "$MANAGER" --socket "$RUN/manager.sock" --socket-mode 0666 --threads 2 \
-    --metrics "127.0.0.1:$METRICS_PORT" --access-log "$LOGS/manager-access.log" \
-    --send-timeout 60 --grace 1 >"$LOGS/manager.log" 2>&1 &
-MANAGER_PID=$!
-PIDS+=("$MANAGER_PID")
-wait_for handoff-manager "$MANAGER_PID" curl -sf "http://127.0.0.1:$METRICS_PORT/status"
+# A copy of the binary: --scaling restarts the manager, and a rebuild of target/release
+# during the run must not change what the later rounds measure.
+cp "$MANAGER" "$RUN/handoff-manager"
+MANAGER_SHA="$(sha256sum "$RUN/handoff-manager" | cut -c1-12)"
+start_manager() { # threads
+    MANAGER_THREADS="$1"
+    RUST_LOG=warn "$RUN/handoff-manager" --socket "$RUN/manager.sock" --socket-mode 0666 \
+        --threads "$MANAGER_THREADS" --metrics "127.0.0.1:$METRICS_PORT" \
+        --access-log "$LOGS/manager-access.log" --send-timeout 60 --grace 1 \
+        >>"$LOGS/manager.log" 2>&1 &
+    MANAGER_PID=$!
+    PIDS+=("$MANAGER_PID")
+    wait_for handoff-manager "$MANAGER_PID" curl -sf "http://127.0.0.1:$METRICS_PORT/status"
+}
+stop_manager() { # SIGTERM, wait for it to exit (it drains for --grace 1 s at most)
+    kill -TERM "$MANAGER_PID" 2>/dev/null || true
+    wait "$MANAGER_PID" 2>/dev/null || true
+    local keep=() p
+    for p in "${PIDS[@]}"; do [ "$p" = "$MANAGER_PID" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+start_manager 2
 
 # php-fpm: the shared pool file unchanged; the same pool section reopened afterwards only to
 # add an access log with the request duration in microseconds (S4).
@@ -314,16 +377,21 @@ CLI_PID=$!
 PIDS+=("$CLI_PID")
 wait_for "php -S" "$CLI_PID" curl -sf "http://127.0.0.1:$CLI_PORT/probe.php"
 
-# Every backend must deliver the right bytes before anything is measured.
-want="$(sha256sum <"$DATA/f64k" | cut -d' ' -f1)"
-for url in "$PORT/send.php?f=f64k&handoff=1" "$CLI_PORT/send.php?f=f64k&handoff=1" \
-    "$PORT/readfile.php?f=f64k" "$PORT/xaccel.php?f=f64k" "$PORT/static/f64k" \
-    "$PORT/send.php?f=f64k&inline=1" "$DEFAULTS_PORT/send.php?f=f64k&handoff=1"; do
-    got="$(curl -sf --max-time 10 "http://127.0.0.1:$url" | sha256sum | cut -d' ' -f1)"
-    [ "$got" = "$want" ] || die "http://127.0.0.1:$url did not return the file"
-done
-grep -q '"accepted":[1-9]' <(curl -s "http://127.0.0.1:$METRICS_PORT/status") ||
-    die "the manager took no handoff: send_file() is not handing off"
+# Every backend must deliver the right bytes before anything is measured (and again after
+# each restart of the manager in --scaling).
+check_stack() {
+    local want got url
+    want="$(sha256sum <"$DATA/f64k" | cut -d' ' -f1)"
+    for url in "$PORT/send.php?f=f64k&handoff=1" "$CLI_PORT/send.php?f=f64k&handoff=1" \
+        "$PORT/readfile.php?f=f64k" "$PORT/xaccel.php?f=f64k" "$PORT/static/f64k" \
+        "$PORT/send.php?f=f64k&inline=1" "$DEFAULTS_PORT/send.php?f=f64k&handoff=1"; do
+        got="$(curl -sf --max-time 10 "http://127.0.0.1:$url" | sha256sum | cut -d' ' -f1)"
+        [ "$got" = "$want" ] || die "http://127.0.0.1:$url did not return the file"
+    done
+    grep -q '"accepted":[1-9]' <(curl -s "http://127.0.0.1:$METRICS_PORT/status") ||
+        die "the manager took no handoff: send_file() is not handing off"
+}
+check_stack
 log "stack up in $RUN (manager $MANAGER_PID, php-fpm $FPM_PID, nginx $NGINX_PID, php -S $CLI_PID)"
 
 # --- running the client ----------------------------------------------------------------------
@@ -383,6 +451,7 @@ bench() {
     local before
     before="$(stat -c %s "$FPM_LOG" 2>/dev/null || echo 0)"
     local tag="$scenario-$backend-$run"
+    [ "$MODE" = scaling ] && tag="$scenario-$backend-t$MANAGER_THREADS-$run"
     # nginx temp files matter in S1/S2; walking 20,000 descriptors in S5 would load the box.
     local watch=(--watch-dir "$TEMP")
     case "$scenario" in S5*) watch=() ;; esac
@@ -391,28 +460,71 @@ bench() {
     case "$backend" in
         idle-*) for i in "${!args[@]}"; do [ "${args[$i]}" = --conns ] && args[i + 1]=0; done ;;
     esac
+    local cpu_before
+    cpu_before="$(python3 "$REPO/bench/manager_cpu.py" snapshot "$MANAGER_PID")"
     "$CLIENT" --addr "127.0.0.1:$port" --path "$path" \
         --group "nginx=$NGINX_PID" --group "php-fpm=$FPM_PID" --group "manager=$MANAGER_PID" \
         --group "php-cli=$CLI_PID" "${watch[@]}" \
         --label "scenario=$scenario" --label "backend=$backend" --label "run=$run" \
-        --label "load1=$load1" --label "file=${FILE:-f20m}" \
+        --label "load1=$load1" --label "file=${FILE:-f20m}" --label "threads=$MANAGER_THREADS" \
         --probe-addr "127.0.0.1:$probe_port" "${args[@]}" >>"$OUT/results.jsonl" ||
         die "handoff-bench failed in $tag"
+    python3 "$REPO/bench/manager_cpu.py" merge "$MANAGER_PID" "$cpu_before" "$OUT/results.jsonl" ||
+        die "could not read the manager's CPU time after $tag"
     tail -c +"$((before + 1))" "$FPM_LOG" >"$OUT/fpm-$tag.log" 2>/dev/null || true
     [ -s "$OUT/fpm-$tag.log" ] || rm -f "$OUT/fpm-$tag.log"
     printf '    %-28s %s\n' "$tag" "$(tail -n 1 "$OUT/results.jsonl" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print("req/s %.0f  GB/s %.2f  failed %d  starved %d  progressing %s  probe p50/p99 %s/%s ms (%d failed)" % (
+m = r["manager_cpu"]
+print("req/s %.0f  GB/s %.2f  failed %d  starved %d  progressing %s  probe p50/p99 %s/%s ms (%d failed)  manager CPU %.2f s (%s)" % (
     r["req_per_s"], r["gb_per_s"], r["failed"], r["starved"], r["progressing_median"],
     "%.2f" % r["probe_p50_ms"] if r["probe_p50_ms"] is not None else "-",
     "%.2f" % r["probe_p99_ms"] if r["probe_p99_ms"] is not None else "timeout",
-    r["probe_failed"]))')"
+    r["probe_failed"], m["cpu_s"],
+    " ".join("%s %.2f" % (k, v) for k, v in m["threads"].items() if k.startswith("download-"))))')"
 }
 
 BACKENDS=(handoff-fpm handoff-fpm-4k handoff-cli readfile-fpm readfile-nobuf xaccel static)
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+# Another engineer's build or test run on the same cores would land in some runs and not
+# others: optionally wait until the machine is quiet before measuring.
+START_LOAD="$(cut -d' ' -f1 /proc/loadavg)"
+if [ -n "$QUIET_LOAD" ]; then
+    quiet_deadline=$((SECONDS + 600))
+    until awk -v a="$START_LOAD" -v b="$QUIET_LOAD" 'BEGIN { exit !(a < b) }'; do
+        if [ "$SECONDS" -ge "$quiet_deadline" ]; then
+            log "load average still $START_LOAD after 10 minutes: measuring anyway"
+            break
+        fi
+        log "waiting for a quiet machine: load average $START_LOAD (want < $QUIET_LOAD)"
+        sleep 15
+        START_LOAD="$(cut -d' ' -f1 /proc/loadavg)"
+    done
+fi
+log "load average at the start of the measurements: $START_LOAD"
 started=$SECONDS
+
+# --scaling: the manager restarted with each thread count in turn, S2 and S5 in each round.
+if [ "$MODE" = scaling ]; then
+    for run in $(seq 1 "$RUNS"); do
+        for threads in "${SCALING_THREADS[@]}"; do
+            settle
+            stop_manager
+            start_manager "$threads"
+            check_stack
+            wants S2 && log "scaling run $run, --threads $threads: S2 $S2_CONNS x 10 MiB"
+            wants S2 && for backend in handoff-cli handoff-fpm static; do
+                FILE=f10m bench scale-S2-10m "$backend" "$run" --conns "$S2_CONNS" \
+                    --duration "$S2_SECS" --read-buf $((1024 * KIB)) --max-requests 100000
+            done
+            wants S5 && log "scaling run $run, --threads $threads: S5 $S5_CONNS slow downloads at $((S5_RATE / KIB)) KiB/s"
+            wants S5 && FILE=f20m bench "scale-S5-$S5_CONNS" handoff-fpm "$run" --conns "$S5_CONNS" \
+                --rate "$S5_RATE" --ramp "$S5_RAMP" --duration "$S5_SECS" --tick-ms 250
+        done
+    done
+    SCENARIOS="" # the regular scenarios below are not run
+fi
 
 for run in $(seq 1 "$RUNS"); do
     # S1: N slow readers of a 20 MiB file at 200 KiB/s each, a probe page every 100 ms.
@@ -463,7 +575,12 @@ log "measurements done in $((SECONDS - started)) s"
     echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') cores=$(nproc)"
     echo "mem=$(free -g | awk '/^Mem:/ {print $2}')GiB kernel=$(uname -r)"
     echo "nginx=$(nginx -v 2>&1 | cut -d/ -f2) php=$(php -r 'echo PHP_VERSION;') rustc=$(rustc --version | cut -d' ' -f2)"
-    echo "handoff=$HANDOFF_COMMIT (HEAD when the run started)"
+    if [ -n "${BENCH_REV:-}" ]; then
+        echo "handoff=$HANDOFF_COMMIT manager=sha256:$MANAGER_SHA"
+    else
+        echo "handoff=$HANDOFF_COMMIT (HEAD when the run started) manager=sha256:$MANAGER_SHA"
+    fi
+    echo "load1_at_start=$START_LOAD quiet_wanted=${QUIET_LOAD:-no}"
 } >"$OUT/machine.txt"
 publish=()
 [ "$PUBLISH" = 1 ] && publish=(--publish)
