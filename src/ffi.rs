@@ -4,10 +4,12 @@
 //! Everything here is called from inside a PHP request on the request's own thread (the
 //! extension supports NTS builds), where the SAPI globals are live and nothing else runs.
 //! The struct offsets come from `handoff-facts.md` (measured on PHP 8.2; the `fcgi_request`
-//! field order is the same in all PHP 7 and 8 sources) and are never trusted alone: the
-//! caller validates every descriptor read from them before using it (see `connection.rs`).
+//! field order is the same in all PHP 7 and 8 sources, as is the start of mod_php's
+//! `php_struct`, and `request_rec` begins the same way throughout Apache 2.4) and are never
+//! trusted alone: the caller validates every descriptor read from them before using it
+//! (see `connection.rs`).
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 
@@ -142,6 +144,78 @@ pub fn cli_server_socket() -> Option<RawFd> {
         }
         Some(std::ptr::read_unaligned(p.add(8).cast::<c_int>()))
     }
+}
+
+/// Why mod_php's client socket could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApacheSocketError {
+    /// `ap_get_conn_socket` or `apr_os_sock_get` is not in the process (not Apache 2.4).
+    MissingSymbol(&'static str),
+    /// A pointer on the way to the socket was NULL.
+    Null(&'static str),
+    /// `apr_os_sock_get` returned this APR status.
+    Apr(c_int),
+}
+
+/// Reads mod_php's client socket: `SG(server_context)` is a `php_struct*` whose
+/// `request_rec *r` follows an `int` (offset 8), `r->connection` is the `conn_rec*` at
+/// offset 8 of `request_rec` (after its pool), and Apache's own `ap_get_conn_socket()` and
+/// APR's `apr_os_sock_get()` turn that into the descriptor. Only call under the
+/// `apache2handler` SAPI; validate the result before use.
+pub fn apache_client_socket() -> Result<RawFd, ApacheSocketError> {
+    type GetConnSocket = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
+    type OsSockGet = unsafe extern "C" fn(*mut c_int, *mut c_void) -> c_int;
+    let get_conn_socket = lookup(c"ap_get_conn_socket")
+        .ok_or(ApacheSocketError::MissingSymbol("ap_get_conn_socket"))?;
+    let os_sock_get =
+        lookup(c"apr_os_sock_get").ok_or(ApacheSocketError::MissingSymbol("apr_os_sock_get"))?;
+    // SAFETY: the two symbols are the exported Apache 2.4 / APR 1.x functions of these
+    // names (checked non-NULL above), with the C signatures
+    // `apr_socket_t *ap_get_conn_socket(conn_rec *)` and
+    // `apr_status_t apr_os_sock_get(apr_os_sock_t *, apr_socket_t *)`, where
+    // `apr_os_sock_t` is `int` on Unix.
+    let (get_conn_socket, os_sock_get) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, GetConnSocket>(get_conn_socket),
+            std::mem::transmute::<*mut c_void, OsSockGet>(os_sock_get),
+        )
+    };
+    // SAFETY: under apache2handler, SG(server_context) is the request's `php_struct*` (or
+    // NULL) for the whole request; `php_struct` starts with `int state` and then the
+    // `request_rec *r` at offset 8, and `request_rec` starts with `apr_pool_t *pool`
+    // and then `conn_rec *connection` at offset 8 (handoff-facts.md). Every pointer is
+    // checked for NULL before it is followed; the conn_rec lives as long as the connection.
+    unsafe {
+        let ctx = (*sg()).server_context.cast::<u8>();
+        if ctx.is_null() {
+            return Err(ApacheSocketError::Null("php_struct"));
+        }
+        let r = std::ptr::read_unaligned(ctx.add(8).cast::<*mut u8>());
+        if r.is_null() {
+            return Err(ApacheSocketError::Null("request_rec"));
+        }
+        let conn = std::ptr::read_unaligned(r.add(8).cast::<*mut c_void>());
+        if conn.is_null() {
+            return Err(ApacheSocketError::Null("conn_rec"));
+        }
+        let sock = get_conn_socket(conn);
+        if sock.is_null() {
+            return Err(ApacheSocketError::Null("apr_socket_t"));
+        }
+        let mut fd: c_int = -1;
+        match os_sock_get(&mut fd, sock) {
+            0 => Ok(fd),
+            status => Err(ApacheSocketError::Apr(status)),
+        }
+    }
+}
+
+/// A function exported by the process or a library it loaded, if present.
+fn lookup(name: &CStr) -> Option<*mut c_void> {
+    // SAFETY: `name` is a valid C string; RTLD_DEFAULT searches the global symbol scope,
+    // and dlsym only reads it.
+    let p = unsafe { nix::libc::dlsym(nix::libc::RTLD_DEFAULT, name.as_ptr()) };
+    (!p.is_null()).then_some(p)
 }
 
 /// Borrows a descriptor number that the SAPI owns for the whole request.
