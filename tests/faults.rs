@@ -70,6 +70,7 @@ fn php_pid(stack: &Stack) -> i32 {
         (Kind::Fpm, _) => only_fpm_worker(stack.path()),
         (Kind::CliServer, Endpoint::Tcp(addr)) => cli_server_pid(&addr.to_string()),
         (Kind::CliServer, Endpoint::Unix(_)) => unreachable!("php -S listens on TCP"),
+        (Kind::Apache, _) => unreachable!("the fault tests run behind php-fpm and php -S"),
     }
 }
 

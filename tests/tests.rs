@@ -1,11 +1,12 @@
-//! handoff's integration tests, one binary: real nginx, php-fpm, `php -S`, handoff-manager
-//! and curl, each test in its own temporary directory.
+//! handoff's integration tests, one binary: real nginx, php-fpm, `php -S`, Apache with
+//! mod_php, handoff-manager and curl, each test in its own temporary directory.
 //!
 //! Needs `cargo build --release --workspace` first: the extension and the manager are taken
 //! from `target/release`, or from `$HANDOFF_EXT` and `$HANDOFF_MANAGER`.
 
 mod util;
 
+mod apache;
 mod cli_server;
 mod compose;
 mod differential;

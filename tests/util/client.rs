@@ -31,7 +31,7 @@ pub fn urlencode(s: &str) -> String {
 pub enum Endpoint {
     /// nginx on a Unix socket.
     Unix(PathBuf),
-    /// `php -S` on loopback TCP.
+    /// `php -S` or Apache on loopback TCP.
     Tcp(SocketAddr),
 }
 

@@ -28,6 +28,11 @@ pub fn listen_seqpacket(path: &Path, who: &str) -> std::os::fd::OwnedFd {
         &UnixAddr::new(path).expect("socket path"),
     )
     .unwrap_or_else(|e| panic!("bind {who}: {e}"));
+    // As the real manager's --socket-mode 0666: PHP may run as another user (Apache's
+    // www-data children).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .unwrap_or_else(|e| panic!("chmod {who}: {e}"));
     listen(&listener, Backlog::new(16).expect("backlog")).expect("listen");
     listener
 }
@@ -53,8 +58,16 @@ pub fn seqpacket_accepts(path: &Path) -> bool {
 
 /// Starts handoff-manager on `socket` with debug logging into `log`; does not wait.
 pub fn spawn_manager(socket: &Path, log: &Path) -> Proc {
+    spawn_manager_with(socket, log, &[])
+}
+
+/// [`spawn_manager`] with extra command-line arguments.
+pub fn spawn_manager_with(socket: &Path, log: &Path, args: &[&str]) -> Proc {
     let mut cmd = Command::new(manager_binary());
-    cmd.arg("--socket").arg(socket).env("RUST_LOG", "debug");
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env("RUST_LOG", "debug");
     Proc::spawn("handoff-manager", cmd, log.to_path_buf(), Signal::SIGKILL)
 }
 

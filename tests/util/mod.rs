@@ -1,13 +1,14 @@
-//! The integration-test harness: real nginx, php-fpm, `php -S` and handoff-manager.
+//! The integration-test harness: real nginx, php-fpm, `php -S`, Apache and handoff-manager.
 //!
-//! - [`stack`]: one serving stack (manager optional, then php-fpm behind nginx, or the PHP
-//!   built-in server) inside its own temporary directory, with its own Unix sockets; it
-//!   prints every command line and the tail of every log when a test panics.
+//! - [`stack`]: one serving stack (manager optional, then php-fpm behind nginx, the PHP
+//!   built-in server, or Apache with mod_php) inside its own temporary directory, with its
+//!   own Unix sockets; it prints every command line and the tail of every log when a test
+//!   panics.
 //! - [`process`]: one child process, its output in a log file, stopped in `Drop`.
 //! - [`manager`]: starting handoff-manager, and a stand-in that accepts and never answers.
 //! - [`client`]: how a client reaches a stack, curl and raw-socket clients, what they got.
 //! - [`data`]: deterministic test content and sha256.
-//! - [`scenarios`]: checks that run the same way behind php-fpm and `php -S`.
+//! - [`scenarios`]: checks that run the same way behind php-fpm, `php -S` and mod_php.
 //!
 //! Readiness is always "the socket accepts a connection", polled with a deadline.
 

@@ -1,4 +1,4 @@
-//! Checks that run the same way behind nginx + php-fpm and behind `php -S`.
+//! Checks that run the same way behind nginx + php-fpm, `php -S` and Apache + mod_php.
 //!
 //! Each takes a started [`Stack`] and panics with a precise message on the first difference;
 //! the stack prints its logs when that happens.
@@ -607,7 +607,7 @@ pub fn on_both_paths(kind: Kind, scenario: impl Fn(&Stack, &str)) {
             config.without_manager()
         });
         scenario(&stack, returned);
-        if kind == Kind::Fpm {
+        if matches!(kind, Kind::Fpm | Kind::Apache) {
             stack.assert_clean_logs();
         }
     }

@@ -1,10 +1,13 @@
-//! One serving stack per test: handoff-manager (optional), then php-fpm behind nginx or the
-//! PHP built-in server, configured from the shared files in `deploy/`.
+//! One serving stack per test: handoff-manager (optional), then php-fpm behind nginx, the
+//! PHP built-in server, or Apache with mod_php, configured from the shared files in
+//! `deploy/` (Apache from a minimal config of its own).
 
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use nix::sys::signal::Signal;
 
 use super::{
     curl, docroot, extension, find_program, is_root, read_lossy, repo_root, seqpacket_accepts,
-    spawn_manager, tail, wait_until, write_random_file, Curl, Endpoint, Proc, Response,
+    spawn_manager_with, tail, wait_until, write_random_file, Curl, Endpoint, Proc, Response,
     LOG_TAIL_LINES, START_DEADLINE,
 };
 
@@ -24,6 +27,8 @@ pub enum Kind {
     Fpm,
     /// The PHP built-in web server, `php -S`.
     CliServer,
+    /// Apache 2.4 (prefork) with mod_php, plain HTTP on 127.0.0.1.
+    Apache,
 }
 
 /// How to start a [`Stack`].
@@ -31,9 +36,9 @@ pub struct Config {
     pub kind: Kind,
     /// Start handoff-manager; without it `handoff.socket` points at a path nobody listens on.
     pub manager: bool,
-    /// php-fpm workers (pm = static).
+    /// php-fpm workers (pm = static), or Apache prefork children.
     pub fpm_children: u32,
-    /// Extra `-d` settings for PHP.
+    /// Extra `-d` settings for PHP (php.ini lines under Apache).
     pub ini: Vec<(String, String)>,
     /// nginx also serves `data/` statically on a second socket ([`Stack::static_endpoint`]),
     /// the reference the differential test compares `send_file()` with.
@@ -122,8 +127,20 @@ impl Stack {
         for sub in ["data", "results", "client"] {
             fs::create_dir(stack.path().join(sub)).expect("create subdir");
         }
+        if config.kind == Kind::Apache && is_root() {
+            // Apache's children run as www-data: they must reach the scripts' data, write
+            // results/ and connect to the manager's socket.
+            for (path, mode) in [
+                (stack.path().to_path_buf(), 0o755),
+                (stack.data(), 0o755),
+                (stack.path().join("results"), 0o777),
+            ] {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                    .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+            }
+        }
         if config.manager {
-            stack.start_manager();
+            stack.start_manager(config.kind);
         }
         match config.kind {
             Kind::Fpm => {
@@ -131,6 +148,7 @@ impl Stack {
                 stack.start_nginx(&fpm, config.static_files);
             }
             Kind::CliServer => stack.start_cli_server(&config),
+            Kind::Apache => stack.start_apache(&config),
         }
         stack
     }
@@ -268,6 +286,14 @@ impl Stack {
                     "a php-fpm worker crashed:\n{log}"
                 );
             }
+            if label == "apache error.log" {
+                for line in log.lines() {
+                    assert!(
+                        !line.contains("exit signal") && !line.contains("Segmentation fault"),
+                        "an Apache child crashed: {line}"
+                    );
+                }
+            }
             if label == "nginx error.log" {
                 for line in log.lines() {
                     assert!(
@@ -283,10 +309,17 @@ impl Stack {
         cmd.env("HANDOFF_TEST_DIR", self.path());
     }
 
-    fn start_manager(&mut self) {
-        self.procs.push(spawn_manager(
+    fn start_manager(&mut self, kind: Kind) {
+        // Apache's children run as another user (www-data) than the manager (root).
+        let args: &[&str] = if kind == Kind::Apache && is_root() {
+            &["--socket-mode", "0666"]
+        } else {
+            &[]
+        };
+        self.procs.push(spawn_manager_with(
             &self.manager_socket,
             &self.path().join("manager.log"),
+            args,
         ));
         let sock = self.manager_socket.clone();
         self.wait_ready("handoff-manager", move || seqpacket_accepts(&sock));
@@ -450,6 +483,103 @@ impl Stack {
             }
         }
         panic!("php -S: no free port after 5 attempts");
+    }
+
+    /// Apache 2.4 prefork with mod_php from a minimal config in the temp dir (Debian builds
+    /// mod_log_config in, so it is not loaded): its own php.ini (the distro's mod_php
+    /// php.ini plus the extension and the settings, through `PHPINIDir`), the test docroot,
+    /// `HANDOFF_TEST_DIR` through `SetEnv`. Like `php -S` it takes a free port from the
+    /// kernel and retries on a clash.
+    fn start_apache(&mut self, config: &Config) {
+        let tmp = self.path().to_path_buf();
+        let t = tmp.display();
+        let mut ini = fs::read_to_string("/etc/php/8.2/apache2/php.ini").unwrap_or_default();
+        let _ = write!(
+            ini,
+            "\n; handoff tests\nextension={}\nhandoff.socket={}\n",
+            extension().display(),
+            self.manager_socket.display()
+        );
+        for (k, v) in &config.ini {
+            let _ = writeln!(ini, "{k}={v}");
+        }
+        fs::write(tmp.join("php.ini"), ini).expect("write php.ini");
+        let modules = "/usr/lib/apache2/modules";
+        let user = if is_root() {
+            "User www-data\nGroup www-data\n"
+        } else {
+            ""
+        };
+        let children = config.fpm_children.max(1);
+        let docroot = docroot();
+        let d = docroot.display();
+        let error_log = tmp.join("apache-error.log");
+        self.extra_logs
+            .push(("apache error.log".into(), error_log.clone()));
+        self.extra_logs
+            .push(("apache access.log".into(), tmp.join("apache-access.log")));
+        for attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("pick a free port")
+                .port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let conf = format!(
+                "ServerRoot /etc/apache2\nServerName localhost\nListen {addr}\n\
+                 PidFile {t}/apache.pid\nDefaultRuntimeDir {t}\n\
+                 ErrorLog {el}\nLogLevel info\n{user}\
+                 LoadModule mpm_prefork_module {modules}/mod_mpm_prefork.so\n\
+                 LoadModule authz_core_module {modules}/mod_authz_core.so\n\
+                 LoadModule mime_module {modules}/mod_mime.so\n\
+                 LoadModule dir_module {modules}/mod_dir.so\n\
+                 LoadModule env_module {modules}/mod_env.so\n\
+                 LoadModule php_module {modules}/libphp8.2.so\n\
+                 StartServers {children}\nMinSpareServers 1\nMaxSpareServers {children}\n\
+                 ServerLimit {children}\nMaxRequestWorkers {children}\n\
+                 MaxConnectionsPerChild 0\n\
+                 TypesConfig /etc/mime.types\n\
+                 LogFormat \"%h %{{remote}}p \\\"%r\\\" %>s %B %Dus\" handoff\n\
+                 CustomLog {t}/apache-access.log handoff\n\
+                 PHPINIDir \"{t}\"\n\
+                 DocumentRoot \"{d}\"\n\
+                 <Directory />\n  Require all denied\n</Directory>\n\
+                 <Directory \"{d}\">\n  Require all granted\n</Directory>\n\
+                 DirectoryIndex index.php\n\
+                 <FilesMatch \"\\.php$\">\n  SetHandler application/x-httpd-php\n</FilesMatch>\n\
+                 SetEnv HANDOFF_TEST_DIR \"{t}\"\n",
+                el = error_log.display(),
+            );
+            let conf_path = tmp.join("apache.conf");
+            fs::write(&conf_path, conf).expect("write apache.conf");
+            let mut cmd = Command::new(find_program(&["apache2"]));
+            // On SIGTERM the prefork parent signals its whole process group: that must not
+            // be the test's.
+            cmd.arg("-f")
+                .arg(&conf_path)
+                .arg("-DFOREGROUND")
+                .process_group(0);
+            let name = format!("apache2 (attempt {attempt})");
+            let log = tmp.join(format!("apache-{attempt}.out"));
+            let mut proc = Proc::spawn(&name, cmd, log, Signal::SIGTERM);
+            let ready = wait_until(
+                &name,
+                START_DEADLINE,
+                || TcpStream::connect(addr).is_ok(),
+                || proc.check_alive(),
+            );
+            let bind_clash = proc.log_text().contains("Address already in use")
+                || read_lossy(&error_log).contains("Address already in use");
+            self.procs.push(proc);
+            match ready {
+                Ok(()) => {
+                    self.endpoint = Endpoint::Tcp(addr);
+                    return;
+                }
+                Err(_) if bind_clash => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("apache2: no free port after 5 attempts");
     }
 
     fn wait_ready(&mut self, name: &str, ready: impl FnMut() -> bool) {
