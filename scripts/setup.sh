@@ -27,6 +27,7 @@ PACKAGES=(
     php-cli php-dev php-fpm     # the PHP the extension is built against and tested in
     nginx                       # the demo and the integration tests run their own nginx
     apache2 libapache2-mod-php8.2   # the integration tests run their own Apache with mod_php
+    openssl                     # a self-signed certificate for the mod_ssl test
     clang libclang-dev          # bindgen (ext-php-rs) needs libclang
     gcc g++ libc6-dev make pkg-config   # g++: libFuzzer for scripts/fuzz.sh
     curl ca-certificates

@@ -3,7 +3,7 @@
 //! child died of a signal (a crash in the extension takes the child down).
 
 use crate::util::scenarios;
-use crate::util::{heavy_lock, raw_request, sha256_bytes, split_head, Config, Kind, Stack};
+use crate::util::{heavy_lock, raw_request, sha256_bytes, split_head, Config, Kind, Stack, MIB};
 
 fn apache() -> Config {
     Config::new(Kind::Apache)
@@ -145,4 +145,35 @@ fn rate_option_limits_speed() {
 #[test]
 fn download_answering_unread_post() {
     scenarios::on_both_paths(Kind::Apache, scenarios::download_answering_unread_post);
+}
+
+/// Under mod_ssl the socket carries TLS: handing it off would put plain HTTP/1.1 into the
+/// TLS stream. So an HTTPS request is streamed by PHP (send_file() returns false) and
+/// arrives intact, while a plain HTTP/1.1 request to the same server, same manager, is
+/// handed off.
+#[test]
+fn https_streams_in_process() {
+    let stack = Stack::start(apache().with_tls());
+    let size = 2 * MIB;
+    let sha = stack.data_file("tls.bin", size, 111);
+    let r = stack
+        .curl_tls("https", "/download.php?f=tls.bin&result=https.result")
+        .run();
+    assert_eq!(r.status, 200, "HTTPS:\n{}", r.head_text);
+    assert_eq!(r.body_len(), size, "HTTPS: body length");
+    assert_eq!(r.body_sha(), sha, "HTTPS: body");
+    assert_eq!(
+        stack.wait_result("https.result"),
+        "false",
+        "HTTPS: send_file()"
+    );
+    assert_eq!(
+        stack.outcome_count("complete", size),
+        0,
+        "the manager sent an HTTPS download"
+    );
+    let returned = scenarios::download_exact(&stack, "tls.bin", &sha, size, "&plain=1");
+    assert_eq!(returned, "true", "plain HTTP/1.1 beside HTTPS");
+    stack.wait_outcome("complete", size, 1);
+    stack.assert_clean_logs();
 }

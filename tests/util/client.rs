@@ -190,6 +190,11 @@ pub struct Curl {
 }
 
 pub fn curl(dir: &Path, name: &str, endpoint: &Endpoint, path_and_query: &str) -> Curl {
+    curl_target(dir, name, endpoint.curl_target(path_and_query))
+}
+
+/// curl with its target given as arguments (a URL, or `--unix-socket` and a URL).
+pub fn curl_target(dir: &Path, name: &str, target: Vec<String>) -> Curl {
     let head_path = dir.join(format!("{name}.head"));
     let body_path = dir.join(format!("{name}.body"));
     let mut cmd = Command::new("curl");
@@ -197,7 +202,7 @@ pub fn curl(dir: &Path, name: &str, endpoint: &Endpoint, path_and_query: &str) -
         .arg(&head_path)
         .arg("-o")
         .arg(&body_path)
-        .args(endpoint.curl_target(path_and_query));
+        .args(target);
     Curl {
         cmd,
         head_path,

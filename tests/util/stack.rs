@@ -15,9 +15,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::{
-    curl, docroot, extension, find_program, is_root, read_lossy, repo_root, seqpacket_accepts,
-    spawn_manager_with, tail, wait_until, write_random_file, Curl, Endpoint, Proc, Response,
-    LOG_TAIL_LINES, START_DEADLINE,
+    curl, curl_target, docroot, extension, find_program, is_root, read_lossy, repo_root,
+    seqpacket_accepts, spawn_manager_with, tail, wait_until, write_random_file, Curl, Endpoint,
+    Proc, Response, LOG_TAIL_LINES, START_DEADLINE,
 };
 
 /// Which server runs PHP.
@@ -46,6 +46,10 @@ pub struct Config {
     /// php-fpm listens on 127.0.0.1 (TCP) instead of a Unix socket, as in many container
     /// set-ups (`fastcgi_pass 127.0.0.1:9000`).
     pub fpm_tcp: bool,
+    /// Apache also serves HTTPS (mod_ssl, a self-signed certificate) on a second port
+    /// ([`Stack::tls_addr`]). (HTTP/2 cannot be tested: mod_http2 stays inactive under
+    /// prefork, the only MPM mod_php runs in.)
+    pub apache_tls: bool,
 }
 
 impl Config {
@@ -60,7 +64,14 @@ impl Config {
             ini,
             static_files: false,
             fpm_tcp: false,
+            apache_tls: false,
         }
+    }
+
+    /// Apache serves HTTPS too (only with [`Kind::Apache`]).
+    pub fn with_tls(mut self) -> Config {
+        self.apache_tls = true;
+        self
     }
 
     /// nginx talks to php-fpm over TCP on 127.0.0.1 (only with [`Kind::Fpm`]).
@@ -102,6 +113,8 @@ pub struct Stack {
     pub endpoint: Endpoint,
     /// nginx serving `data/` as static files, with [`Config::with_static_files`].
     pub static_endpoint: Option<Endpoint>,
+    /// Apache's HTTPS port, with [`Config::with_tls`].
+    pub tls_addr: Option<SocketAddr>,
     pub manager_socket: PathBuf,
     procs: Vec<Proc>,
     /// Logs that are not a process's own output (nginx error.log, fpm.log).
@@ -119,6 +132,7 @@ impl Stack {
             kind: config.kind,
             endpoint: Endpoint::Unix(PathBuf::new()),
             static_endpoint: None,
+            tls_addr: None,
             manager_socket: dir.path().join("manager.sock"),
             procs: Vec::new(),
             extra_logs: Vec::new(),
@@ -192,6 +206,15 @@ impl Stack {
     /// A curl request to this stack; `name` must be unique within the test.
     pub fn curl(&self, name: &str, path_and_query: &str) -> Curl {
         let mut c = curl(&self.client_dir(), name, &self.endpoint, path_and_query);
+        c.journal = Some(self.path().join("requests.log"));
+        c
+    }
+
+    /// A curl request over HTTPS to Apache's TLS port (self-signed: not verified).
+    pub fn curl_tls(&self, name: &str, path_and_query: &str) -> Curl {
+        let addr = self.tls_addr.expect("the stack was started with_tls()");
+        let target = vec!["-k".into(), format!("https://{addr}{path_and_query}")];
+        let mut c = curl_target(&self.client_dir(), name, target);
         c.journal = Some(self.path().join("requests.log"));
         c
     }
@@ -518,12 +541,45 @@ impl Stack {
             .push(("apache error.log".into(), error_log.clone()));
         self.extra_logs
             .push(("apache access.log".into(), tmp.join("apache-access.log")));
-        for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
+        let tls_key = tmp.join("tls.key");
+        let tls_cert = tmp.join("tls.crt");
+        if config.apache_tls {
+            let out = Command::new(find_program(&["openssl"]))
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args(["-subj", "/CN=localhost", "-keyout"])
+                .arg(&tls_key)
+                .arg("-out")
+                .arg(&tls_cert)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl req: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let free_port = || -> SocketAddr {
+            TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("pick a free port")
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        };
+        for attempt in 0..5 {
+            let addr = free_port();
+            let tls_addr = config.apache_tls.then(free_port);
+            let tls = match tls_addr {
+                Some(tls_addr) => format!(
+                    "LoadModule ssl_module {modules}/mod_ssl.so\n\
+                     Listen {tls_addr}\n\
+                     <VirtualHost {tls_addr}>\n  SSLEngine on\n\
+                     \x20 SSLCertificateFile \"{}\"\n  SSLCertificateKeyFile \"{}\"\n\
+                     </VirtualHost>\n",
+                    tls_cert.display(),
+                    tls_key.display()
+                ),
+                None => String::new(),
+            };
             let conf = format!(
                 "ServerRoot /etc/apache2\nServerName localhost\nListen {addr}\n\
                  PidFile {t}/apache.pid\nDefaultRuntimeDir {t}\n\
@@ -546,7 +602,7 @@ impl Stack {
                  <Directory \"{d}\">\n  Require all granted\n</Directory>\n\
                  DirectoryIndex index.php\n\
                  <FilesMatch \"\\.php$\">\n  SetHandler application/x-httpd-php\n</FilesMatch>\n\
-                 SetEnv HANDOFF_TEST_DIR \"{t}\"\n",
+                 SetEnv HANDOFF_TEST_DIR \"{t}\"\n{tls}",
                 el = error_log.display(),
             );
             let conf_path = tmp.join("apache.conf");
@@ -573,6 +629,10 @@ impl Stack {
             match ready {
                 Ok(()) => {
                     self.endpoint = Endpoint::Tcp(addr);
+                    if let Some(tls_addr) = tls_addr {
+                        self.wait_ready(&name, move || TcpStream::connect(tls_addr).is_ok());
+                        self.tls_addr = Some(tls_addr);
+                    }
                     return;
                 }
                 Err(_) if bind_clash => continue,
