@@ -148,6 +148,13 @@ def handshake(r):
                if not k.startswith("download-") and k != "metrics") / r["manager_cpu"]["wall_s"]
 
 
+def others(r):
+    """Share of one core used by processes outside the benchmark (another engineer's build):
+    machine busy time minus the measured groups and the load client."""
+    mine = sum(g["cpu_s"] for g in r["groups"].values()) + r["client_cpu_s"]
+    return max(0.0, r["machine_cpu_s"] - mine) / r["elapsed_s"]
+
+
 def pct_cell(v):
     return mmm([None if x is None else 100 * x for x in v], 0)
 
@@ -168,9 +175,11 @@ for scn in sorted({k[0] for k in scaled}):
     if scn.startswith("scale-S2-"):
         w(f"\n### Scaling — S2 64 × 10 MiB (1 MiB reads), manager `--threads` {' vs '.join(map(str, threads))}\n")
         w("Busy % = CPU time / wall time of the client run, 100 % = one core; machine busy: all "
-          f"{cores} cores together, 100 % = every core (includes the load client).\n")
-        w("| backend | threads | GB/s | manager CPU s/GB | manager busy % | busiest download loop busy % | handshake loop busy % | machine busy % | nginx CPU s/GB | php -S CPU s/GB | client CPU s/GB |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"{cores} cores together, 100 % = every core (includes the load client); others busy: "
+          "machine busy time not spent in nginx, php-fpm, the manager, php -S or the client "
+          "(other jobs on the machine, and kernel work not charged to a process), 100 % = one core.\n")
+        w("| backend | threads | GB/s | manager CPU s/GB | manager busy % | busiest download loop busy % | handshake loop busy % | machine busy % | others busy % | nginx CPU s/GB | php -S CPU s/GB | client CPU s/GB |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for b in backends:
             for t in threads:
                 k = (scn, b, t)
@@ -183,6 +192,7 @@ for scn in sorted({k[0] for k in scaled}):
                   f"| {pct_cell(sval(k, busiest_loop)) if manager else '–'} "
                   f"| {pct_cell(sval(k, handshake)) if manager else '–'} "
                   f"| {pct_cell(sval(k, lambda r: r['machine_cpu_s'] / r['elapsed_s'] / cores))} "
+                  f"| {pct_cell(sval(k, others))} "
                   f"| {mmm(sval(k, cpu_per_gb('nginx')))} | {mmm(sval(k, cpu_per_gb('php-cli')))} "
                   f"| {mmm(sval(k, lambda r: r['client_cpu_s'] / (r['bytes'] / GB)))} |")
         base = threads[0]
@@ -191,12 +201,13 @@ for scn in sorted({k[0] for k in scaled}):
             f"{NAMES.get(b, b)}: " + ", ".join(
                 f"{t} threads {ratio(median(sval((scn, b, t), lambda r: r['gb_per_s'])), median(sval((scn, b, base), lambda r: r['gb_per_s'])))}"
                 for t in threads[1:] if (scn, b, t) in scaled)
-            for b in backends if b.startswith("handoff")) + ".\n")
+            for b in backends) + " (nginx static does not use the manager: its ratio is the "
+            "difference between the rounds that is noise).\n")
     else:
         n = scn.split("-")[2]
         w(f"\n### Scaling — S5 {n} slow downloads (10 KiB/s each, nginx + php-fpm + send_file()), manager `--threads` {' vs '.join(map(str, threads))}\n")
-        w("| threads | progressing at once | failed | starved | GB/s | manager CPU s | manager busy % | busiest download loop busy % | handshake loop busy % | machine busy % | manager peak RSS MiB |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        w("| threads | progressing at once | failed | starved | GB/s | manager CPU s | manager busy % | busiest download loop busy % | handshake loop busy % | machine busy % | others busy % | manager peak RSS MiB |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for t in threads:
             k = (scn, "handoff-fpm", t)
             w(f"| {t} | {mmm(sval(k, lambda r: r['progressing_median']), 0)} | {mmm(sval(k, lambda r: r['failed']), 0)} "
@@ -205,6 +216,7 @@ for scn in sorted({k[0] for k in scaled}):
               f"| {pct_cell(sval(k, lambda r: r['manager_cpu']['cpu_s'] / r['manager_cpu']['wall_s']))} "
               f"| {pct_cell(sval(k, busiest_loop))} | {pct_cell(sval(k, handshake))} "
               f"| {pct_cell(sval(k, lambda r: r['machine_cpu_s'] / r['elapsed_s'] / cores))} "
+              f"| {pct_cell(sval(k, others))} "
               f"| {mmm(sval(k, lambda r: mib(r['groups']['manager']['rss_peak'])), 1)} |")
     loads = collections.defaultdict(list)
     for (s_, _, t), rs in scaled.items():
