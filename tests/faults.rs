@@ -54,15 +54,14 @@ fn stack(kind: Kind, children: u32) -> (Stack, RestartableManager) {
     (stack, manager)
 }
 
-/// [`stack`] with php-fpm on 127.0.0.1 (TCP) instead of a Unix socket.
-fn stack_fpm_tcp() -> (Stack, RestartableManager) {
-    let stack = Stack::start(
+/// [`stack`] with one php-fpm worker and nginx configured by `tune`.
+fn stack_fpm_with(tune: impl FnOnce(Config) -> Config) -> (Stack, RestartableManager) {
+    let stack = Stack::start(tune(
         Config::new(Kind::Fpm)
             .without_manager()
             .children(1)
-            .fpm_over_tcp()
             .ini("handoff.timeout_ms", "10000"),
-    );
+    ));
     let manager = RestartableManager::new(&stack.manager_socket, stack.path());
     (stack, manager)
 }
@@ -564,5 +563,11 @@ fn nginx_closes_client_when_manager_dies_mid_stream_multipart() {
 /// nginx talking to php-fpm over TCP.
 #[test]
 fn nginx_closes_client_when_manager_dies_mid_stream_fpm_tcp() {
-    closes_client_when_manager_dies(stack_fpm_tcp(), &[]);
+    closes_client_when_manager_dies(stack_fpm_with(Config::fpm_over_tcp), &[]);
+}
+
+/// nginx with `fastcgi_keep_conn on` and an upstream keepalive pool.
+#[test]
+fn nginx_closes_client_when_manager_dies_mid_stream_fpm_keepalive() {
+    closes_client_when_manager_dies(stack_fpm_with(Config::fpm_keepalive), &[]);
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::util::scenarios;
+use crate::util::scenarios::{self, download_exact};
 use crate::util::{heavy_lock, Config, Kind, Stack, MIB};
 
 #[test]
@@ -21,6 +21,36 @@ fn byte_exact_downloads_with_fpm_over_tcp() {
     let _heavy = heavy_lock();
     let stack = Stack::start(Config::new(Kind::Fpm).fpm_over_tcp());
     scenarios::byte_exact_through_manager(&stack);
+    stack.assert_clean_logs();
+}
+
+/// nginx with `fastcgi_keep_conn on` and an upstream keepalive pool, a common tuning: the
+/// manager ends each handed-off request and closes the connection, nginx drops it from its
+/// pool instead of reusing it, and handed-off downloads, inline ones (under the default
+/// `handoff.inline_below`) and plain pages interleave on the same two workers without an
+/// error.
+#[test]
+fn handoffs_with_fastcgi_keep_conn() {
+    let _heavy = heavy_lock();
+    let stack = Stack::start(
+        Config::new(Kind::Fpm)
+            .fpm_keepalive()
+            .ini("handoff.inline_below", "65536"),
+    );
+    let big_size = 300 * 1024;
+    let big = stack.data_file("keep-big.bin", big_size, 41);
+    let small = stack.data_file("keep-small.bin", 1000, 42);
+    for i in 0..60 {
+        let tag = format!("&i={i}");
+        let handed = download_exact(&stack, "keep-big.bin", &big, big_size, &tag);
+        assert_eq!(handed, "true", "#{i}: the large file is handed off");
+        let inline = download_exact(&stack, "keep-small.bin", &small, 1000, &tag);
+        assert_eq!(inline, "false", "#{i}: the small file is streamed inline");
+        let page = stack.get(&format!("hello{i}"), "/hello.php");
+        assert_eq!(page.status, 200, "#{i}:\n{}", page.head_text);
+        assert_eq!(page.body(), b"hello from php\n", "#{i}: the plain page");
+    }
+    stack.wait_outcome("complete", big_size, 60);
     stack.assert_clean_logs();
 }
 

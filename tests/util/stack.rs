@@ -46,6 +46,9 @@ pub struct Config {
     /// php-fpm listens on 127.0.0.1 (TCP) instead of a Unix socket, as in many container
     /// set-ups (`fastcgi_pass 127.0.0.1:9000`).
     pub fpm_tcp: bool,
+    /// nginx keeps its connections to php-fpm open between requests (`fastcgi_keep_conn on`
+    /// and an upstream `keepalive` pool), a common tuning.
+    pub fpm_keepalive: bool,
     /// Apache also serves HTTPS (mod_ssl, a self-signed certificate) on a second port
     /// ([`Stack::tls_addr`]). (HTTP/2 cannot be tested: mod_http2 stays inactive under
     /// prefork, the only MPM mod_php runs in.)
@@ -64,6 +67,7 @@ impl Config {
             ini,
             static_files: false,
             fpm_tcp: false,
+            fpm_keepalive: false,
             apache_tls: false,
         }
     }
@@ -77,6 +81,12 @@ impl Config {
     /// nginx talks to php-fpm over TCP on 127.0.0.1 (only with [`Kind::Fpm`]).
     pub fn fpm_over_tcp(mut self) -> Config {
         self.fpm_tcp = true;
+        self
+    }
+
+    /// nginx keeps FastCGI connections to php-fpm alive (only with [`Kind::Fpm`]).
+    pub fn fpm_keepalive(mut self) -> Config {
+        self.fpm_keepalive = true;
         self
     }
 
@@ -159,7 +169,7 @@ impl Stack {
         match config.kind {
             Kind::Fpm => {
                 let fpm = stack.start_fpm(&config);
-                stack.start_nginx(&fpm, config.static_files);
+                stack.start_nginx(&fpm, &config);
             }
             Kind::CliServer => stack.start_cli_server(&config),
             Kind::Apache => stack.start_apache(&config),
@@ -408,7 +418,8 @@ impl Stack {
         }
     }
 
-    fn start_nginx(&mut self, fpm: &str, static_files: bool) {
+    fn start_nginx(&mut self, fpm: &str, config: &Config) {
+        let static_files = config.static_files;
         let tmp = self.path().to_path_buf();
         let nginx_sock = tmp.join("nginx.sock");
         let template = fs::read_to_string(repo_root().join("deploy/nginx-site.conf.template"))
@@ -420,8 +431,24 @@ impl Stack {
             )
             .replace("${HANDOFF_DOCROOT}", &docroot().display().to_string())
             .replace("${HANDOFF_FPM}", fpm);
-        fs::write(tmp.join("site.conf"), site).expect("write site.conf");
         let t = tmp.display();
+        let (site, upstream) = if config.fpm_keepalive {
+            let pass = format!("fastcgi_pass {fpm};");
+            assert!(
+                site.contains(&pass),
+                "the site template's fastcgi_pass line moved"
+            );
+            (
+                site.replace(
+                    &pass,
+                    "fastcgi_pass php_keep;\n        fastcgi_keep_conn on;",
+                ),
+                format!("  upstream php_keep {{ server {fpm}; keepalive 8; }}\n"),
+            )
+        } else {
+            (site, String::new())
+        };
+        fs::write(tmp.join("site.conf"), site).expect("write site.conf");
         // nginx's defaults for a static file (etag on, if_modified_since exact, no
         // max_ranges): what users get from X-Accel-Redirect or a plain location.
         let static_server = if static_files {
@@ -440,7 +467,7 @@ impl Stack {
              \x20 access_log {t}/access.log;\n  client_body_temp_path {t}/client_body;\n\
              \x20 fastcgi_temp_path {t}/fastcgi_temp;\n  proxy_temp_path {t}/proxy_temp;\n\
              \x20 uwsgi_temp_path {t}/uwsgi_temp;\n  scgi_temp_path {t}/scgi_temp;\n\
-             \x20 include {t}/site.conf;\n{static_server}}}\n"
+             {upstream}\x20 include {t}/site.conf;\n{static_server}}}\n"
         );
         let conf = tmp.join("nginx.conf");
         fs::write(&conf, main).expect("write nginx.conf");
