@@ -375,12 +375,39 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
             vec![&conn, &file],
         ),
     ];
+    // Descriptors other than the manager's event plumbing: the download loops' epoll and
+    // eventfd may still be in the making when `before` is counted (the socket accepts
+    // before every loop runs). What a job brings is a socket, a file, a directory or a FIFO.
     let fd_count = || {
         std::fs::read_dir(format!("/proc/{}/fd", m.child.id()))
-            .map(|d| d.count())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|t| !t.to_string_lossy().starts_with("anon_inode:"))
+                    })
+                    .count()
+            })
             .unwrap_or(0)
     };
+    let fd_list = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/fd", m.child.id()))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| {
+                        let target = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!(
+                            "{} -> {}",
+                            e.file_name().to_string_lossy(),
+                            target.display()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let before = fd_count();
+    let before_list = fd_list();
     for (what, bytes, fds) in cases {
         let reply = raw_send(&m.socket, &bytes, &fds);
         assert_eq!(
@@ -396,8 +423,9 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
     while fd_count() > before {
         assert!(
             Instant::now() < deadline,
-            "manager kept {} fds",
-            fd_count() - before
+            "manager kept {} fds: before {before_list:?}, now {:?}",
+            fd_count() - before,
+            fd_list()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
