@@ -356,10 +356,7 @@ fn manager_killed_mid_stream_cli_server() {
 #[test]
 fn fallbacks_while_the_manager_was_down_reach_its_metrics() {
     let (stack, manager) = stack(Kind::Fpm, 1);
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a free port")
-        .to_string();
+    let addr = crate::util::free_local_addr().to_string();
     let mut manager = manager.with_args(&["--metrics", &addr]);
     let sha = stack.data_file("small.bin", SMALL, 5);
     for k in 0..3 {

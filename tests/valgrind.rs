@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::util::{
-    extension, find_program, read_lossy, repo_root, start_manager, tail, write_random_file, MIB,
+    extension, find_program, free_local_addr, read_lossy, repo_root, start_manager, tail,
+    write_random_file, MIB,
 };
 
 /// valgrind's exit status when it found errors (`--error-exitcode`).
@@ -158,7 +159,7 @@ fn run_one(
 /// SIGINT, so that PHP shuts down normally and valgrind checks for leaks.
 #[test]
 fn cli_server_handoff_and_fallback_are_clean_under_memcheck() {
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
     use std::time::Duration;
 
     use crate::util::{curl, docroot, wait_until, Endpoint, Proc};
@@ -176,9 +177,7 @@ fn cli_server_handoff_and_fallback_are_clean_under_memcheck() {
     let socket = dir.path().join("manager.sock");
     let manager = start_manager(&socket, &dir.path().join("manager.log"));
 
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a free port");
+    let addr = free_local_addr();
     let log = dir.path().join("php-server.memcheck.log");
     let mut cmd = Command::new(&valgrind);
     cmd.args([

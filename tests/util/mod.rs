@@ -94,6 +94,14 @@ pub fn find_program(candidates: &[&str]) -> PathBuf {
     panic!("none of {candidates:?} found on PATH or in /usr/sbin");
 }
 
+/// A loopback address with a port the kernel just handed out and nobody holds now. Another
+/// process may still take it before the caller binds it, so servers started on it retry.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("pick a free port")
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

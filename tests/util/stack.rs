@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -15,9 +15,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::{
-    curl, curl_target, docroot, extension, find_program, is_root, read_lossy, repo_root,
-    seqpacket_accepts, spawn_manager_with, tail, wait_until, write_random_file, Curl, Endpoint,
-    Proc, Response, LOG_TAIL_LINES, START_DEADLINE,
+    curl, curl_target, docroot, extension, find_program, free_local_addr, is_root, read_lossy,
+    repo_root, seqpacket_accepts, spawn_manager_with, tail, wait_until, write_random_file, Curl,
+    Endpoint, Proc, Response, LOG_TAIL_LINES, START_DEADLINE,
 };
 
 /// Which server runs PHP.
@@ -363,11 +363,7 @@ impl Stack {
         let tmp = self.path().to_path_buf();
         let fpm_sock = tmp.join("php-fpm.sock");
         // A port the kernel just handed out and nobody holds (php-fpm binds it at once).
-        let tcp: Option<SocketAddr> = config.fpm_tcp.then(|| {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("pick a free port")
-        });
+        let tcp: Option<SocketAddr> = config.fpm_tcp.then(free_local_addr);
         let listen = match tcp {
             Some(addr) => addr.to_string(),
             None => fpm_sock.display().to_string(),
@@ -497,11 +493,7 @@ impl Stack {
         // php -S only listens on TCP: take a free port from the kernel; another process may
         // grab it before php binds, so a failed start is retried on a new port.
         for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("pick a free port")
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let addr = free_local_addr();
             let mut cmd = Command::new(find_program(&["php"]));
             cmd.arg("-d")
                 .arg(format!("extension={}", extension().display()))
@@ -587,14 +579,9 @@ impl Stack {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let free_port = || -> SocketAddr {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("pick a free port")
-        };
         for attempt in 0..5 {
-            let addr = free_port();
-            let tls_addr = config.apache_tls.then(free_port);
+            let addr = free_local_addr();
+            let tls_addr = config.apache_tls.then(free_local_addr);
             let tls = match tls_addr {
                 Some(tls_addr) => format!(
                     "LoadModule ssl_module {modules}/mod_ssl.so\n\
