@@ -28,7 +28,8 @@ pub static LAST_FALLBACK: Mutex<String> = Mutex::new(String::new());
 /// Fallbacks of this process not yet reported to a manager, per [`FallbackCause`]. They
 /// travel with the next job, so fallbacks while the manager was down reach its metrics
 /// once it is back (those of a worker that exits before its next handoff are lost).
-static UNREPORTED: [AtomicU32; 5] = [const { AtomicU32::new(0) }; 5];
+static UNREPORTED: [AtomicU32; FallbackCause::COUNT] =
+    [const { AtomicU32::new(0) }; FallbackCause::COUNT];
 
 /// Why a request is not handed off: the cause for the manager's metrics, and the reason
 /// for the exception, the log and phpinfo().

@@ -91,8 +91,11 @@ pub enum FallbackCause {
 }
 
 impl FallbackCause {
+    /// How many causes there are.
+    pub const COUNT: usize = 5;
+
     /// Every cause, in wire (and array) order.
-    pub const ALL: [FallbackCause; 5] = [
+    pub const ALL: [FallbackCause; FallbackCause::COUNT] = [
         FallbackCause::Unreachable,
         FallbackCause::Refused,
         FallbackCause::Failed,
@@ -118,7 +121,7 @@ impl FallbackCause {
 }
 
 /// Fallback counts per [`FallbackCause`], indexed by [`FallbackCause::index`].
-pub type Fallbacks = [u32; 5];
+pub type Fallbacks = [u32; FallbackCause::COUNT];
 
 /// One download handed to the manager: what to write, and which bytes of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]

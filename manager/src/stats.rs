@@ -22,7 +22,7 @@ pub struct Counters {
     pub active: AtomicU64,
     /// Requests the workers served themselves, as they reported with their next handoff,
     /// per [`FallbackCause`].
-    pub fallbacks_reported: [AtomicU64; 5],
+    pub fallbacks_reported: [AtomicU64; FallbackCause::COUNT],
 }
 
 impl Counters {
@@ -39,6 +39,13 @@ impl Counters {
         for (counter, &n) in self.fallbacks_reported.iter().zip(report) {
             Self::add(counter, u64::from(n));
         }
+    }
+
+    /// The reported fallbacks: each cause's label and count.
+    pub fn fallbacks(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        FallbackCause::ALL
+            .into_iter()
+            .map(|c| (c.label(), Self::get(&self.fallbacks_reported[c.index()])))
     }
 
     /// Prometheus text exposition of every counter.
@@ -105,12 +112,8 @@ impl Counters {
             "# HELP {name} Requests PHP workers served themselves instead of handing off, \
              by cause, as reported with their next handoff.\n# TYPE {name} counter\n"
         ));
-        for cause in FallbackCause::ALL {
-            out.push_str(&format!(
-                "{name}{{cause=\"{}\"}} {}\n",
-                cause.label(),
-                Self::get(&self.fallbacks_reported[cause.index()])
-            ));
+        for (cause, n) in self.fallbacks() {
+            out.push_str(&format!("{name}{{cause=\"{cause}\"}} {n}\n"));
         }
         out
     }
@@ -167,12 +170,9 @@ pub fn status_json(counters: &Counters, downloads: &[Snapshot]) -> String {
         "complete": Counters::get(&counters.complete),
         "failed": Counters::get(&counters.failed),
         "bytes_sent": Counters::get(&counters.bytes_sent),
-        "fallbacks_reported": FallbackCause::ALL
-            .iter()
-            .map(|c| {
-                let n = Counters::get(&counters.fallbacks_reported[c.index()]);
-                (c.label().to_string(), serde_json::Value::from(n))
-            })
+        "fallbacks_reported": counters
+            .fallbacks()
+            .map(|(cause, n)| (cause.to_string(), serde_json::Value::from(n)))
             .collect::<serde_json::Map<String, serde_json::Value>>(),
         "downloads": list,
     })
