@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use handoff_manager::protocol::{self, Incoming, Reply};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{manager_binary, seqpacket_accepts, tail, wait_until, Proc, START_DEADLINE};
+use super::{seqpacket_accepts, tail, wait_until, Proc, START_DEADLINE};
 
 /// The real handoff-manager, started again and again on one socket path. Each run logs to
 /// its own file; a failing test prints the last few runs' logs.
@@ -52,12 +51,8 @@ impl RestartableManager {
         assert!(self.current.is_none(), "a manager is still running");
         self.runs += 1;
         let log = self.dir.join(format!("manager-run-{}.log", self.runs));
-        let mut cmd = Command::new(manager_binary());
-        cmd.arg("--socket")
-            .arg(&self.socket)
-            .args(&self.args)
-            .env("RUST_LOG", "debug");
-        let mut proc = Proc::spawn("handoff-manager", cmd, log.clone(), Signal::SIGKILL);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut proc = super::manager::spawn_manager_with(&self.socket, &log, &args);
         self.logs.push(log);
         let socket = self.socket.clone();
         if let Err(e) = wait_until(
