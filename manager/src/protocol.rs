@@ -33,21 +33,21 @@
 //!
 //! This is the only module that touches `SCM_RIGHTS`.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    connect, recvmsg, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage,
-    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+    connect, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage, MsgFlags,
+    SockFlag, SockType, UnixAddr,
 };
 use nix::sys::time::TimeVal;
 
 use crate::head::{Head, HeadError, Header};
 use crate::plan::Piece;
-use crate::sys::own_new_fd;
+use crate::sys::recv_with_fds;
 
 /// The protocol version this build speaks; a message with another version is refused.
 pub const VERSION: u8 = 2;
@@ -60,9 +60,6 @@ const KIND_REFUSE: u8 = 3;
 const KIND_GO: u8 = 4;
 const KIND_DRAIN: u8 = 5;
 const FIXED_LEN: usize = 22;
-/// Descriptors we make room for when receiving, so that a message with too many is seen
-/// (and all of them closed) instead of being silently cut by the kernel.
-const MAX_FDS_RECEIVED: usize = 8;
 
 /// How the response must be framed on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -483,25 +480,10 @@ pub struct Received {
 /// means the peer closed the socket.
 pub fn recv_job(sock: BorrowedFd<'_>) -> Result<Option<Incoming>, ProtocolError> {
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS_RECEIVED]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(ProtocolError::io("recvmsg"))?;
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                fds.extend(raw.into_iter().map(own_new_fd));
-            }
-        }
-    }
-    let len = msg.bytes;
-    let flags = msg.flags;
+    let msg = recv_with_fds(sock, &mut buf).map_err(ProtocolError::io("recvmsg"))?;
+    let mut fds = msg.fds;
+    let len = msg.len;
+    let flags = MsgFlags::from_bits_retain(msg.flags);
     if len == 0 && fds.is_empty() {
         return Ok(None);
     }
@@ -556,14 +538,23 @@ pub fn recv_reply(sock: BorrowedFd<'_>, flags: MsgFlags) -> Result<Reply, Protoc
 /// // ... make the worker's copy of the connection harmless ...
 /// offer.go()?;                                 // from here on only the manager writes
 /// ```
+///
+/// `timeout` bounds the whole handshake up to the manager's answer (connecting, sending
+/// the job, waiting for accept): each step waits only for what is left of it. `go` never
+/// waits. The manager's own limit (`--handshake-timeout`) runs from its accept to the go;
+/// if it fires first, the go fails with `EPIPE` and the worker serves the request itself,
+/// and a go that was sent before is still honoured (see [`crate::server`]).
 #[derive(Debug)]
 pub struct Offer {
     sock: OwnedFd,
+    deadline: Instant,
 }
 
 impl Offer {
-    /// Connects to the manager; every later step waits at most `timeout`.
+    /// Connects to the manager; the handshake up to the manager's answer takes at most
+    /// `timeout` from now.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Offer, ProtocolError> {
+        let deadline = Instant::now() + timeout;
         let sock = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -571,15 +562,29 @@ impl Offer {
             None,
         )
         .map_err(ProtocolError::io("socket"))?;
-        let tv = TimeVal::new(
-            i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-            i64::from(timeout.subsec_micros()),
-        );
-        setsockopt(&sock, sockopt::SendTimeout, &tv).map_err(ProtocolError::io("setsockopt"))?;
-        setsockopt(&sock, sockopt::ReceiveTimeout, &tv).map_err(ProtocolError::io("setsockopt"))?;
+        let offer = Offer { sock, deadline };
+        // A full backlog makes connect wait, up to the send timeout.
+        offer.arm(sockopt::SendTimeout)?;
         let addr = UnixAddr::new(path).map_err(ProtocolError::io("socket path"))?;
-        connect(sock.as_raw_fd(), &addr).map_err(ProtocolError::io("connect"))?;
-        Ok(Offer { sock })
+        connect(offer.sock.as_raw_fd(), &addr).map_err(ProtocolError::io("connect"))?;
+        Ok(offer)
+    }
+
+    /// Sets a socket timeout to what is left until the deadline; `TimedOut` if nothing is.
+    fn arm<O>(&self, opt: O) -> Result<(), ProtocolError>
+    where
+        O: nix::sys::socket::SetSockOpt<Val = TimeVal>,
+    {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ProtocolError::TimedOut);
+        }
+        // A zero timeval would mean "wait forever": at least one microsecond.
+        let tv = TimeVal::new(
+            i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            i64::from(left.subsec_micros().max(1)),
+        );
+        setsockopt(&self.sock, opt, &tv).map_err(ProtocolError::io("setsockopt"))
     }
 
     /// Sends the job with its two descriptors and waits for the manager's answer.
@@ -592,6 +597,7 @@ impl Offer {
     ) -> Result<(), ProtocolError> {
         let bytes = job.encode()?;
         let fds = [conn.as_raw_fd(), file.as_raw_fd()];
+        self.arm(sockopt::SendTimeout)?;
         sendmsg::<()>(
             self.sock.as_raw_fd(),
             &[IoSlice::new(&bytes)],
@@ -600,6 +606,7 @@ impl Offer {
             None,
         )
         .map_err(ProtocolError::io("sendmsg"))?;
+        self.arm(sockopt::ReceiveTimeout)?;
         match recv_reply(self.sock.as_fd(), MsgFlags::empty())? {
             Reply::Accept => Ok(()),
             Reply::Refuse(reason) => Err(ProtocolError::Refused { reason }),
@@ -607,9 +614,20 @@ impl Offer {
         }
     }
 
-    /// Tells the manager to start writing, and closes the handoff socket.
+    /// Tells the manager to start writing, and closes the handoff socket. Never waits:
+    /// the socket's send buffer is empty at this point. An error means the manager did
+    /// not get the go (it went away, or its handshake limit ended the handshake first).
     pub fn go(self) -> Result<(), ProtocolError> {
-        send_reply(self.sock.as_fd(), &Reply::Go)
+        let bytes = Reply::Go.encode();
+        sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            &[],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(ProtocolError::io("send"))?;
+        Ok(())
     }
 }
 
