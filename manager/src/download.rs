@@ -63,6 +63,8 @@ pub enum Rejected {
     NotAFile,
     #[error("range {offset}+{length} is beyond the file's {size} bytes")]
     Range { offset: u64, length: u64, size: u64 },
+    #[error("the body's pieces add up to more than 2^64 - 1 bytes")]
+    BodyTooLong,
     #[error("cannot inspect descriptor: {0}")]
     Stat(Errno),
 }
@@ -94,6 +96,9 @@ pub fn validate(rcv: &Received) -> Result<(), Rejected> {
             }
         }
     }
+    // Every later count of body bytes (what is planned, sent, still to frame) is then
+    // exact, and never wraps.
+    crate::plan::checked_body_len(&rcv.job.body).ok_or(Rejected::BodyTooLong)?;
     Ok(())
 }
 
@@ -149,11 +154,15 @@ pub struct Download {
     pub range: Option<String>,
     pub started: Instant,
     last_progress: Instant,
+    /// Since when the connection has refused bytes (`EAGAIN`) with no write since: the
+    /// send timeout runs only then, not while the download waits for its own rate.
+    stalled_since: Option<Instant>,
     linger: Duration,
 }
 
 impl Download {
-    /// Starts a download of a validated, accepted job after the worker said go.
+    /// Starts a download of a validated, accepted job after the worker said go
+    /// ([`validate`] guarantees that the body's length fits a `u64`).
     /// `linger` bounds how long the finished download waits for the peer to close.
     pub fn new(rcv: Received, now: Instant, linger: Duration) -> Download {
         let Received { job, conn, file } = rcv;
@@ -166,7 +175,7 @@ impl Download {
             file_name,
             ..
         } = job;
-        let planned: u64 = body.iter().map(Piece::len).sum();
+        let planned = crate::plan::checked_body_len(&body).unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity(1024);
         match framing {
             Framing::Http => out.extend_from_slice(&head.render_http(SystemTime::now())),
@@ -201,6 +210,7 @@ impl Download {
             range,
             started: now,
             last_progress: now,
+            stalled_since: None,
             linger,
         }
     }
@@ -228,22 +238,25 @@ impl Download {
         self.last_progress
     }
 
-    /// The download's own rate limit (a token bucket with a 1/8 s burst): how many more
-    /// bytes it may write now, or when it may write again.
+    /// The download's own rate limit (a token bucket with a 1/8 s burst, at least 16 KiB):
+    /// how many more bytes it may write now, or when it may write again. It writes only
+    /// once a quantum (1/20 s worth, at least 4 KiB, or what is left of the body if less)
+    /// is allowed, so that a slow rate means a few full writes with pauses between them,
+    /// not a loop that wakes for every byte.
     fn rate_allowance(&self, now: Instant) -> Result<usize, Instant> {
         if self.rate == 0 {
             return Ok(usize::MAX);
         }
-        let burst = (self.rate / 8).max(16 * 1024);
+        let burst = (self.rate / 8).max(16 * 1024) as f64;
+        let rate = self.rate as f64;
+        let quantum = (self.rate / 20).max(4096).min(self.remaining().max(1)) as f64;
         let elapsed = now.duration_since(self.started).as_secs_f64();
-        let allowed = burst as f64 + self.rate as f64 * elapsed;
+        let allowed = burst + rate * elapsed;
         let written = self.written as f64;
-        if written < allowed {
+        if allowed - written >= quantum {
             return Ok((allowed - written) as usize);
         }
-        // Wake when a quantum (1/20 s worth, at least 4 KiB) is allowed again.
-        let quantum = (self.rate / 20).max(4096) as f64;
-        let at = (written + quantum - burst as f64) / self.rate as f64;
+        let at = (written + quantum - burst) / rate;
         Err(self.started + Duration::from_secs_f64(at.max(0.0)))
     }
 
@@ -275,7 +288,7 @@ impl Download {
                         self.out_pos += n;
                         self.written += n as u64;
                         spent += n;
-                        self.last_progress = now;
+                        self.progressed(now);
                         if self.out_pos == self.out.len() {
                             self.out.clear();
                             self.out_pos = 0;
@@ -284,7 +297,7 @@ impl Download {
                         }
                     }
                     Err(Errno::EINTR) => {}
-                    Err(Errno::EAGAIN) => return Step::Wait,
+                    Err(Errno::EAGAIN) => return self.stalled(now),
                     Err(e) => return Step::Done(self.write_failed(e)),
                 }
                 continue;
@@ -304,10 +317,10 @@ impl Download {
                         self.sent += n64;
                         self.written += n64;
                         spent += n;
-                        self.last_progress = now;
+                        self.progressed(now);
                     }
                     Err(Errno::EINTR) => {}
-                    Err(Errno::EAGAIN) => return Step::Wait,
+                    Err(Errno::EAGAIN) => return self.stalled(now),
                     Err(e) => return Step::Done(Outcome::Aborted(e.desc().to_string())),
                 }
                 continue;
@@ -331,6 +344,17 @@ impl Download {
             }
             return self.start_lingering(now);
         }
+    }
+
+    fn progressed(&mut self, now: Instant) {
+        self.last_progress = now;
+        self.stalled_since = None;
+    }
+
+    /// The connection takes no more bytes now: wait for it, with the send timeout running.
+    fn stalled(&mut self, now: Instant) -> Step {
+        self.stalled_since.get_or_insert(now);
+        Step::Wait
     }
 
     /// A write error ends the download. When the head and every body byte were already
@@ -387,6 +411,12 @@ impl Download {
             return Ok(false);
         }
         if self.unframed <= fcgi::MAX_RECORD_BODY as u64 {
+            // What is left is the last record: at most MAX_RECORD_BODY bytes, because
+            // `unframed` is the exact sum of the pieces left (no piece can be longer).
+            let left = crate::plan::checked_body_len(self.pieces.make_contiguous());
+            if left != Some(self.unframed) {
+                return Err(Outcome::Aborted("body does not match its records".into()));
+            }
             let mut last = Vec::with_capacity(self.unframed as usize);
             while let Some(piece) = self.pieces.pop_front() {
                 match piece {
@@ -484,7 +514,11 @@ impl Download {
     /// Ends a download whose client stopped taking bytes, or whose peer never closed.
     pub fn check_timeout(&self, now: Instant, send_timeout: Duration) -> Option<Outcome> {
         match &self.state {
-            State::Sending if now.duration_since(self.last_progress) > send_timeout => {
+            State::Sending
+                if self
+                    .stalled_since
+                    .is_some_and(|since| now.duration_since(since) > send_timeout) =>
+            {
                 Some(Outcome::TimedOut)
             }
             State::Lingering { until, outcome } if now >= *until => Some(outcome.clone()),

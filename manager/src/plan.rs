@@ -124,9 +124,16 @@ pub struct Plan {
     pub body: Vec<Piece>,
 }
 
+/// The body's length, or `None` if it does not fit a `u64` (only a hostile job's pieces
+/// can: a plan's own ranges lie within one file).
+pub fn checked_body_len(body: &[Piece]) -> Option<u64> {
+    body.iter()
+        .try_fold(0u64, |sum, p| sum.checked_add(p.len()))
+}
+
 impl Plan {
     pub fn body_len(&self) -> u64 {
-        self.body.iter().map(Piece::len).sum()
+        checked_body_len(&self.body).unwrap_or(u64::MAX)
     }
 }
 
