@@ -25,7 +25,8 @@ struct Args {
     /// Seconds a finished download waits for the peer to close before closing anyway.
     #[arg(long, default_value_t = 5)]
     linger_timeout: u64,
-    /// Seconds a PHP worker may take between connecting and saying go.
+    /// Seconds a PHP worker may take between connecting and saying go (keep it above
+    /// handoff.timeout_ms; a go sent in time is never lost either way).
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
     /// Seconds running downloads may continue after SIGTERM/SIGINT.
@@ -48,10 +49,14 @@ struct Args {
     /// kernel supports it).
     #[arg(long)]
     no_sandbox: bool,
-    /// Refuse new handoffs while this many downloads run (0 = no limit); refused requests
-    /// are served by PHP itself, or throw, per handoff.fallback.
+    /// Refuse new handoffs while this many downloads run or wait for their go (0 = no
+    /// limit); refused requests are served by PHP itself, or throw, per handoff.fallback.
     #[arg(long, default_value_t = 0)]
     max_downloads: usize,
+    /// Most handshakes held at once (each may hold a 64 KiB job for up to
+    /// --handshake-timeout); more connections are refused at once.
+    #[arg(long, default_value_t = 1024)]
+    max_handshakes: usize,
     /// Write one JSON line per finished download to this file (`-` = stderr).
     #[arg(long)]
     access_log: Option<PathBuf>,
@@ -141,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         allow_gids: args.allow_gids,
         sandbox: !args.no_sandbox,
         max_downloads: args.max_downloads,
+        max_handshakes: args.max_handshakes.max(1),
         access_log: args.access_log,
         threads: args.threads,
         metrics: args.metrics,

@@ -8,8 +8,15 @@
 //!   else keeps being served.
 //! - Nothing is written to a connection before the worker's `Go`; a worker that goes away
 //!   before `Go` has its job dropped untouched.
-//! - SIGTERM / SIGINT: the socket is removed and no new handoff is taken; running downloads
-//!   get `grace` to finish, then the manager exits.
+//! - Nothing is dropped after `Go`: a job whose go was sent is run. When a handshake times
+//!   out, its socket is shut for reading first (the worker's go then fails with `EPIPE` and
+//!   the worker serves the request itself) and a go already queued is still honoured.
+//! - At most `max_handshakes` handshakes are held at once; beyond that a new connection is
+//!   refused at once. `max_downloads` counts the accepted jobs that wait for their go.
+//! - SIGTERM / SIGINT / `--takeover`: the socket is removed and no new handoff is taken;
+//!   every handshake already accepted is finished (the download loops run until the last
+//!   of them has gone or failed), running downloads get `grace` to finish, then the manager
+//!   exits.
 
 use std::collections::HashMap;
 use std::io;
@@ -68,8 +75,12 @@ pub struct Config {
     pub allow_gids: Vec<u32>,
     /// Give up filesystem access with Landlock after start-up.
     pub sandbox: bool,
-    /// Refuse new handoffs while this many downloads run (0: no limit but the fd limit).
+    /// Refuse new handoffs while this many downloads run or wait for their go (0: no
+    /// limit but the fd limit).
     pub max_downloads: usize,
+    /// Most handshakes held at once (connected workers that have not yet said go, or been
+    /// refused); each may hold a 64 KiB job and two descriptors until `handshake_timeout`.
+    pub max_handshakes: usize,
     /// JSON access log: a file, `-` for stderr, or none.
     pub access_log: Option<PathBuf>,
     /// Number of download loops (threads); 0 means one per CPU.
@@ -111,14 +122,20 @@ fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ServerError {
     move |source| ServerError::Io { op, source }
 }
 
-/// A worker's handoff socket; `job` is set once the job is accepted and `Go` awaited.
-/// `refuse` is set for a peer that may not hand off: its job is read (so that the refusal
-/// is not lost to a reset) and refused.
+/// A worker's handoff socket and how far its handshake has come.
 struct Handshake {
     sock: OwnedFd,
     since: Instant,
-    job: Option<Received>,
-    refuse: Option<String>,
+    stage: Stage,
+}
+
+/// The states of one handshake. A refused or finished handshake is removed, not kept.
+enum Stage {
+    /// Connected; the job has not arrived. `refuse` is set for a peer that may not hand
+    /// off: its job is still read (so that the refusal is not lost to a reset) and refused.
+    AwaitingJob { refuse: Option<String> },
+    /// The job was accepted; the manager holds it and writes nothing until the worker's go.
+    AwaitingGo(Received),
 }
 
 pub struct Server {
@@ -131,6 +148,8 @@ pub struct Server {
     conns: HashMap<usize, Handshake>,
     next_token: usize,
     draining_until: Option<Instant>,
+    /// Accepted jobs waiting for their go (counted against `max_downloads`).
+    awaiting_go: usize,
     workers: Vec<Handle>,
     pub counters: Arc<Counters>,
 }
@@ -226,6 +245,7 @@ impl Server {
             conns: HashMap::new(),
             next_token: FIRST_CONN,
             draining_until: None,
+            awaiting_go: 0,
             workers,
             counters,
         })
@@ -262,7 +282,12 @@ impl Server {
                 last_tick = now;
                 self.check_timeouts(now);
             }
-            if self.draining_until.is_some() && self.conns.is_empty() {
+            if let (Some(until), true) = (self.draining_until, self.conns.is_empty()) {
+                // Only now: every accepted handshake has been started or has failed, so
+                // no job can reach a loop that has already ended.
+                for w in &self.workers {
+                    let _ = w.send(Command::Drain(until));
+                }
                 break;
             }
         }
@@ -299,6 +324,18 @@ impl Server {
             ) {
                 Ok(raw) => {
                     let sock = crate::sys::own_new_fd(raw);
+                    if self.conns.len() >= self.config.max_handshakes {
+                        // Refused before anything is read: the job (if one was sent) and
+                        // its descriptors are discarded by the kernel with the socket.
+                        warn!(
+                            "refused a handoff: {} handshakes pending (--max-handshakes)",
+                            self.conns.len()
+                        );
+                        let why = "manager has too many handshakes pending".to_string();
+                        let _ = protocol::send_reply(sock.as_fd(), &Reply::Refuse(why));
+                        Counters::add(&self.counters.refused, 1);
+                        continue;
+                    }
                     let refuse = self.check_peer(&sock).err();
                     let id = self.next_token;
                     self.next_token += 1;
@@ -315,8 +352,7 @@ impl Server {
                         Handshake {
                             sock,
                             since: now,
-                            job: None,
-                            refuse,
+                            stage: Stage::AwaitingJob { refuse },
                         },
                     );
                 }
@@ -368,15 +404,13 @@ impl Server {
         }
     }
 
-    /// Stops taking handoffs; running downloads get the grace period.
+    /// Stops taking handoffs. Handshakes already accepted are finished; the download loops
+    /// are told to drain once none is left ([`Server::run`]), and running downloads get
+    /// the grace period.
     fn drain(&mut self, now: Instant) {
         if self.draining_until.is_none() {
-            let until = now + self.config.grace;
-            self.draining_until = Some(until);
+            self.draining_until = Some(now + self.config.grace);
             self.stop_listening();
-            for w in &self.workers {
-                w.send(Command::Drain(until));
-            }
         }
     }
 
@@ -391,131 +425,158 @@ impl Server {
     }
 
     fn on_handshake(&mut self, id: usize) {
-        let draining = self.draining_until.is_some();
-        let max = self.config.max_downloads;
-        let full = max > 0 && Counters::get(&self.counters.active) >= max as u64;
-        let Some(Handshake {
-            sock, job, refuse, ..
-        }) = self.conns.get_mut(&id)
-        else {
+        let Some(h) = self.conns.get_mut(&id) else {
             return;
         };
-        if job.is_none() {
-            match protocol::recv_job(sock.as_fd()) {
-                Ok(Some(Incoming::Drain)) => {
-                    match same_user(sock) {
-                        Ok(()) => {
-                            info!(
-                                "a new manager took over {}: draining",
-                                self.config.socket.display()
-                            );
-                            let _ = protocol::send_reply(sock.as_fd(), &Reply::Accept);
-                            self.finish(id);
-                            self.drain(Instant::now());
-                        }
-                        Err(why) => {
-                            warn!("refused a drain request: {why}");
-                            let _ = protocol::send_reply(sock.as_fd(), &Reply::Refuse(why));
-                            self.finish(id);
+        match &mut h.stage {
+            Stage::AwaitingJob { refuse } => {
+                let refuse = refuse.take();
+                match protocol::recv_job(h.sock.as_fd()) {
+                    Ok(Some(Incoming::Drain)) => self.on_drain_request(id),
+                    Ok(Some(Incoming::Job(rcv))) => self.on_job(id, rcv, refuse),
+                    Ok(None) => self.finish(id),
+                    Err(e) if e.is_would_block() => {
+                        if let Some(h) = self.conns.get_mut(&id) {
+                            h.stage = Stage::AwaitingJob { refuse };
                         }
                     }
-                    return;
-                }
-                Ok(Some(Incoming::Job(rcv))) => {
-                    // Only an allowed peer's fallback report counts.
-                    if refuse.is_none() {
-                        self.counters.add_fallbacks(&rcv.job.fallbacks);
-                    }
-                    let verdict = if let Some(why) = refuse.take() {
-                        Err(why)
-                    } else if draining {
-                        Err("manager is shutting down".to_string())
-                    } else if full {
-                        Counters::add(&self.counters.refused_full, 1);
-                        Err(format!("manager is at --max-downloads ({max})"))
-                    } else {
-                        download::validate(&rcv).map_err(|e| e.to_string())
-                    };
-                    match verdict {
-                        Ok(()) => {
-                            if let Err(e) = protocol::send_reply(sock.as_fd(), &Reply::Accept) {
-                                debug!("worker gone before accept: {e}");
-                                self.finish(id);
-                                return;
-                            }
-                            debug!("accepted job for {:?}", rcv.job.file_name);
-                            *job = Some(rcv);
-                        }
-                        Err(reason) => {
-                            warn!("refused handoff of {:?}: {reason}", rcv.job.file_name);
-                            let _ = protocol::send_reply(sock.as_fd(), &Reply::Refuse(reason));
-                            Counters::add(&self.counters.refused, 1);
-                            self.finish(id);
-                            return;
-                        }
+                    Err(e) => {
+                        warn!("rejected malformed handoff: {e}");
+                        self.refuse(id, e.to_string());
                     }
                 }
-                Ok(None) => {
-                    self.finish(id);
-                    return;
-                }
-                Err(e) if e.is_would_block() => return,
-                Err(e) => {
-                    warn!("rejected malformed handoff: {e}");
-                    let _ = protocol::send_reply(sock.as_fd(), &Reply::Refuse(e.to_string()));
-                    Counters::add(&self.counters.refused, 1);
-                    self.finish(id);
-                    return;
+            }
+            Stage::AwaitingGo(_) => {
+                // Anything but go means the worker keeps the request.
+                match protocol::recv_reply(h.sock.as_fd(), MsgFlags::MSG_DONTWAIT) {
+                    Ok(Reply::Go) => self.start_download(id),
+                    Err(e) if e.is_would_block() => {}
+                    Err(ProtocolError::Closed) => {
+                        info!("worker went away before go; job dropped, nothing written");
+                        self.drop_before_go(id);
+                    }
+                    Ok(other) => {
+                        warn!("expected go from worker, got {other:?}; job dropped");
+                        self.drop_before_go(id);
+                    }
+                    Err(e) => {
+                        warn!("waiting for go: {e}; job dropped");
+                        self.drop_before_go(id);
+                    }
                 }
             }
         }
-        // The job is held: wait for go. Anything but go means the worker keeps the request.
-        match protocol::recv_reply(sock.as_fd(), MsgFlags::MSG_DONTWAIT) {
-            Ok(Reply::Go) => self.start_download(id),
-            Err(e) if e.is_would_block() => {}
-            Err(ProtocolError::Closed) => {
-                info!("worker went away before go; job dropped, nothing written");
-                Counters::add(&self.counters.dropped_before_go, 1);
+    }
+
+    /// A new manager asks this one to hand over the socket path.
+    fn on_drain_request(&mut self, id: usize) {
+        let Some(h) = self.conns.get(&id) else {
+            return;
+        };
+        match same_user(&h.sock) {
+            Ok(()) => {
+                info!(
+                    "a new manager took over {}: draining",
+                    self.config.socket.display()
+                );
+                let _ = protocol::send_reply(h.sock.as_fd(), &Reply::Accept);
                 self.finish(id);
+                self.drain(Instant::now());
             }
-            Ok(other) => {
-                warn!("expected go from worker, got {other:?}; job dropped");
-                Counters::add(&self.counters.dropped_before_go, 1);
-                self.finish(id);
-            }
-            Err(e) => {
-                warn!("waiting for go: {e}; job dropped");
-                Counters::add(&self.counters.dropped_before_go, 1);
+            Err(why) => {
+                warn!("refused a drain request: {why}");
+                let _ = protocol::send_reply(h.sock.as_fd(), &Reply::Refuse(why));
                 self.finish(id);
             }
         }
+    }
+
+    /// A job arrived: accept it (and wait for go) or refuse it.
+    fn on_job(&mut self, id: usize, rcv: Received, refuse: Option<String>) {
+        // Only an allowed peer's fallback report counts.
+        if refuse.is_none() {
+            self.counters.add_fallbacks(&rcv.job.fallbacks);
+        }
+        let verdict = match refuse {
+            Some(why) => Err(why),
+            None => self.admit(&rcv),
+        };
+        if let Err(reason) = verdict {
+            warn!("refused handoff of {:?}: {reason}", rcv.job.file_name);
+            self.refuse(id, reason);
+            return;
+        }
+        let Some(h) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = protocol::send_reply(h.sock.as_fd(), &Reply::Accept) {
+            debug!("worker gone before accept: {e}");
+            self.finish(id);
+            return;
+        }
+        debug!("accepted job for {:?}", rcv.job.file_name);
+        h.stage = Stage::AwaitingGo(rcv);
+        self.awaiting_go += 1;
+    }
+
+    /// The one admission decision for a well-formed job from an allowed peer.
+    fn admit(&self, rcv: &Received) -> Result<(), String> {
+        if self.draining_until.is_some() {
+            return Err("manager is shutting down".to_string());
+        }
+        let max = self.config.max_downloads;
+        let held = Counters::get(&self.counters.active) + self.awaiting_go as u64;
+        if max > 0 && held >= max as u64 {
+            Counters::add(&self.counters.refused_full, 1);
+            return Err(format!("manager is at --max-downloads ({max})"));
+        }
+        download::validate(rcv).map_err(|e| e.to_string())
+    }
+
+    /// Tells the worker why, counts the refusal and closes the handshake.
+    fn refuse(&mut self, id: usize, reason: String) {
+        if let Some(h) = self.conns.get(&id) {
+            let _ = protocol::send_reply(h.sock.as_fd(), &Reply::Refuse(reason));
+        }
+        Counters::add(&self.counters.refused, 1);
+        self.finish(id);
+    }
+
+    fn drop_before_go(&mut self, id: usize) {
+        Counters::add(&self.counters.dropped_before_go, 1);
+        self.finish(id);
     }
 
     fn start_download(&mut self, id: usize) {
-        let Some(Handshake { sock, job, .. }) = self.conns.remove(&id) else {
+        let Some(Handshake { sock, stage, .. }) = self.take(id) else {
             return;
         };
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&sock.as_raw_fd()));
         drop(sock);
-        let Some(rcv) = job else {
+        let Stage::AwaitingGo(rcv) = stage else {
             return;
         };
-        let Some(worker) = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.load.load(Ordering::Relaxed))
-        else {
-            return;
-        };
-        if !worker.send(Command::Start(rcv)) {
-            warn!("a download loop is gone; download dropped");
-            Counters::add(&self.counters.failed, 1);
+        // Least loaded first; a loop that is gone (it can only have panicked: loops end
+        // only when told to drain, after the last handshake) hands the job back.
+        let mut order: Vec<&Handle> = self.workers.iter().collect();
+        order.sort_by_key(|w| w.load.load(Ordering::Relaxed));
+        let mut job = rcv;
+        for worker in order {
+            match worker.send(Command::Start(job)).map_err(|cmd| *cmd) {
+                Ok(()) => return,
+                Err(Command::Start(back)) => job = back,
+                Err(Command::Drain(_)) => return,
+            }
         }
+        warn!("no download loop is running; download dropped");
+        Counters::add(&self.counters.failed, 1);
     }
 
+    /// Ends the handshakes that ran past `handshake_timeout`.
+    ///
+    /// An accepted job's socket is first shut for reading: from then on the worker's go
+    /// fails (`EPIPE`) and the worker serves the request itself. A go that was queued
+    /// before that moment is still read and honoured, so a worker whose go was sent never
+    /// loses its request, however late the timer fires.
     fn check_timeouts(&mut self, now: Instant) {
         let expired: Vec<usize> = self
             .conns
@@ -524,21 +585,49 @@ impl Server {
             .map(|(&id, _)| id)
             .collect();
         for id in expired {
+            let Some(h) = self.conns.get(&id) else {
+                continue;
+            };
+            if matches!(h.stage, Stage::AwaitingGo(_)) && late_go(&h.sock) {
+                info!("go arrived as the handshake timed out; download started");
+                self.start_download(id);
+                continue;
+            }
             warn!("handshake timed out; job dropped, nothing written");
-            Counters::add(&self.counters.dropped_before_go, 1);
-            self.finish(id);
+            self.drop_before_go(id);
         }
+    }
+
+    /// Removes a handshake from the loop and returns it.
+    fn take(&mut self, id: usize) -> Option<Handshake> {
+        let h = self.conns.remove(&id)?;
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
+        if matches!(h.stage, Stage::AwaitingGo(_)) {
+            self.awaiting_go -= 1;
+        }
+        Some(h)
     }
 
     /// Removes a handshake, closing its socket and any descriptors it received.
     fn finish(&mut self, id: usize) {
-        if let Some(h) = self.conns.remove(&id) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
-        }
+        drop(self.take(id));
     }
+}
+
+/// Shuts a timed-out handshake's socket for reading, so that the worker can no longer
+/// queue a go, then looks for a go queued before that. Whether one was.
+fn late_go(sock: &OwnedFd) -> bool {
+    use nix::sys::socket::{shutdown, Shutdown};
+    if let Err(e) = shutdown(sock.as_raw_fd(), Shutdown::Read) {
+        debug!("shutting a timed-out handshake: {e}");
+    }
+    matches!(
+        protocol::recv_reply(sock.as_fd(), MsgFlags::MSG_DONTWAIT),
+        Ok(Reply::Go)
+    )
 }
 
 impl Drop for Server {
@@ -546,7 +635,7 @@ impl Drop for Server {
         self.stop_listening();
         let until = Instant::now();
         for w in &self.workers {
-            w.send(Command::Drain(until));
+            let _ = w.send(Command::Drain(until));
         }
     }
 }
@@ -691,5 +780,43 @@ fn remove_socket_file(path: &Path, ino: u64) {
         Ok(()) => debug!("removed {}", path.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => warn!("removing {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::socketpair;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_go_queued_before_the_timeout_is_honoured() {
+        let (manager, worker) = pair();
+        protocol::send_reply(worker.as_fd(), &Reply::Go).unwrap();
+        assert!(late_go(&manager));
+    }
+
+    #[test]
+    fn after_the_timeout_the_workers_go_fails_instead_of_vanishing() {
+        let (manager, worker) = pair();
+        assert!(!late_go(&manager));
+        // The manager's socket is still open here: without the shutdown the go would be
+        // queued, "sent", and never read.
+        assert!(matches!(
+            protocol::send_reply(worker.as_fd(), &Reply::Go),
+            Err(ProtocolError::Io {
+                errno: Errno::EPIPE,
+                ..
+            })
+        ));
     }
 }

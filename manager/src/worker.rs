@@ -106,12 +106,24 @@ pub struct Handle {
 }
 
 impl Handle {
-    pub fn send(&self, cmd: Command) -> bool {
+    /// Queues a command for the loop; hands it back if the loop is gone.
+    pub fn send(&self, cmd: Command) -> Result<(), Box<Command>> {
         // Counted here so that a burst of handoffs spreads before the loop wakes up.
-        if matches!(cmd, Command::Start(_)) {
+        let start = matches!(cmd, Command::Start(_));
+        if start {
             self.load.fetch_add(1, Ordering::Relaxed);
         }
-        self.tx.send(cmd).is_ok() && self.waker.wake().is_ok()
+        if let Err(mpsc::SendError(cmd)) = self.tx.send(cmd) {
+            if start {
+                self.load.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Err(Box::new(cmd));
+        }
+        // A command in the queue is taken at the latest on the loop's next tick.
+        if let Err(e) = self.waker.wake() {
+            warn!("waking a download loop: {e}");
+        }
+        Ok(())
     }
 
     /// Waits for the loop to end; returns how many downloads it had to cut.
