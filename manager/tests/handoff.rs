@@ -37,7 +37,12 @@ impl Manager {
     }
 
     fn start_on(socket: PathBuf, log: PathBuf, extra: &[&str]) -> Manager {
-        let child = Command::new(env!("CARGO_BIN_EXE_handoff-manager"))
+        // $HANDOFF_MANAGER runs the tests against another build (e.g. an older one).
+        let bin = std::env::var_os("HANDOFF_MANAGER").map_or_else(
+            || env!("CARGO_BIN_EXE_handoff-manager").into(),
+            PathBuf::from,
+        );
+        let child = Command::new(bin)
             .arg("--socket")
             .arg(&socket)
             .args(extra)
@@ -317,6 +322,55 @@ fn socket_seqpacket() -> OwnedFd {
     s
 }
 
+/// Descriptors of process `pid` other than the manager's event plumbing: the download loops'
+/// epoll and eventfd may still be in the making when a baseline is counted (the socket
+/// accepts before every loop runs). What a job brings is a socket, a file, a directory or
+/// a FIFO.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| !t.to_string_lossy().starts_with("anon_inode:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Every descriptor of process `pid` and what it points at, for failure messages.
+fn fd_list(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| {
+                    let target = std::fs::read_link(e.path()).unwrap_or_default();
+                    format!(
+                        "{} -> {}",
+                        e.file_name().to_string_lossy(),
+                        target.display()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until the manager holds no more descriptors than `before`.
+fn wait_fds_back_to(m: &Manager, before: usize, before_list: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fd_count(m.child.id()) > before {
+        assert!(
+            Instant::now() < deadline,
+            "manager kept {} fds: before {before_list:?}, now {:?}",
+            fd_count(m.child.id()) - before,
+            fd_list(m.child.id())
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
     let m = Manager::start(&[]);
@@ -375,39 +429,8 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
             vec![&conn, &file],
         ),
     ];
-    // Descriptors other than the manager's event plumbing: the download loops' epoll and
-    // eventfd may still be in the making when `before` is counted (the socket accepts
-    // before every loop runs). What a job brings is a socket, a file, a directory or a FIFO.
-    let fd_count = || {
-        std::fs::read_dir(format!("/proc/{}/fd", m.child.id()))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| {
-                        std::fs::read_link(e.path())
-                            .is_ok_and(|t| !t.to_string_lossy().starts_with("anon_inode:"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    let fd_list = || -> Vec<String> {
-        std::fs::read_dir(format!("/proc/{}/fd", m.child.id()))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| {
-                        let target = std::fs::read_link(e.path()).unwrap_or_default();
-                        format!(
-                            "{} -> {}",
-                            e.file_name().to_string_lossy(),
-                            target.display()
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let before = fd_count();
-    let before_list = fd_list();
+    let before = fd_count(m.child.id());
+    let before_list = fd_list(m.child.id());
     for (what, bytes, fds) in cases {
         let reply = raw_send(&m.socket, &bytes, &fds);
         assert_eq!(
@@ -417,18 +440,9 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
         );
     }
     // Every received descriptor was closed again (bounded wait: closing follows the reply).
-    let deadline = Instant::now() + Duration::from_secs(5);
     // (At most as many as before: the start-up probe's connection may still have been
     // open when `before` was counted.)
-    while fd_count() > before {
-        assert!(
-            Instant::now() < deadline,
-            "manager kept {} fds: before {before_list:?}, now {:?}",
-            fd_count() - before,
-            fd_list()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_fds_back_to(&m, before, &before_list);
     let log = m.log();
     assert!(
         log.matches("refused").count() + log.matches("rejected").count() >= 14,
@@ -909,4 +923,292 @@ fn clients_that_never_read_are_closed_after_the_send_timeout() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+// Hostile peers, restarts and slow downloads (issue 11). Each test failed on the code
+// before its fix.
+
+/// A job whose pieces each lie within the file but whose sum wraps a `u64` is refused;
+/// the manager neither aborts nor allocates for it, and keeps serving.
+#[test]
+fn a_job_whose_pieces_add_up_past_u64_is_refused_and_the_manager_survives() {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let m = Manager::start(&[]);
+    // A sparse file of 2^63 - 1 bytes (tmpfs allows it; nothing is allocated).
+    let huge = memfd_create(c"huge", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+    nix::unistd::ftruncate(&huge, i64::MAX).unwrap();
+    let max = i64::MAX as u64;
+    let mut j = job(Framing::FastCgi { request_id: 1 }, 3);
+    // 2 * (2^63 - 1) + 3 wraps to 1: a one-byte body, "the last record in memory".
+    j.body = vec![
+        Piece::File {
+            offset: 0,
+            length: max,
+        },
+        Piece::File {
+            offset: 0,
+            length: max,
+        },
+        Piece::File {
+            offset: 0,
+            length: 3,
+        },
+    ];
+    let (ours, _client) = UnixStream::pair().unwrap();
+    let conn: OwnedFd = ours.into();
+    let reply = raw_send(&m.socket, &j.encode().unwrap(), &[&conn, &huge]);
+    assert_eq!(
+        &reply[..4],
+        &[b'H', b'O', handoff_manager::protocol::VERSION, 3],
+        "expected a refusal, got {reply:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&reply).contains("2^64"),
+        "{reply:?}"
+    );
+    // Still alive, still serving.
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"0123456789");
+    let client = hand_over(&m.socket, &job(Framing::Http, 10), &file);
+    assert!(read_all(client).ends_with(b"\r\n\r\n0123456789"));
+}
+
+/// Messages with more descriptors than a job has (here 20 each, 200 times) are refused,
+/// and every descriptor the kernel installed for them is closed: with `MSG_CTRUNC` the
+/// ones that fitted used to stay open, unowned.
+#[test]
+fn descriptors_of_oversized_messages_are_all_closed() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file: OwnedFd = file_with(dir.path(), b"0123456789").into();
+    let good = job(Framing::Http, 10).encode().unwrap();
+    let before = fd_count(m.child.id());
+    let before_list = fd_list(m.child.id());
+    let twenty: Vec<&OwnedFd> = std::iter::repeat_n(&file, 20).collect();
+    for round in 0..200 {
+        let reply = raw_send(&m.socket, &good, &twenty);
+        assert_eq!(
+            &reply[..4],
+            &[b'H', b'O', handoff_manager::protocol::VERSION, 3],
+            "round {round}: expected a refusal"
+        );
+    }
+    wait_fds_back_to(&m, before, &before_list);
+    let client = hand_over(&m.socket, &job(Framing::Http, 10), &file);
+    assert!(read_all(client).ends_with(b"\r\n\r\n0123456789"));
+}
+
+/// Proposes `j` and returns the offer awaiting go, and the client's end.
+fn propose(socket: &Path, j: &Job, file: &impl AsFd) -> (Offer, UnixStream) {
+    let (ours, client) = UnixStream::pair().unwrap();
+    let offer = Offer::connect(socket, Duration::from_secs(5)).unwrap();
+    offer.propose(j, ours.as_fd(), file.as_fd()).unwrap();
+    (offer, client)
+}
+
+/// A job accepted before SIGTERM is still run when its go comes after the signal: the
+/// download loops used to end at once, and the job was dropped after the worker had
+/// committed.
+#[test]
+fn a_handshake_accepted_before_sigterm_is_finished_after_it() {
+    let m = Manager::start(&["--grace", "30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(256 * 1024);
+    let file = file_with(dir.path(), &body);
+    let (offer, client) = propose(&m.socket, &job(Framing::Http, body.len() as u64), &file);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    m.wait_log("no new handoffs");
+    offer.go().expect("go after SIGTERM");
+    assert!(
+        read_all(client).ends_with(&body),
+        "the accepted job was dropped"
+    );
+    m.wait_log("all downloads finished; exiting");
+}
+
+/// The same across `--takeover`: the old manager finishes the handshake it accepted.
+#[test]
+fn a_handshake_accepted_before_a_takeover_is_finished_by_the_old_manager() {
+    let old = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(256 * 1024);
+    let file = file_with(dir.path(), &body);
+    let (offer, client) = propose(&old.socket, &job(Framing::Http, body.len() as u64), &file);
+    let new = Manager::start_on(
+        old.socket.clone(),
+        dir.path().join("new.log"),
+        &["--takeover"],
+    );
+    old.wait_log("took over");
+    offer.go().expect("go after the takeover");
+    assert!(
+        read_all(client).ends_with(&body),
+        "the accepted job was dropped"
+    );
+    old.wait_log("all downloads finished; exiting");
+    // The new manager serves the next one.
+    let client = hand_over(&new.socket, &job(Framing::Http, body.len() as u64), &file);
+    assert!(read_all(client).ends_with(&body));
+}
+
+/// `--max-downloads` counts the jobs that wait for their go: otherwise any number of
+/// accepted-but-idle handshakes get past it.
+#[test]
+fn max_downloads_counts_jobs_waiting_for_go() {
+    let m = Manager::start(&["--max-downloads", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"0123456789");
+    let (first, client) = propose(&m.socket, &job(Framing::Http, 10), &file);
+    let (ours, _other) = UnixStream::pair().unwrap();
+    let second = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    match second.propose(&job(Framing::Http, 10), ours.as_fd(), file.as_fd()) {
+        Err(ProtocolError::Refused { reason }) => {
+            assert!(reason.contains("--max-downloads"), "{reason}")
+        }
+        other => panic!("a second job was not refused: {other:?}"),
+    }
+    first.go().unwrap();
+    assert!(read_all(client).ends_with(b"0123456789"));
+}
+
+/// At most `--max-handshakes` handshakes are held; the next connection is refused at once
+/// (its worker serves the request itself), and a slot that frees is taken again.
+#[test]
+fn pending_handshakes_are_capped() {
+    let m = Manager::start(&["--max-handshakes", "3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"0123456789");
+    // One whole handoff first: by its end the manager has also seen the start-up probe's
+    // connection close, which held a slot.
+    assert!(read_all(hand_over(&m.socket, &job(Framing::Http, 10), &file)).ends_with(b"789"));
+    // Three peers that hold a handshake each: two connected and silent, one accepted.
+    let idle: Vec<OwnedFd> = (0..2)
+        .map(|_| {
+            let s = socket_seqpacket();
+            connect(s.as_raw_fd(), &UnixAddr::new(&m.socket).unwrap()).unwrap();
+            s
+        })
+        .collect();
+    let (held, client) = propose(&m.socket, &job(Framing::Http, 10), &file);
+    let (ours, _other) = UnixStream::pair().unwrap();
+    let extra = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    match extra.propose(&job(Framing::Http, 10), ours.as_fd(), file.as_fd()) {
+        Err(ProtocolError::Refused { reason }) => {
+            assert!(reason.contains("too many handshakes"), "{reason}")
+        }
+        Err(ProtocolError::Io { .. }) => {} // refused and closed before the job was sent
+        other => panic!("a fourth handshake was held: {other:?}"),
+    }
+    m.wait_log("--max-handshakes");
+    held.go().unwrap();
+    assert!(read_all(client).ends_with(b"0123456789"));
+    drop(idle);
+    // The slots are free again (bounded wait: the manager sees the closes).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ours, client) = UnixStream::pair().unwrap();
+        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+        if offer
+            .propose(&job(Framing::Http, 10), ours.as_fd(), file.as_fd())
+            .is_ok()
+        {
+            offer.go().unwrap();
+            drop(ours);
+            assert!(read_all(client).ends_with(b"0123456789"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "freed slots were not reused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A download slowed by its own `rate` writes in quanta with pauses between them (it used
+/// to wake the loop without pause and write one byte per wake-up), and those pauses are not
+/// a stalled client: the send timeout counts only while the connection refuses bytes.
+/// (At 1,000 B/s a 4 KiB quantum is due every 4.1 s, longer than the 1 s send timeout.)
+#[test]
+fn a_slow_rate_writes_in_quanta_and_is_not_cut_by_the_send_timeout() {
+    let m = Manager::start(&["--send-timeout", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(20 * 1024);
+    let file = file_with(dir.path(), &body);
+    let mut j = job(Framing::Http, body.len() as u64);
+    j.rate = 1000;
+    let mut client = hand_over(&m.socket, &j, &file);
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut reads = 0;
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = client.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        reads += 1;
+    }
+    drop(client);
+    assert!(
+        got.ends_with(&body),
+        "a slow but progressing download was cut"
+    );
+    // The 16 KiB burst and one 4 KiB quantum: a few reads, not thousands.
+    assert!(reads <= 8, "{reads} reads for 20 KiB");
+    assert!(m.wait_log("outcome=complete").contains("outcome=complete"));
+}
+
+/// The worker's `timeout` bounds the whole handshake: a manager that is slow to accept
+/// the connection and then never answers costs the worker the timeout once, not once per
+/// step.
+#[test]
+fn the_workers_timeout_covers_the_whole_handshake() {
+    use nix::sys::socket::{accept, bind, listen, Backlog};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.sock");
+    let listener = socket_seqpacket();
+    bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    listen(&listener, Backlog::new(0).unwrap()).unwrap();
+    // A first connection fills the backlog: the next connect waits until it is accepted.
+    let filler = socket_seqpacket();
+    connect(filler.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    let stand_in = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        // Accept both, read nothing, answer nothing, until the worker gives up.
+        let a = accept(listener.as_raw_fd()).unwrap();
+        let b = accept(listener.as_raw_fd()).unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        drop((a, b, listener));
+    });
+    let file = file_with(dir.path(), b"0123456789");
+    let (ours, _client) = UnixStream::pair().unwrap();
+    let started = Instant::now();
+    let result = Offer::connect(&path, Duration::from_millis(1000))
+        .and_then(|o| o.propose(&job(Framing::Http, 10), ours.as_fd(), file.as_fd()));
+    let took = started.elapsed();
+    assert!(matches!(result, Err(ProtocolError::TimedOut)), "{result:?}");
+    // Per step it was 0.7 s + 1 s; as a whole, 1 s (and some scheduling).
+    assert!(
+        took < Duration::from_millis(1500),
+        "handshake took {took:?}"
+    );
+    stand_in.join().unwrap();
+}
+
+/// A go that comes after the manager's handshake limit fails at the worker, which then
+/// serves the request itself; the manager writes nothing.
+#[test]
+fn a_go_after_the_managers_handshake_limit_fails_and_nothing_is_written() {
+    let m = Manager::start(&["--handshake-timeout", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"0123456789");
+    let (offer, client) = propose(&m.socket, &job(Framing::Http, 10), &file);
+    m.wait_log("handshake timed out");
+    assert!(offer.go().is_err(), "a go after the limit was taken");
+    assert!(read_all(client).is_empty(), "bytes were written");
 }
