@@ -65,10 +65,17 @@ pub enum Rejected {
     Range { offset: u64, length: u64, size: u64 },
     #[error("cannot inspect descriptor: {0}")]
     Stat(Errno),
+    #[error("tag or rate group is not 1 to 256 printable ASCII bytes")]
+    Label,
 }
 
 /// Checks the two descriptors of a job before the manager accepts it.
 pub fn validate(rcv: &Received) -> Result<(), Rejected> {
+    for label in [&rcv.job.tag, &rcv.job.rate_group] {
+        if !label.is_empty() && !crate::label::is_valid(label.as_bytes()) {
+            return Err(Rejected::Label);
+        }
+    }
     let st = fstat(rcv.conn.as_raw_fd()).map_err(Rejected::Stat)?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
         return Err(Rejected::NotASocket);
@@ -145,9 +152,15 @@ pub struct Download {
     pub sent: u64,
     pub client: String,
     pub file_name: String,
+    /// The script's `tag` option (empty: none).
+    pub tag: String,
     /// The `Content-Range` sent, for the access log.
     pub range: Option<String>,
+    /// The file's byte ranges in the body, as (offset, length), for completion records.
+    pub file_ranges: Vec<(u64, u64)>,
     pub started: Instant,
+    /// When the download started, by the wall clock (for completion records).
+    pub started_at: SystemTime,
     last_progress: Instant,
     linger: Duration,
 }
@@ -164,9 +177,17 @@ impl Download {
             rate,
             client,
             file_name,
+            tag,
             ..
         } = job;
         let planned: u64 = body.iter().map(Piece::len).sum();
+        let file_ranges = body
+            .iter()
+            .filter_map(|p| match *p {
+                Piece::File { offset, length } if length > 0 => Some((offset, length)),
+                _ => None,
+            })
+            .collect();
         let mut out = Vec::with_capacity(1024);
         match framing {
             Framing::Http => out.extend_from_slice(&head.render_http(SystemTime::now())),
@@ -198,8 +219,11 @@ impl Download {
             sent: 0,
             client,
             file_name,
+            tag,
             range,
+            file_ranges,
             started: now,
+            started_at: SystemTime::now(),
             last_progress: now,
             linger,
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use handoff_manager::completion::{self, Endpoint};
 use handoff_manager::server::{Config, Server};
 use handoff_manager::worker::Schedule;
 
@@ -74,8 +75,20 @@ struct Args {
     /// with a 1 s starvation bound) or `fair` (round robin).
     #[arg(long, default_value = "srpt", value_parser = parse_schedule)]
     schedule: Schedule,
+    /// POST one JSON completion record per finished download to this http:// URL on a
+    /// loopback address (the application's own endpoint), e.g.
+    /// http://127.0.0.1/handoff-done.php.
+    #[arg(long, value_parser = parse_endpoint)]
+    on_complete: Option<Endpoint>,
+    /// Completion records that may wait for delivery; more are dropped (and counted).
+    #[arg(long, default_value_t = 10_000)]
+    on_complete_queue: usize,
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_schedule(s: &str) -> Result<Schedule, String> {
@@ -147,6 +160,10 @@ fn main() -> anyhow::Result<()> {
         takeover: args.takeover,
         max_rate: args.max_rate,
         schedule: args.schedule,
+        on_complete: args.on_complete.map(|endpoint| completion::Settings {
+            endpoint,
+            queue: args.on_complete_queue,
+        }),
     };
     let mut server = Server::bind(config).context("starting handoff-manager")?;
     server.run().context("running handoff-manager")?;

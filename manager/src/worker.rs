@@ -21,6 +21,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
 
 use crate::access_log::{AccessLog, Entry};
+use crate::completion::{Completions, Record};
 use crate::download::{Download, Outcome, Step};
 use crate::protocol::Received;
 use crate::stats::{Board, Counters, Snapshot};
@@ -126,6 +127,7 @@ pub fn spawn(
     config: LoopConfig,
     counters: Arc<Counters>,
     access_log: Arc<Mutex<AccessLog>>,
+    completions: Option<Arc<Completions>>,
 ) -> io::Result<Handle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -138,6 +140,7 @@ pub fn spawn(
         config,
         counters,
         access_log,
+        completions,
         load: load.clone(),
         board: board.clone(),
         downloads: HashMap::new(),
@@ -168,6 +171,8 @@ struct Loop {
     config: LoopConfig,
     counters: Arc<Counters>,
     access_log: Arc<Mutex<AccessLog>>,
+    /// Where completion records go (`--on-complete`), if anywhere.
+    completions: Option<Arc<Completions>>,
     load: Arc<AtomicUsize>,
     board: Arc<Board>,
     downloads: HashMap<usize, Download>,
@@ -412,6 +417,7 @@ impl Loop {
             .map(|d| Snapshot {
                 client: d.client.clone(),
                 file: d.file_name.clone(),
+                tag: d.tag.clone(),
                 status: d.status,
                 sent: d.sent,
                 planned: d.planned,
@@ -454,12 +460,33 @@ impl Loop {
             log.write(&Entry {
                 client: &d.client,
                 file: &d.file_name,
+                tag: (!d.tag.is_empty()).then_some(d.tag.as_str()),
                 status: d.status,
                 range: d.range.as_deref(),
                 bytes_sent: d.sent,
                 bytes_planned: d.planned,
                 outcome: &outcome,
                 duration,
+            });
+        }
+        if let Some(completions) = &self.completions {
+            completions.push(Record {
+                id: completions.next_id(),
+                tag: (!d.tag.is_empty()).then(|| d.tag.clone()),
+                file: d.file_name.clone(),
+                status: d.status,
+                range: d.range.clone(),
+                ranges: d
+                    .file_ranges
+                    .iter()
+                    .map(|&(offset, length)| (offset, offset + length - 1))
+                    .collect(),
+                bytes_planned: d.planned,
+                bytes_sent: d.sent,
+                outcome,
+                started: d.started_at,
+                duration,
+                client: d.client.clone(),
             });
         }
     }

@@ -118,6 +118,8 @@ fn job(framing: Framing, length: u64) -> Job {
         client: "test".into(),
         file_name: "data.bin".into(),
         fallbacks: Default::default(),
+        tag: String::new(),
+        rate_group: String::new(),
     }
 }
 
