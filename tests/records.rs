@@ -368,3 +368,44 @@ fn a_remote_endpoint_is_refused_at_start_up() {
         assert!(err.contains(want), "{url}:\n{err}");
     }
 }
+
+/// Two range requests under one tag that together cover a file produce a record with
+/// `file_complete: true`; the first alone, or a range under another tag, does not. A
+/// whole download without a tag is complete by itself.
+#[test]
+fn range_requests_under_one_tag_join_into_a_complete_file() {
+    let receiver = Receiver::start();
+    let (stack, _manager) = stack_with(|_| vec!["--on-complete".into(), receiver.url()]);
+    let size: u64 = 200_000;
+    stack.data_file("joined.bin", size, 31);
+    let range = |name: &str, tag: &str, range: &str| {
+        let r = stack
+            .curl(name, &format!("/download.php?f=joined.bin&tag={tag}"))
+            .args(&["-r", range])
+            .run();
+        assert_eq!(r.status, 206, "{}", r.head_text);
+    };
+    range("first", "user:1", "0-119999");
+    let first = receiver.wait_for("joined.bin", Some("user:1"), 1)[0].clone();
+    assert_eq!(first["file_complete"], false, "{first}");
+    assert_eq!(first["joined_bytes"], 120_000, "{first}");
+    assert_eq!(first["file_size"], size, "{first}");
+    assert_eq!(first["range"], "bytes 0-119999/200000", "{first}");
+    // The rest under another tag: that user did not get the first part.
+    range("other", "user:2", "100000-199999");
+    let other = receiver.wait_for("joined.bin", Some("user:2"), 1)[0].clone();
+    assert_eq!(other["file_complete"], false, "{other}");
+    assert_eq!(other["joined_bytes"], 100_000, "{other}");
+    range("second", "user:1", "100000-199999");
+    let both = receiver.wait_for("joined.bin", Some("user:1"), 2);
+    let second = both
+        .iter()
+        .find(|v| v["ranges"] == serde_json::json!([[100_000, 199_999]]))
+        .unwrap_or_else(|| panic!("no record of the second range: {both:#?}"));
+    assert_eq!(second["file_complete"], true, "{second}");
+    assert_eq!(second["joined_bytes"], size, "{second}");
+    let whole = stack.get("whole", "/download.php?f=joined.bin");
+    assert_eq!(whole.body_len(), size);
+    let plain = receiver.wait_for("joined.bin", None, 1)[0].clone();
+    assert_eq!(plain["file_complete"], true, "{plain}");
+}

@@ -22,11 +22,12 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, warn};
 
 use crate::download::Outcome;
+use crate::join::{FileId, Joined, Joins, RangeSet};
 use crate::stats::Counters;
 
 /// Deliveries of one record, the first included.
@@ -141,6 +142,10 @@ pub struct Settings {
     pub endpoint: Endpoint,
     /// Records that may wait for delivery; more are dropped.
     pub queue: usize,
+    /// How long range requests of one tag and file are joined (`--join-window`).
+    pub join_window: Duration,
+    /// Most (tag, file) unions kept (`--join-entries`).
+    pub join_entries: usize,
 }
 
 /// One finished download as the application sees it.
@@ -163,6 +168,13 @@ pub struct Record {
     pub started: SystemTime,
     pub duration: Duration,
     pub client: String,
+    /// The file's size, if it could be inspected.
+    pub file_size: Option<u64>,
+    /// Bytes of the file delivered completely under this tag within the join window
+    /// (this download's own, without a tag).
+    pub joined_bytes: u64,
+    /// Those bytes are the whole file.
+    pub file_complete: bool,
 }
 
 impl Record {
@@ -188,6 +200,9 @@ impl Record {
             "start": crate::access_log::rfc3339(self.started),
             "duration_ms": self.duration.as_millis() as u64,
             "client": self.client,
+            "file_size": self.file_size,
+            "joined_bytes": self.joined_bytes,
+            "file_complete": self.file_complete,
         })
         .to_string()
     }
@@ -201,6 +216,7 @@ pub struct Completions {
     counters: Arc<Counters>,
     id_prefix: String,
     next_id: AtomicU64,
+    joins: Mutex<Joins>,
 }
 
 impl Completions {
@@ -216,6 +232,7 @@ impl Completions {
             counters,
             id_prefix: format!("{:x}-{:x}", started.as_nanos(), std::process::id()),
             next_id: AtomicU64::new(1),
+            joins: Mutex::new(Joins::new(settings.join_window, settings.join_entries)),
         });
         let queue = completions.clone();
         let endpoint = settings.endpoint;
@@ -229,6 +246,36 @@ impl Completions {
     pub fn next_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.id_prefix)
+    }
+
+    /// Fills in the record's join fields from the download's file and ranges (offset,
+    /// length), then queues it. Only complete 200/206 responses add to a union.
+    pub fn report(&self, mut record: Record, file: Option<FileId>, ranges: &[(u64, u64)]) {
+        if let Some(file) = file {
+            let delivered =
+                record.outcome == Outcome::Complete && matches!(record.status, 200 | 206);
+            let joined = match &record.tag {
+                Some(tag) => match self.joins.lock() {
+                    Ok(mut joins) => joins.add(tag, file, ranges, delivered, Instant::now()),
+                    Err(_) => Joined::default(),
+                },
+                None if delivered => {
+                    let mut own = RangeSet::default();
+                    for &(offset, length) in ranges {
+                        own.insert(offset, offset.saturating_add(length));
+                    }
+                    Joined {
+                        bytes: own.covered(),
+                        file_complete: own.covers(file.size),
+                    }
+                }
+                None => Joined::default(),
+            };
+            record.file_size = Some(file.size);
+            record.joined_bytes = joined.bytes;
+            record.file_complete = joined.file_complete;
+        }
+        self.push(record);
     }
 
     /// Queues a record; never blocks beyond a short lock. A full queue drops it.
@@ -425,6 +472,9 @@ mod tests {
             started: SystemTime::UNIX_EPOCH + Duration::from_millis(951_782_400_250),
             duration: Duration::from_millis(20),
             client: "203.0.113.9".into(),
+            file_size: Some(100),
+            joined_bytes: 10,
+            file_complete: false,
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["id"], "a-1");
@@ -434,6 +484,9 @@ mod tests {
         assert_eq!(v["start"], "2000-02-29T00:00:00.250Z");
         assert_eq!(v["duration_ms"], 20);
         assert_eq!(v["client"], "203.0.113.9");
+        assert_eq!(v["file_size"], 100);
+        assert_eq!(v["joined_bytes"], 10);
+        assert_eq!(v["file_complete"], false);
     }
 
     #[test]
@@ -447,6 +500,7 @@ mod tests {
             counters: counters.clone(),
             id_prefix: "t".into(),
             next_id: AtomicU64::new(1),
+            joins: Mutex::new(Joins::new(Duration::from_secs(60), 10)),
         };
         let record = |id: String| Record {
             id,
@@ -461,6 +515,9 @@ mod tests {
             started: SystemTime::UNIX_EPOCH,
             duration: Duration::ZERO,
             client: String::new(),
+            file_size: None,
+            joined_bytes: 0,
+            file_complete: false,
         };
         for _ in 0..5 {
             c.push(record(c.next_id()));

@@ -25,6 +25,7 @@ use nix::sys::socket::{getsockopt, send, shutdown, sockopt, MsgFlags, Shutdown};
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::fcgi;
+use crate::join::FileId;
 use crate::plan::Piece;
 use crate::protocol::{Framing, Job, Received};
 
@@ -104,6 +105,18 @@ pub fn validate(rcv: &Received) -> Result<(), Rejected> {
     Ok(())
 }
 
+/// The file's identity as the ETag sees it; `None` if it cannot be inspected.
+fn file_id(file: &OwnedFd) -> Option<FileId> {
+    let st = fstat(file.as_raw_fd()).ok()?;
+    Some(FileId {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: u64::try_from(st.st_size).ok()?,
+        mtime_sec: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec,
+    })
+}
+
 /// What a call on a download left to do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
@@ -158,6 +171,8 @@ pub struct Download {
     pub range: Option<String>,
     /// The file's byte ranges in the body, as (offset, length), for completion records.
     pub file_ranges: Vec<(u64, u64)>,
+    /// Which file in which version (the ETag's parts), to join range requests.
+    pub file_id: Option<FileId>,
     pub started: Instant,
     /// When the download started, by the wall clock (for completion records).
     pub started_at: SystemTime,
@@ -181,6 +196,7 @@ impl Download {
             ..
         } = job;
         let planned: u64 = body.iter().map(Piece::len).sum();
+        let file_id = file_id(&file);
         let file_ranges = body
             .iter()
             .filter_map(|p| match *p {
@@ -222,6 +238,7 @@ impl Download {
             tag,
             range,
             file_ranges,
+            file_id,
             started: now,
             started_at: SystemTime::now(),
             last_progress: now,

@@ -18,6 +18,8 @@
 //!   validation, shared by the extension and the manager.
 //! - [`completion`]: completion records POSTed to the application's local endpoint
 //!   (`--on-complete`) from a bounded queue by a delivery thread.
+//! - [`join`]: the union of byte ranges delivered per (tag, file), so that range requests
+//!   that together cover a file count as one complete download.
 //! - [`download`]: one connection's state machine: head, body by zero-copy `sendfile`,
 //!   trailer, lingering close.
 //! - [`sandbox`]: least privilege after start-up: `--user`, socket group, Landlock.
@@ -34,6 +36,7 @@ pub mod conditional;
 pub mod download;
 pub mod fcgi;
 pub mod head;
+pub mod join;
 pub mod label;
 pub mod metrics;
 pub mod plan;

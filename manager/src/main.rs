@@ -83,8 +83,33 @@ struct Args {
     /// Completion records that may wait for delivery; more are dropped (and counted).
     #[arg(long, default_value_t = 10_000)]
     on_complete_queue: usize,
+    /// How long range requests of one tag and file are joined into one download, e.g.
+    /// 24h, 90m, 3600s (a plain number is seconds).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    join_window: Duration,
+    /// Most (tag, file) unions kept for joining; the oldest is evicted first. Each takes at
+    /// most about 1 KiB.
+    #[arg(long, default_value_t = 65_536)]
+    join_entries: usize,
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+/// `90`, `90s`, `15m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?}: expected a number with s, m, h or d"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
@@ -163,6 +188,8 @@ fn main() -> anyhow::Result<()> {
         on_complete: args.on_complete.map(|endpoint| completion::Settings {
             endpoint,
             queue: args.on_complete_queue,
+            join_window: args.join_window,
+            join_entries: args.join_entries,
         }),
     };
     let mut server = Server::bind(config).context("starting handoff-manager")?;

@@ -470,7 +470,7 @@ impl Loop {
             });
         }
         if let Some(completions) = &self.completions {
-            completions.push(Record {
+            let record = Record {
                 id: completions.next_id(),
                 tag: (!d.tag.is_empty()).then(|| d.tag.clone()),
                 file: d.file_name.clone(),
@@ -487,7 +487,11 @@ impl Loop {
                 started: d.started_at,
                 duration,
                 client: d.client.clone(),
-            });
+                file_size: None,
+                joined_bytes: 0,
+                file_complete: false,
+            };
+            completions.report(record, d.file_id, &d.file_ranges);
         }
     }
 }
