@@ -409,3 +409,76 @@ fn range_requests_under_one_tag_join_into_a_complete_file() {
     let plain = receiver.wait_for("joined.bin", None, 1)[0].clone();
     assert_eq!(plain["file_complete"], true, "{plain}");
 }
+
+/// Two concurrent downloads in one `rate_group` at 1 MiB/s share that rate: 2 MiB each take
+/// about 4 s together, where one alone, or two in different groups, take about 2 s. The
+/// group is alive (gauge) while they run, and freed after.
+#[test]
+fn downloads_in_one_rate_group_share_its_rate() {
+    let _heavy = crate::util::heavy_lock();
+    let metrics = free_local_addr().to_string();
+    let (mut stack, manager) = stack_with(|_| vec!["--metrics".into(), metrics.clone()]);
+    let size = 2 * MIB;
+    let sha = stack.data_file("grouped.bin", size, 41);
+    let gauge = || {
+        http_get(&metrics, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("handoff_rate_groups ")?.parse::<u64>().ok())
+    };
+    // Runs one curl per group name at once; returns how long until all were done.
+    let mut run = |label: &str, groups: &[&str]| -> Duration {
+        let start = Instant::now();
+        let procs: Vec<usize> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let name = format!("{label}{i}");
+                let (proc, _, _) = stack
+                    .curl(
+                        &name,
+                        &format!("/download.php?f=grouped.bin&rate=1048576&rate_group={g}"),
+                    )
+                    .spawn(stack.path().join(format!("curl-{name}.log")));
+                stack.adopt(proc)
+            })
+            .collect();
+        if groups.len() == 2 && groups[0] == groups[1] {
+            wait_until(
+                "one live rate group",
+                Duration::from_secs(5),
+                || gauge() == Some(1),
+                || Ok(()),
+            )
+            .unwrap_or_else(|e| panic!("{e}: gauge {:?}", gauge()));
+        }
+        for index in procs {
+            let status = stack
+                .adopted(index)
+                .wait_exit(Duration::from_secs(30))
+                .expect("curl finishes");
+            assert!(status.success(), "curl {label}: {status}");
+        }
+        start.elapsed()
+    };
+    let alone = run("alone", &["user:1"]);
+    let apart = run("apart", &["user:2", "user:3"]);
+    let together = run("together", &["user:4", "user:4"]);
+    for name in ["alone0", "apart0", "apart1", "together0", "together1"] {
+        let got = crate::util::sha256_file(&stack.client_dir().join(format!("{name}.body")));
+        assert_eq!(got, sha, "{name}: the body is byte-exact");
+    }
+    let times = format!("alone {alone:?}, two groups {apart:?}, one group {together:?}");
+    // 4 MiB at 1 MiB/s after a 128 KiB burst: at least 3.875 s.
+    assert!(together >= Duration::from_millis(3500), "{times}");
+    // 2 MiB at 1 MiB/s: about 1.9 s each, alone or side by side.
+    assert!(alone < Duration::from_millis(3400), "{times}");
+    assert!(apart < Duration::from_millis(3400), "{times}");
+    wait_until(
+        "the groups freed",
+        Duration::from_secs(10),
+        || gauge() == Some(0),
+        || Ok(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}: gauge {:?}\n{}", gauge(), manager.report()));
+    eprintln!("{times}");
+}

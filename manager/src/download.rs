@@ -28,6 +28,7 @@ use crate::fcgi;
 use crate::join::FileId;
 use crate::plan::Piece;
 use crate::protocol::{Framing, Job, Received};
+use crate::rate_group::Member;
 
 /// How a download ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,8 +159,10 @@ pub struct Download {
     /// Bytes of the response head at the start of `out`, and bytes written so far.
     head_len: u64,
     written: u64,
-    /// Bytes per second allowed to this download (0: unlimited).
+    /// Bytes per second allowed to this download (0: unlimited, or limited by its group).
     rate: u64,
+    /// The shared bucket of its `rate_group`, if any; replaces its own `rate`.
+    group: Option<Member>,
     pub status: u16,
     pub planned: u64,
     pub sent: u64,
@@ -182,8 +185,9 @@ pub struct Download {
 
 impl Download {
     /// Starts a download of a validated, accepted job after the worker said go.
-    /// `linger` bounds how long the finished download waits for the peer to close.
-    pub fn new(rcv: Received, now: Instant, linger: Duration) -> Download {
+    /// `linger` bounds how long the finished download waits for the peer to close. A
+    /// download in a rate group is limited by the group's bucket instead of its own rate.
+    pub fn new(rcv: Received, now: Instant, linger: Duration, group: Option<Member>) -> Download {
         let Received { job, conn, file } = rcv;
         let Job {
             framing,
@@ -222,7 +226,8 @@ impl Download {
             body_in_out: 0,
             head_len,
             written: 0,
-            rate,
+            rate: if group.is_some() { 0 } else { rate },
+            group,
             pieces: body.into_iter().filter(|p| !p.is_empty()).collect(),
             unframed: planned,
             record_left: 0,
@@ -289,11 +294,27 @@ impl Download {
     }
 
     /// Writes as much as the socket takes, up to `budget` bytes (and the download's own
-    /// rate).
+    /// rate, or its group's share).
     pub fn on_writable(&mut self, budget: usize, now: Instant) -> Step {
         if !matches!(self.state, State::Sending) {
             return Step::Wait;
         }
+        let Some(group) = &self.group else {
+            return self.write_some(budget, now);
+        };
+        let share = match group.allowance(now) {
+            Ok(share) => share,
+            Err(at) => return Step::Sleep(at),
+        };
+        let before = self.written;
+        let step = self.write_some(budget.min(share), now);
+        if let Some(group) = &self.group {
+            group.charge(self.written - before);
+        }
+        step
+    }
+
+    fn write_some(&mut self, budget: usize, now: Instant) -> Step {
         let budget = match self.rate_allowance(now) {
             Ok(allowed) => budget.min(allowed),
             Err(at) => return Step::Sleep(at),

@@ -20,6 +20,8 @@
 //!   (`--on-complete`) from a bounded queue by a delivery thread.
 //! - [`join`]: the union of byte ranges delivered per (tag, file), so that range requests
 //!   that together cover a file count as one complete download.
+//! - [`rate_group`]: token buckets shared by the downloads of one `rate_group`, across
+//!   connections and download loops.
 //! - [`download`]: one connection's state machine: head, body by zero-copy `sendfile`,
 //!   trailer, lingering close.
 //! - [`sandbox`]: least privilege after start-up: `--user`, socket group, Landlock.
@@ -42,6 +44,7 @@ pub mod metrics;
 pub mod plan;
 pub mod protocol;
 pub mod range;
+pub mod rate_group;
 pub mod sandbox;
 pub mod server;
 pub mod stats;

@@ -211,6 +211,7 @@ impl Server {
             ),
             None => None,
         };
+        let groups = crate::rate_group::Groups::new(counters.clone());
         let workers = (0..threads)
             .map(|i| {
                 worker::spawn(
@@ -219,6 +220,7 @@ impl Server {
                     counters.clone(),
                     access_log.clone(),
                     completions.clone(),
+                    groups.clone(),
                 )
             })
             .collect::<io::Result<Vec<_>>>()

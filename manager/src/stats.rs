@@ -28,6 +28,8 @@ pub struct Counters {
     pub records_delivered: AtomicU64,
     pub records_dropped: AtomicU64,
     pub records_retried: AtomicU64,
+    /// Rate groups with running downloads (a gauge).
+    pub rate_groups: AtomicU64,
 }
 
 impl Counters {
@@ -55,7 +57,7 @@ impl Counters {
 
     /// Prometheus text exposition of every counter.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 11] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
             (
                 "handoff_handoffs_accepted_total",
                 "counter",
@@ -121,6 +123,12 @@ impl Counters {
                 "counter",
                 "Completion record deliveries that failed and were tried again.",
                 &self.records_retried,
+            ),
+            (
+                "handoff_rate_groups",
+                "gauge",
+                "Rate groups (send_file() rate_group) with running downloads.",
+                &self.rate_groups,
             ),
         ];
         let mut out = String::new();

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
@@ -24,6 +24,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::completion::{Completions, Record};
 use crate::download::{Download, Outcome, Step};
 use crate::protocol::Received;
+use crate::rate_group::Groups;
 use crate::stats::{Board, Counters, Snapshot};
 
 const WAKER: Token = Token(0);
@@ -128,6 +129,7 @@ pub fn spawn(
     counters: Arc<Counters>,
     access_log: Arc<Mutex<AccessLog>>,
     completions: Option<Arc<Completions>>,
+    groups: Arc<Groups>,
 ) -> io::Result<Handle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -141,6 +143,7 @@ pub fn spawn(
         counters,
         access_log,
         completions,
+        groups,
         load: load.clone(),
         board: board.clone(),
         downloads: HashMap::new(),
@@ -173,6 +176,8 @@ struct Loop {
     access_log: Arc<Mutex<AccessLog>>,
     /// Where completion records go (`--on-complete`), if anywhere.
     completions: Option<Arc<Completions>>,
+    /// The rate groups, shared by every loop.
+    groups: Arc<Groups>,
     load: Arc<AtomicUsize>,
     board: Arc<Board>,
     downloads: HashMap<usize, Download>,
@@ -345,7 +350,15 @@ impl Loop {
             Counters::add(&self.counters.failed, 1);
             return;
         }
-        let download = Download::new(rcv, now, self.config.linger_timeout);
+        let group = (!rcv.job.rate_group.is_empty())
+            .then(|| self.groups.join(&rcv.job.rate_group, rcv.job.rate, now));
+        if group.is_some() {
+            debug!(
+                "download of {:?} joins rate group {:?} at {} B/s",
+                rcv.job.file_name, rcv.job.rate_group, rcv.job.rate
+            );
+        }
+        let download = Download::new(rcv, now, self.config.linger_timeout, group);
         let id = self.next;
         self.next += 1;
         if let Err(e) = self.poll.registry().register(
