@@ -350,7 +350,9 @@ impl Loop {
             Counters::add(&self.counters.failed, 1);
             return;
         }
-        let group = (!rcv.job.rate_group.is_empty())
+        // A group without a rate (which the extension never sends) would crawl at 1 B/s:
+        // ignored.
+        let group = (!rcv.job.rate_group.is_empty() && rcv.job.rate > 0)
             .then(|| self.groups.join(&rcv.job.rate_group, rcv.job.rate, now));
         if group.is_some() {
             debug!(
