@@ -30,8 +30,7 @@
 //! worker's report of the requests it served itself since its last report, one count per
 //! [`FallbackCause`] in code order (the manager adds them to its metrics). `tag` and
 //! `rate_group` are the script's `tag` and `rate_group` options, empty when not given.
-//! Replies are
-//! `"HO" version kind` followed, for a refusal, by the reason text.
+//! Replies are `"HO" version kind` followed, for a refusal, by the reason text.
 //!
 //! This is the only module that touches `SCM_RIGHTS`.
 
