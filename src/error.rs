@@ -30,9 +30,12 @@ pub enum SendFileError {
         expected: &'static str,
     },
     #[error(
-        "send_file(): unknown option \"{name}\" (known: content_type, filename, inline, rate)"
+        "send_file(): unknown option \"{name}\" (known: content_type, filename, inline, rate, \
+         rate_group, tag)"
     )]
     UnknownOption { name: String },
+    #[error("send_file(): option \"rate_group\" needs \"rate\" (the group's bytes per second)")]
+    RateGroupWithoutRate,
     #[error("send_file(): the file cannot be handed off ({reason}) and handoff.fallback is off")]
     NoFallback { reason: String },
 }

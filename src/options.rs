@@ -4,6 +4,7 @@
 use ext_php_rs::types::{ArrayKey, ZendHashTable};
 
 use crate::error::SendFileError;
+use handoff_manager::label;
 use handoff_manager::plan::Options;
 
 pub fn parse(table: Option<&ZendHashTable>) -> Result<Options, SendFileError> {
@@ -66,8 +67,30 @@ pub fn parse(table: Option<&ZendHashTable>) -> Result<Options, SendFileError> {
                             expected: "a bool",
                         })?;
             }
+            "tag" => {
+                options.tag = Some(label(value, name)?);
+            }
+            "rate_group" => {
+                options.rate_group = Some(label(value, name)?);
+            }
             _ => return Err(SendFileError::UnknownOption { name }),
         }
     }
+    if options.rate_group.is_some() && options.rate == 0 {
+        return Err(SendFileError::RateGroupWithoutRate);
+    }
     Ok(options)
+}
+
+/// `tag` and `rate_group`: a string of 1 to 256 printable ASCII bytes.
+fn label(value: &ext_php_rs::types::Zval, name: String) -> Result<String, SendFileError> {
+    value
+        .zend_str()
+        .map(|s| s.as_bytes())
+        .filter(|b| label::is_valid(b))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .ok_or(SendFileError::OptionType {
+            name,
+            expected: "a string of 1 to 256 printable ASCII characters",
+        })
 }

@@ -117,7 +117,7 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
         }
         Ok(conn) => {
             let file_name = String::from_utf8_lossy(path).into_owned();
-            match hand_off(&conn, &plan, options.rate, &file, &settings, file_name) {
+            match hand_off(&conn, &plan, options, &file, &settings, file_name) {
                 Ok(()) => {
                     ffi::disable_output();
                     return Ok(Sent::HandedOff);
@@ -263,7 +263,7 @@ fn client_address(conn: &Connection) -> String {
 fn hand_off(
     conn: &Connection,
     plan: &Plan,
-    rate: u64,
+    options: &Options,
     file: &File,
     settings: &Settings,
     file_name: String,
@@ -276,10 +276,12 @@ fn hand_off(
         framing,
         head: plan.head.clone(),
         body: plan.body.clone(),
-        rate,
+        rate: options.rate,
         client: client_address(conn),
         file_name,
         fallbacks: unreported(),
+        tag: options.tag.clone().unwrap_or_default(),
+        rate_group: options.rate_group.clone().unwrap_or_default(),
     };
     let offer = Offer::connect(&settings.socket, settings.timeout).map_err(|e| {
         Declined::new(

@@ -60,6 +60,8 @@ fn one_run(manager: &Path, dir: &Path, schedule: &str) -> anyhow::Result<(f64, f
             client: "bench".into(),
             file_name: "data.bin".into(),
             fallbacks: Default::default(),
+            tag: String::new(),
+            rate_group: String::new(),
         };
         let offer = Offer::connect(&socket, Duration::from_secs(5))?;
         offer.propose(&job, ours.as_fd(), file.as_fd())?;

@@ -2,7 +2,7 @@
 //! application can tell whether a download completed and how many bytes went out.
 //!
 //! Fields: `time` (RFC 3339, UTC), `client`, `file` (the name the script passed; never
-//! sent to clients), `status`, `range` (the `Content-Range` sent, if any), `bytes_sent`,
+//! sent to clients), `tag` (the script's `tag` option, or null), `status`, `range` (the `Content-Range` sent, if any), `bytes_sent`,
 //! `bytes_planned`, `outcome` (`complete` | `aborted` | `timeout` | `truncated`),
 //! `reason` (for aborted downloads), `duration_ms`.
 
@@ -24,6 +24,7 @@ pub enum AccessLog {
 pub struct Entry<'a> {
     pub client: &'a str,
     pub file: &'a str,
+    pub tag: Option<&'a str>,
     pub status: u16,
     pub range: Option<&'a str>,
     pub bytes_sent: u64,
@@ -66,9 +67,10 @@ fn format_entry(e: &Entry<'_>, now: SystemTime) -> String {
         Outcome::Truncated => ("truncated", None),
     };
     let value = serde_json::json!({
-        "time": httpdate_rfc3339(now),
+        "time": rfc3339(now),
         "client": e.client,
         "file": e.file,
+        "tag": e.tag,
         "status": e.status,
         "range": e.range,
         "bytes_sent": e.bytes_sent,
@@ -81,7 +83,7 @@ fn format_entry(e: &Entry<'_>, now: SystemTime) -> String {
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, without a date crate.
-fn httpdate_rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -115,6 +117,7 @@ mod tests {
         let e = Entry {
             client: "203.0.113.9",
             file: "/srv/a \"b\".pdf",
+            tag: Some("order:17/user:5"),
             status: 206,
             range: Some("bytes 0-9/100"),
             bytes_sent: 4,
@@ -127,6 +130,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["time"], "2000-02-29T00:00:00.250Z");
         assert_eq!(v["file"], "/srv/a \"b\".pdf");
+        assert_eq!(v["tag"], "order:17/user:5");
         assert_eq!(v["status"], 206);
         assert_eq!(v["range"], "bytes 0-9/100");
         assert_eq!(v["bytes_sent"], 4);

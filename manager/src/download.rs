@@ -25,8 +25,10 @@ use nix::sys::socket::{getsockopt, send, shutdown, sockopt, MsgFlags, Shutdown};
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::fcgi;
+use crate::join::FileId;
 use crate::plan::Piece;
 use crate::protocol::{Framing, Job, Received};
+use crate::rate_group::Member;
 
 /// How a download ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +69,17 @@ pub enum Rejected {
     BodyTooLong,
     #[error("cannot inspect descriptor: {0}")]
     Stat(Errno),
+    #[error("tag or rate group is not 1 to 256 printable ASCII bytes")]
+    Label,
 }
 
 /// Checks the two descriptors of a job before the manager accepts it.
 pub fn validate(rcv: &Received) -> Result<(), Rejected> {
+    for label in [&rcv.job.tag, &rcv.job.rate_group] {
+        if !label.is_empty() && !crate::label::is_valid(label.as_bytes()) {
+            return Err(Rejected::Label);
+        }
+    }
     let st = fstat(rcv.conn.as_raw_fd()).map_err(Rejected::Stat)?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
         return Err(Rejected::NotASocket);
@@ -100,6 +109,18 @@ pub fn validate(rcv: &Received) -> Result<(), Rejected> {
     // exact, and never wraps.
     crate::plan::checked_body_len(&rcv.job.body).ok_or(Rejected::BodyTooLong)?;
     Ok(())
+}
+
+/// The file's identity as the ETag sees it; `None` if it cannot be inspected.
+fn file_id(file: &OwnedFd) -> Option<FileId> {
+    let st = fstat(file.as_raw_fd()).ok()?;
+    Some(FileId {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: u64::try_from(st.st_size).ok()?,
+        mtime_sec: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec,
+    })
 }
 
 /// What a call on a download left to do.
@@ -143,16 +164,26 @@ pub struct Download {
     /// Bytes of the response head at the start of `out`, and bytes written so far.
     head_len: u64,
     written: u64,
-    /// Bytes per second allowed to this download (0: unlimited).
+    /// Bytes per second allowed to this download (0: unlimited, or limited by its group).
     rate: u64,
+    /// The shared bucket of its `rate_group`, if any; replaces its own `rate`.
+    group: Option<Member>,
     pub status: u16,
     pub planned: u64,
     pub sent: u64,
     pub client: String,
     pub file_name: String,
+    /// The script's `tag` option (empty: none).
+    pub tag: String,
     /// The `Content-Range` sent, for the access log.
     pub range: Option<String>,
+    /// The file's byte ranges in the body, as (offset, length), for completion records.
+    pub file_ranges: Vec<(u64, u64)>,
+    /// Which file in which version (the ETag's parts), to join range requests.
+    pub file_id: Option<FileId>,
     pub started: Instant,
+    /// When the download started, by the wall clock (for completion records).
+    pub started_at: SystemTime,
     last_progress: Instant,
     /// Since when the connection has refused bytes (`EAGAIN`) with no write since: the
     /// send timeout runs only then, not while the download waits for its own rate.
@@ -163,8 +194,9 @@ pub struct Download {
 impl Download {
     /// Starts a download of a validated, accepted job after the worker said go
     /// ([`validate`] guarantees that the body's length fits a `u64`).
-    /// `linger` bounds how long the finished download waits for the peer to close.
-    pub fn new(rcv: Received, now: Instant, linger: Duration) -> Download {
+    /// `linger` bounds how long the finished download waits for the peer to close. A
+    /// download in a rate group is limited by the group's bucket instead of its own rate.
+    pub fn new(rcv: Received, now: Instant, linger: Duration, group: Option<Member>) -> Download {
         let Received { job, conn, file } = rcv;
         let Job {
             framing,
@@ -173,9 +205,18 @@ impl Download {
             rate,
             client,
             file_name,
+            tag,
             ..
         } = job;
         let planned = crate::plan::checked_body_len(&body).unwrap_or(u64::MAX);
+        let file_id = file_id(&file);
+        let file_ranges = body
+            .iter()
+            .filter_map(|p| match *p {
+                Piece::File { offset, length } if length > 0 => Some((offset, length)),
+                _ => None,
+            })
+            .collect();
         let mut out = Vec::with_capacity(1024);
         match framing {
             Framing::Http => out.extend_from_slice(&head.render_http(SystemTime::now())),
@@ -194,7 +235,8 @@ impl Download {
             body_in_out: 0,
             head_len,
             written: 0,
-            rate,
+            rate: if group.is_some() { 0 } else { rate },
+            group,
             pieces: body.into_iter().filter(|p| !p.is_empty()).collect(),
             unframed: planned,
             record_left: 0,
@@ -207,8 +249,12 @@ impl Download {
             sent: 0,
             client,
             file_name,
+            tag,
             range,
+            file_ranges,
+            file_id,
             started: now,
+            started_at: SystemTime::now(),
             last_progress: now,
             stalled_since: None,
             linger,
@@ -261,11 +307,27 @@ impl Download {
     }
 
     /// Writes as much as the socket takes, up to `budget` bytes (and the download's own
-    /// rate).
+    /// rate, or its group's share).
     pub fn on_writable(&mut self, budget: usize, now: Instant) -> Step {
         if !matches!(self.state, State::Sending) {
             return Step::Wait;
         }
+        let Some(group) = &self.group else {
+            return self.write_some(budget, now);
+        };
+        let share = match group.allowance(now) {
+            Ok(share) => share,
+            Err(at) => return Step::Sleep(at),
+        };
+        let before = self.written;
+        let step = self.write_some(budget.min(share), now);
+        if let Some(group) = &self.group {
+            group.charge(self.written - before);
+        }
+        step
+    }
+
+    fn write_some(&mut self, budget: usize, now: Instant) -> Step {
         let budget = match self.rate_allowance(now) {
             Ok(allowed) => budget.min(allowed),
             Err(at) => return Step::Sleep(at),

@@ -14,6 +14,14 @@
 //! - [`head`]: renders a planned head as an HTTP/1.1 status line + headers or as a CGI head.
 //! - [`fcgi`]: FastCGI record framing (behind nginx and other FastCGI front ends).
 //! - [`access_log`]: one JSON line per finished download (bytes, outcome, duration).
+//! - [`label`]: the application's labels on a download (`tag`, `rate_group`) and their
+//!   validation, shared by the extension and the manager.
+//! - [`completion`]: completion records POSTed to the application's local endpoint
+//!   (`--on-complete`) from a bounded queue by a delivery thread.
+//! - [`join`]: the union of byte ranges delivered per (tag, file), so that range requests
+//!   that together cover a file count as one complete download.
+//! - [`rate_group`]: token buckets shared by the downloads of one `rate_group`, across
+//!   connections and download loops.
 //! - [`download`]: one connection's state machine: head, body by zero-copy `sendfile`,
 //!   trailer, lingering close.
 //! - [`sandbox`]: least privilege after start-up: `--user`, socket group, Landlock.
@@ -25,14 +33,18 @@
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of received descriptors).
 
 pub mod access_log;
+pub mod completion;
 pub mod conditional;
 pub mod download;
 pub mod fcgi;
 pub mod head;
+pub mod join;
+pub mod label;
 pub mod metrics;
 pub mod plan;
 pub mod protocol;
 pub mod range;
+pub mod rate_group;
 pub mod sandbox;
 pub mod server;
 pub mod stats;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use handoff_manager::completion::{self, Endpoint};
 use handoff_manager::server::{Config, Server};
 use handoff_manager::worker::Schedule;
 
@@ -79,8 +80,45 @@ struct Args {
     /// with a 1 s starvation bound) or `fair` (round robin).
     #[arg(long, default_value = "srpt", value_parser = parse_schedule)]
     schedule: Schedule,
+    /// POST one JSON completion record per finished download to this http:// URL on a
+    /// loopback address (the application's own endpoint), e.g.
+    /// http://127.0.0.1/handoff-done.php.
+    #[arg(long, value_parser = parse_endpoint)]
+    on_complete: Option<Endpoint>,
+    /// Completion records that may wait for delivery; more are dropped (and counted).
+    #[arg(long, default_value_t = 10_000)]
+    on_complete_queue: usize,
+    /// How long range requests of one tag and file are joined into one download, e.g.
+    /// 24h, 90m, 3600s (a plain number is seconds).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    join_window: Duration,
+    /// Most (tag, file) unions kept for joining; the oldest is evicted first. Each takes at
+    /// most about 1 KiB.
+    #[arg(long, default_value_t = 65_536)]
+    join_entries: usize,
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+/// `90`, `90s`, `15m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?}: expected a number with s, m, h or d"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_schedule(s: &str) -> Result<Schedule, String> {
@@ -153,6 +191,12 @@ fn main() -> anyhow::Result<()> {
         takeover: args.takeover,
         max_rate: args.max_rate,
         schedule: args.schedule,
+        on_complete: args.on_complete.map(|endpoint| completion::Settings {
+            endpoint,
+            queue: args.on_complete_queue,
+            join_window: args.join_window,
+            join_entries: args.join_entries,
+        }),
     };
     let mut server = Server::bind(config).context("starting handoff-manager")?;
     server.run().context("running handoff-manager")?;

@@ -132,9 +132,13 @@ fn render(v: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
             sent as f64 / planned as f64
         };
         let filled = (frac * 20.0).round() as usize;
+        let tag = d["tag"]
+            .as_str()
+            .map(|t| format!("  tag={t}"))
+            .unwrap_or_default();
         writeln!(
             out,
-            "{:>3} [{}{}] {:>5.1}% {:>10} / {:<10} {:>10}/s  {}  {}",
+            "{:>3} [{}{}] {:>5.1}% {:>10} / {:<10} {:>10}/s  {}  {}{}",
             d["status"].as_u64().unwrap_or(0),
             "#".repeat(filled.min(20)),
             ".".repeat(20 - filled.min(20)),
@@ -143,7 +147,8 @@ fn render(v: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
             human(planned as f64),
             human(sent as f64 * 1000.0 / ms as f64),
             d["client"].as_str().unwrap_or(""),
-            d["file"].as_str().unwrap_or("")
+            d["file"].as_str().unwrap_or(""),
+            tag
         )?;
     }
     Ok(())
@@ -159,7 +164,7 @@ mod tests {
             "active": 1, "accepted": 1, "refused": 0, "complete": 0, "failed": 0,
             "bytes_sent": 0,
             "fallbacks_reported": {"unreachable": 4, "refused": 0},
-            "downloads": [{"client": "c", "file": "big.iso", "status": 200,
+            "downloads": [{"client": "c", "file": "big.iso", "tag": "order:9", "status": 200,
                            "sent": 512, "planned": 1024, "elapsed_ms": 1000}]
         });
         let mut out = Vec::new();
@@ -167,7 +172,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("[##########..........]  50.0%"), "{text}");
         assert!(text.contains("512.0 B/s"), "{text}");
-        assert!(text.contains("big.iso"), "{text}");
+        assert!(text.contains("big.iso  tag=order:9\n"), "{text}");
         assert!(
             text.contains("\nfallbacks reported by PHP: unreachable 4\n"),
             "{text}"

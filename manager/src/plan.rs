@@ -85,6 +85,10 @@ pub struct Options {
     /// Most bytes per second for this download (0: unlimited), like nginx's
     /// `X-Accel-Limit-Rate`; enforced by the manager.
     pub rate: u64,
+    /// The application's key for this download (see [`crate::label`]).
+    pub tag: Option<String>,
+    /// Downloads of one group share one bucket of `rate` bytes/s (see [`crate::label`]).
+    pub rate_group: Option<String>,
 }
 
 /// Where the response goes; FastCGI responses ask the web server not to spool them.

@@ -21,15 +21,16 @@
 //! "HO" version:u8 kind:u8=1 framing:u8 reserved:u8 request_id:u16 status:u16
 //! header_count:u16 piece_count:u16 rate:u64
 //! reason:str16 (name:str16 value:str16)*header_count piece*piece_count
-//! client:str16 file_name:str16 fallbacks:u32*5
+//! client:str16 file_name:str16 fallbacks:u32*5 tag:str16 rate_group:str16
 //! piece = 0:u8 len:u32 bytes | 1:u8 offset:u64 length:u64
 //! ```
 //!
 //! where `str16` is a `u16` length followed by that many bytes of UTF-8. A piece is either
 //! literal body bytes (multipart part heads) or a range of the file. `fallbacks` are the
 //! worker's report of the requests it served itself since its last report, one count per
-//! [`FallbackCause`] in code order (the manager adds them to its metrics). Replies are
-//! `"HO" version kind` followed, for a refusal, by the reason text.
+//! [`FallbackCause`] in code order (the manager adds them to its metrics). `tag` and
+//! `rate_group` are the script's `tag` and `rate_group` options, empty when not given.
+//! Replies are `"HO" version kind` followed, for a refusal, by the reason text.
 //!
 //! This is the only module that touches `SCM_RIGHTS`.
 
@@ -50,7 +51,7 @@ use crate::plan::Piece;
 use crate::sys::recv_with_fds;
 
 /// The protocol version this build speaks; a message with another version is refused.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Largest message either side sends or accepts.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 const MAGIC: [u8; 2] = *b"HO";
@@ -135,6 +136,11 @@ pub struct Job {
     pub file_name: String,
     /// The worker's fallbacks since its last report, for the manager's metrics.
     pub fallbacks: Fallbacks,
+    /// The application's key for this download (`tag` option; empty: none), carried into
+    /// the access log, `/status` and completion records.
+    pub tag: String,
+    /// Downloads with the same non-empty group share one bucket of `rate` bytes/s.
+    pub rate_group: String,
 }
 
 /// A manager's answer to a job, a worker's go-ahead, or a new manager's request that the
@@ -148,6 +154,9 @@ pub enum Reply {
 }
 
 /// What a peer opened a connection with.
+// One value per handshake, moved once: boxing the job would cost an allocation and save
+// nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Incoming {
     Job(Received),
@@ -328,6 +337,8 @@ impl Job {
         for count in self.fallbacks {
             out.extend_from_slice(&count.to_be_bytes());
         }
+        put_str(&mut out, "tag", &self.tag)?;
+        put_str(&mut out, "rate group", &self.rate_group)?;
         if out.len() > MAX_MESSAGE {
             return Err(ProtocolError::TooLarge { len: out.len() });
         }
@@ -403,6 +414,8 @@ impl Job {
             let b = r.bytes(4, "fallbacks")?;
             *count = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         }
+        let tag = r.str16("tag")?;
+        let rate_group = r.str16("rate group")?;
         if r.pos != buf.len() {
             return Err(ProtocolError::Trailing {
                 extra: buf.len() - r.pos,
@@ -422,6 +435,8 @@ impl Job {
             client,
             file_name,
             fallbacks,
+            tag,
+            rate_group,
         })
     }
 }
@@ -654,6 +669,8 @@ mod tests {
             client: "127.0.0.1".into(),
             file_name: "/srv/files/ä.pdf".into(),
             fallbacks: [3, 0, 1, 0, u32::MAX],
+            tag: "order:17/user:5".into(),
+            rate_group: "user:5".into(),
         }
     }
 

@@ -92,6 +92,8 @@ pub struct Config {
     /// Global bandwidth cap in bytes/s, shared evenly by the download loops (0: none).
     pub max_rate: u64,
     pub schedule: Schedule,
+    /// Completion records POSTed to a local endpoint (`--on-complete`), if any.
+    pub on_complete: Option<crate::completion::Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,8 +223,25 @@ impl Server {
             max_rate: config.max_rate.div_ceil(threads as u64),
             schedule: config.schedule,
         };
+        let completions = match &config.on_complete {
+            Some(settings) => Some(
+                crate::completion::Completions::start(settings.clone(), counters.clone())
+                    .map_err(io_err("starting the completion record thread"))?,
+            ),
+            None => None,
+        };
+        let groups = crate::rate_group::Groups::new(counters.clone());
         let workers = (0..threads)
-            .map(|i| worker::spawn(i, loop_config, counters.clone(), access_log.clone()))
+            .map(|i| {
+                worker::spawn(
+                    i,
+                    loop_config,
+                    counters.clone(),
+                    access_log.clone(),
+                    completions.clone(),
+                    groups.clone(),
+                )
+            })
             .collect::<io::Result<Vec<_>>>()
             .map_err(io_err("starting download loops"))?;
         if let Some(addr) = config.metrics {

@@ -23,6 +23,13 @@ pub struct Counters {
     /// Requests the workers served themselves, as they reported with their next handoff,
     /// per [`FallbackCause`].
     pub fallbacks_reported: [AtomicU64; FallbackCause::COUNT],
+    /// Completion records (`--on-complete`) delivered, dropped (queue full or delivery
+    /// given up) and retried (each failed attempt that is tried again).
+    pub records_delivered: AtomicU64,
+    pub records_dropped: AtomicU64,
+    pub records_retried: AtomicU64,
+    /// Rate groups with running downloads (a gauge).
+    pub rate_groups: AtomicU64,
 }
 
 impl Counters {
@@ -50,7 +57,7 @@ impl Counters {
 
     /// Prometheus text exposition of every counter.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
             (
                 "handoff_handoffs_accepted_total",
                 "counter",
@@ -99,6 +106,30 @@ impl Counters {
                 "Downloads running now.",
                 &self.active,
             ),
+            (
+                "handoff_records_delivered_total",
+                "counter",
+                "Completion records the --on-complete endpoint accepted.",
+                &self.records_delivered,
+            ),
+            (
+                "handoff_records_dropped_total",
+                "counter",
+                "Completion records dropped (queue full, endpoint refused, attempts used up).",
+                &self.records_dropped,
+            ),
+            (
+                "handoff_records_retried_total",
+                "counter",
+                "Completion record deliveries that failed and were tried again.",
+                &self.records_retried,
+            ),
+            (
+                "handoff_rate_groups",
+                "gauge",
+                "Rate groups (send_file() rate_group) with running downloads.",
+                &self.rate_groups,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
@@ -124,6 +155,8 @@ impl Counters {
 pub struct Snapshot {
     pub client: String,
     pub file: String,
+    /// The script's `tag` option (empty: none).
+    pub tag: String,
     pub status: u16,
     pub sent: u64,
     pub planned: u64,
@@ -156,6 +189,7 @@ pub fn status_json(counters: &Counters, downloads: &[Snapshot]) -> String {
             serde_json::json!({
                 "client": s.client,
                 "file": s.file,
+                "tag": (!s.tag.is_empty()).then_some(s.tag.as_str()),
                 "status": s.status,
                 "sent": s.sent,
                 "planned": s.planned,
@@ -206,6 +240,7 @@ mod tests {
         let s = Snapshot {
             client: "c".into(),
             file: "f".into(),
+            tag: "t:1".into(),
             status: 200,
             sent: 5,
             planned: 10,
@@ -213,6 +248,7 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_str(&status_json(&c, &[s])).unwrap();
         assert_eq!(v["downloads"][0]["planned"], 10);
+        assert_eq!(v["downloads"][0]["tag"], "t:1");
         assert_eq!(v["active"], 0);
     }
 }

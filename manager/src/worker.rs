@@ -15,14 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
 
 use crate::access_log::{AccessLog, Entry};
+use crate::completion::{Completions, Record};
 use crate::download::{Download, Outcome, Step};
 use crate::protocol::Received;
+use crate::rate_group::Groups;
 use crate::stats::{Board, Counters, Snapshot};
 
 const WAKER: Token = Token(0);
@@ -138,6 +140,8 @@ pub fn spawn(
     config: LoopConfig,
     counters: Arc<Counters>,
     access_log: Arc<Mutex<AccessLog>>,
+    completions: Option<Arc<Completions>>,
+    groups: Arc<Groups>,
 ) -> io::Result<Handle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -150,6 +154,8 @@ pub fn spawn(
         config,
         counters,
         access_log,
+        completions,
+        groups,
         load: load.clone(),
         board: board.clone(),
         downloads: HashMap::new(),
@@ -180,6 +186,10 @@ struct Loop {
     config: LoopConfig,
     counters: Arc<Counters>,
     access_log: Arc<Mutex<AccessLog>>,
+    /// Where completion records go (`--on-complete`), if anywhere.
+    completions: Option<Arc<Completions>>,
+    /// The rate groups, shared by every loop.
+    groups: Arc<Groups>,
     load: Arc<AtomicUsize>,
     board: Arc<Board>,
     downloads: HashMap<usize, Download>,
@@ -352,7 +362,17 @@ impl Loop {
             Counters::add(&self.counters.failed, 1);
             return;
         }
-        let download = Download::new(rcv, now, self.config.linger_timeout);
+        // A group without a rate (which the extension never sends) would crawl at 1 B/s:
+        // ignored.
+        let group = (!rcv.job.rate_group.is_empty() && rcv.job.rate > 0)
+            .then(|| self.groups.join(&rcv.job.rate_group, rcv.job.rate, now));
+        if group.is_some() {
+            debug!(
+                "download of {:?} joins rate group {:?} at {} B/s",
+                rcv.job.file_name, rcv.job.rate_group, rcv.job.rate
+            );
+        }
+        let download = Download::new(rcv, now, self.config.linger_timeout, group);
         let id = self.next;
         self.next += 1;
         if let Err(e) = self.poll.registry().register(
@@ -424,6 +444,7 @@ impl Loop {
             .map(|d| Snapshot {
                 client: d.client.clone(),
                 file: d.file_name.clone(),
+                tag: d.tag.clone(),
                 status: d.status,
                 sent: d.sent,
                 planned: d.planned,
@@ -466,6 +487,7 @@ impl Loop {
             log.write(&Entry {
                 client: &d.client,
                 file: &d.file_name,
+                tag: (!d.tag.is_empty()).then_some(d.tag.as_str()),
                 status: d.status,
                 range: d.range.as_deref(),
                 bytes_sent: d.sent,
@@ -473,6 +495,30 @@ impl Loop {
                 outcome: &outcome,
                 duration,
             });
+        }
+        if let Some(completions) = &self.completions {
+            let record = Record {
+                id: completions.next_id(),
+                tag: (!d.tag.is_empty()).then(|| d.tag.clone()),
+                file: d.file_name.clone(),
+                status: d.status,
+                range: d.range.clone(),
+                ranges: d
+                    .file_ranges
+                    .iter()
+                    .map(|&(offset, length)| (offset, offset + length - 1))
+                    .collect(),
+                bytes_planned: d.planned,
+                bytes_sent: d.sent,
+                outcome,
+                started: d.started_at,
+                duration,
+                client: d.client.clone(),
+                file_size: None,
+                joined_bytes: 0,
+                file_complete: false,
+            };
+            completions.report(record, d.file_id, &d.file_ranges);
         }
     }
 }

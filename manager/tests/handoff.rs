@@ -123,6 +123,8 @@ fn job(framing: Framing, length: u64) -> Job {
         client: "test".into(),
         file_name: "data.bin".into(),
         fallbacks: Default::default(),
+        tag: String::new(),
+        rate_group: String::new(),
     }
 }
 
@@ -532,6 +534,35 @@ fn multipart_pieces_arrive_in_order_on_both_framings() {
             + 4;
         assert!(stream[split..] == expected[..], "{framing:?}: body differs");
     }
+}
+
+/// A tag or rate group the extension would never send (a newline that could split a log
+/// line, too long) is refused; a valid one is served.
+#[test]
+fn jobs_with_invalid_labels_are_refused() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"abc");
+    let bad_tag = |j: &mut Job| j.tag = "order:1\nfake log line".into();
+    let long_group = |j: &mut Job| {
+        j.rate = 1000;
+        j.rate_group = "g".repeat(257);
+    };
+    for spoil in [&bad_tag as &dyn Fn(&mut Job), &long_group] {
+        let mut j = job(Framing::Http, 3);
+        spoil(&mut j);
+        let (ours, _client) = UnixStream::pair().unwrap();
+        let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+        let refused = offer.propose(&j, ours.as_fd(), file.as_fd());
+        assert!(
+            matches!(&refused, Err(ProtocolError::Refused { reason }) if reason.contains("printable ASCII")),
+            "{refused:?}"
+        );
+    }
+    let mut j = job(Framing::Http, 3);
+    j.tag = "order:17/user:5".into();
+    let client = hand_over(&m.socket, &j, &file);
+    assert!(read_all(client).ends_with(b"\r\n\r\nabc"));
 }
 
 #[test]

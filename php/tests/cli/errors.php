@@ -43,6 +43,13 @@ $cases = [
     'unknown option' => fn () => send_file($file, ['no_such_option' => 1]),
     'rate is zero' => fn () => send_file($file, ['rate' => 0]),
     'rate is a string' => fn () => send_file($file, ['rate' => '1000']),
+    'tag is an int' => fn () => send_file($file, ['tag' => 17]),
+    'tag is empty' => fn () => send_file($file, ['tag' => '']),
+    'tag is 257 bytes' => fn () => send_file($file, ['tag' => str_repeat('a', 257)]),
+    'tag has a newline' => fn () => send_file($file, ['tag' => "order:1\nx"]),
+    'tag is not ASCII' => fn () => send_file($file, ['tag' => "user:\u{e4}"]),
+    'rate_group has a control character' => fn () => send_file($file, ['rate' => 1000, 'rate_group' => "g\x01"]),
+    'rate_group without rate' => fn () => send_file($file, ['rate_group' => 'user:5']),
 ];
 $fifo = "$dir/fifo";
 posix_mkfifo($fifo, 0600);

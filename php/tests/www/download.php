@@ -1,7 +1,8 @@
 <?php
 // Sends $HANDOFF_TEST_DIR/data/<f> with send_file(). Query parameters:
 //   f             file name inside data/ (required)
-//   content_type / filename / inline / rate   the send_file() options of the same name
+//   content_type / filename / inline / rate / tag / rate_group   the send_file() options
+//                 of the same name
 //   headers=1     the script sets a cookie, X-Test and status 203 before sending
 //   type_header=T   the script sets its own Content-Type: T
 //   bogus_length=1  the script sets a wrong Content-Length (must be replaced)
@@ -19,6 +20,12 @@ if (isset($_GET['filename'])) {
 }
 if (isset($_GET['rate'])) {
     $options['rate'] = (int) $_GET['rate'];
+}
+if (isset($_GET['tag'])) {
+    $options['tag'] = $_GET['tag'];
+}
+if (isset($_GET['rate_group'])) {
+    $options['rate_group'] = $_GET['rate_group'];
 }
 if (isset($_GET['inline'])) {
     $options['inline'] = $_GET['inline'] === '1';
