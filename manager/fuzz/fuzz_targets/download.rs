@@ -110,6 +110,8 @@ fn run(input: &mut Input<'_>) {
         client: "fuzz".into(),
         file_name: "fuzz".into(),
         fallbacks: Default::default(),
+        tag: String::new(),
+        rate_group: String::new(),
     };
     let Ok((ours, client)) = socketpair(
         AddressFamily::Unix,
@@ -134,7 +136,7 @@ fn run(input: &mut Input<'_>) {
     }
     let start = Instant::now();
     let mut now = start;
-    let mut d = Download::new(rcv, now, Duration::from_secs(1));
+    let mut d = Download::new(rcv, now, Duration::from_secs(1), None);
     drive(&mut d, &client, &mut now, input.u8() % 2 == 0);
 }
 
