@@ -66,6 +66,8 @@ pub fn parse(table: Option<&ZendHashTable>) -> Result<Options, SendFileError> {
                             expected: "a bool",
                         })?;
             }
+            // Not part of the response: `source.rs` reads and checks it.
+            crate::source::DELETE_OPTION => {}
             _ => return Err(SendFileError::UnknownOption { name }),
         }
     }

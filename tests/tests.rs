@@ -13,4 +13,5 @@ mod differential;
 mod faults;
 mod fpm;
 mod php_level;
+mod streams;
 mod valgrind;
