@@ -9,6 +9,7 @@ mod util;
 mod apache;
 mod cli_server;
 mod compose;
+mod delete_after_send;
 mod differential;
 mod faults;
 mod fpm;
