@@ -13,6 +13,7 @@ mod delete_after_send;
 mod differential;
 mod faults;
 mod fpm;
+mod frameworks;
 mod php_level;
 mod streams;
 mod valgrind;
