@@ -391,6 +391,25 @@ const PHP_STREAM_CAST_INTERNAL: c_int = 0x2000_0000;
 /// `PHP_STREAM_FLAG_NO_SEEK`.
 const PHP_STREAM_FLAG_NO_SEEK: u32 = 0x1;
 
+/// Runs `f` with `error_reporting` at 0, as PHP's `@` does. A cast warns "N bytes of
+/// buffered data lost" when the stream had read ahead; nothing is lost for us (we read the
+/// file with explicit offsets), and a warning printed before the response head would be
+/// output that breaks the download. `PHP_STREAM_CAST_INTERNAL` silences it only for the
+/// outer stream, not for the inner file of a `php://temp`.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: the executor globals of this thread live for the process; `error_reporting`
+    // is a plain int, restored before returning (`f` does not bail out: a stream cast
+    // raises at most warnings).
+    unsafe {
+        let eg = ffi::ext_php_rs_executor_globals();
+        let saved = (*eg).error_reporting;
+        (*eg).error_reporting = 0;
+        let r = f();
+        (*eg).error_reporting = saved;
+        r
+    }
+}
+
 /// A PHP stream resource (`fopen()`, `tmpfile()`, `php://temp`, ...), borrowed from the
 /// zval that holds it for the duration of the `send_file()` call.
 pub struct PhpStream<'a> {
@@ -433,16 +452,17 @@ impl PhpStream<'_> {
         // second writes a `php_socket_t` (an `int`) into `slot`, which has room for it.
         unsafe {
             _php_stream_flush(stream, 0);
-            if _php_stream_cast(stream, PHP_STREAM_AS_FD, std::ptr::null_mut(), 0) != 0 {
+            let cast = |ret: *mut *mut c_void| {
+                quietly(|| {
+                    _php_stream_cast(stream, PHP_STREAM_AS_FD | PHP_STREAM_CAST_INTERNAL, ret, 0)
+                        == 0
+                })
+            };
+            if !cast(std::ptr::null_mut()) {
                 return None;
             }
             let mut slot: [c_int; 4] = [-1; 4];
-            let ok = _php_stream_cast(
-                stream,
-                PHP_STREAM_AS_FD | PHP_STREAM_CAST_INTERNAL,
-                slot.as_mut_ptr().cast::<*mut c_void>(),
-                0,
-            ) == 0;
+            let ok = cast(slot.as_mut_ptr().cast::<*mut c_void>());
             (ok && slot[0] >= 0).then(|| BorrowedFd::borrow_raw(slot[0]))
         }
     }

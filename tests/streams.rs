@@ -86,6 +86,19 @@ fn streams_like_files(stack: &Stack, handed_off: bool) {
     let (_, returned) = get_whole(stack, "fopen", "s.bin", "fopen", "&seek=1000", &data);
     assert_eq!(returned, expect, "send_file(fopen())");
 
+    // Read from before the call, so PHP holds read-ahead in the stream's buffer: taking
+    // the descriptor must not print PHP's "buffered data lost" warning (display_errors is
+    // on and output_buffering off: it would become the start of the response).
+    let (_, returned) = get_whole(stack, "fopen-read", "s.bin", "fopen", "&read=5", &data);
+    assert_eq!(returned, expect, "send_file(fopen()) after fread()");
+    // php://temp past its 2 MiB memory limit lives in a temp file: its descriptor is
+    // handed off (the warning would come from that inner file).
+    let big = 3 * MIB;
+    stack.data_file("t.bin", big, 132);
+    let big_data = std::fs::read(stack.data().join("t.bin")).expect("read t.bin");
+    let (_, returned) = get_whole(stack, "temp-spilled", "t.bin", "temp", "&read=5", &big_data);
+    assert_eq!(returned, expect, "send_file(php://temp in a temp file)");
+
     // php://temp under its 2 MiB memory limit and php://memory: copied; the filename
     // option names the download and its type.
     let named = "&filename=report.pdf&seek=77";
@@ -189,8 +202,9 @@ fn streams_like_files(stack: &Stack, handed_off: bool) {
     );
 
     if handed_off {
-        // tmpfile and fopen, and the HEAD: through the stream's own descriptor.
-        wait_stream_download(stack, size as u64, false, 2);
+        // tmpfile, fopen twice, the spilled php://temp: through the stream's own descriptor.
+        wait_stream_download(stack, size as u64, false, 3);
+        wait_stream_download(stack, big, false, 1);
         // temp, memory and the filtered stream whole, the stale If-Range.
         wait_stream_download(stack, size as u64, true, 4);
         wait_stream_download(stack, 100, true, 1);
@@ -200,7 +214,10 @@ fn streams_like_files(stack: &Stack, handed_off: bool) {
 
 /// Even the small ranges and the HEAD go through the manager, so its log shows them all.
 fn all_handed_off(kind: Kind) -> Config {
-    Config::new(kind).ini("handoff.inline_below", "0")
+    Config::new(kind)
+        .ini("handoff.inline_below", "0")
+        .ini("display_errors", "1")
+        .ini("output_buffering", "0")
 }
 
 #[test]
@@ -212,7 +229,12 @@ fn fpm_streams_handed_off() {
 
 #[test]
 fn fpm_streams_without_manager() {
-    let stack = Stack::start(Config::new(Kind::Fpm).without_manager());
+    let stack = Stack::start(
+        Config::new(Kind::Fpm)
+            .without_manager()
+            .ini("display_errors", "1")
+            .ini("output_buffering", "0"),
+    );
     streams_like_files(&stack, false);
     stack.assert_clean_logs();
 }

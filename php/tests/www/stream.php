@@ -7,6 +7,7 @@
 //            fopen:   the data file itself, opened with fopen();
 //            filter:  the data file read through a no-op stream filter (string.rot13 twice)
 //   seek=N   leave the stream at position N before send_file() (the body is still all of it)
+//   read=N   then fread() N bytes (PHP reads ahead into the stream's buffer)
 //   filename / content_type   the send_file() options of the same name
 //   delete=1 pass 'delete' => true (a stream must refuse it)
 //   result=NAME   write var_export(send_file(...)) (or the exception) to results/NAME
@@ -35,6 +36,9 @@ switch ($kind) {
 }
 if (isset($_GET['seek'])) {
     fseek($stream, (int) $_GET['seek']);
+}
+if (isset($_GET['read'])) {
+    fread($stream, (int) $_GET['read']);
 }
 
 $options = [];
