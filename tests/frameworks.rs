@@ -61,7 +61,7 @@ fn symfony_handoff_file_response_cli_server() {
     symfony_scenario(&stack);
 }
 
-/// Without the extension the class is BinaryFileResponse: php/tests/cli/
+/// Without the extension the class is BinaryFileResponse: php/tests/frameworks/
 /// symfony_without_extension.php compares the two on ranges, HEAD, If-Range, a 404 and
 /// deleteFileAfterSend(), in a php that does not load the extension.
 #[test]
@@ -70,7 +70,8 @@ fn symfony_without_extension_is_binary_file_response() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let script = crate::util::repo_root().join("php/tests/cli/symfony_without_extension.php");
+    let script =
+        crate::util::repo_root().join("php/tests/frameworks/symfony_without_extension.php");
     let out = std::process::Command::new("php")
         .args(["-d", "display_errors=stderr"])
         .arg(&script)
