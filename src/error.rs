@@ -41,6 +41,8 @@ pub enum SendFileError {
     DeleteStream,
     #[error("send_file(): cannot delete the file after opening it: {kind}")]
     Delete { kind: io::ErrorKind },
+    #[error("send_file(): the path was replaced after it was opened, so nothing was deleted")]
+    DeleteReplaced,
     #[error("send_file(): the stream is not open for reading")]
     StreamNotReadable,
     #[error("send_file(): the stream cannot seek back to its start and is not at it")]

@@ -97,7 +97,7 @@ pub fn open(source: Source<'_>) -> Result<Opened, Failure> {
         Source::Path { path, delete } => {
             let file = crate::send::open(path)?;
             if delete {
-                unlink(path)?;
+                unlink(path, &file)?;
             }
             Ok(Opened {
                 file,
@@ -119,11 +119,21 @@ fn last_component(path: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// Unlinks the path just opened. The path was checked against open_basedir by the open.
-fn unlink(path: &[u8]) -> Result<(), SendFileError> {
+/// Unlinks the path just opened (for a symbolic link: the link). The path was checked
+/// against open_basedir by the open. If the path no longer names the opened file (it was
+/// replaced in between), nothing is unlinked and the call throws: deleting another file
+/// than the one sent would be worse than keeping one.
+fn unlink(path: &[u8], opened: &File) -> Result<(), SendFileError> {
     use std::os::unix::ffi::OsStrExt;
-    std::fs::remove_file(std::ffi::OsStr::from_bytes(path))
-        .map_err(|e| SendFileError::Delete { kind: e.kind() })
+    use std::os::unix::fs::MetadataExt;
+    let path = std::ffi::OsStr::from_bytes(path);
+    let error = |e: std::io::Error| SendFileError::Delete { kind: e.kind() };
+    let now = std::fs::metadata(path).map_err(error)?;
+    let sent = opened.metadata().map_err(error)?;
+    if (now.dev(), now.ino()) != (sent.dev(), sent.ino()) {
+        return Err(SendFileError::DeleteReplaced);
+    }
+    std::fs::remove_file(path).map_err(error)
 }
 
 fn from_stream(stream: &PhpStream<'_>) -> Result<Opened, Failure> {
