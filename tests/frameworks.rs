@@ -153,6 +153,20 @@ fn symfony_scenario(stack: &Stack) {
         r.head_text
     );
 
+    // HEAD: the head of the whole file, no body.
+    let raw = crate::util::raw_request(
+        &stack.endpoint,
+        "HEAD /symfony.php?f=sf.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let (head, body) = crate::util::split_head(&raw);
+    assert!(head.contains(" 200 "), "HEAD:\n{head}");
+    assert!(
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case(&format!("content-length: {size}"))),
+        "HEAD announces the file's length:\n{head}"
+    );
+    assert!(body.is_empty(), "HEAD carried {} body bytes", body.len());
+
     // setAutoEtag(): its ETag is the validator send_file() uses.
     let r = stack.get("sf-etag", "/symfony.php?f=sf.bin&etag=1");
     let etag = r
