@@ -75,6 +75,28 @@ if grep -q 'hello.txt' "$DIR/run/logs/manager.log"; then
     fail "hello.txt (below handoff.inline_below) went through the manager"
 fi
 
+# The generated ZIP (php/demo/zip.php): every demo file inside, byte-exact, handed off,
+# and its temp file deleted by send_file(..., ['delete' => true]).
+curl -fsS --max-time 60 -o "$DIR/demo.zip" "$base/zip.php" || fail "downloading zip.php failed"
+# shellcheck disable=SC2016 # PHP code: its $variables are PHP's
+php -r '
+    $z = new ZipArchive();
+    if ($z->open($argv[1], ZipArchive::RDONLY) !== true) { exit(1); }
+    foreach (file($argv[2], FILE_IGNORE_NEW_LINES) as $line) {
+        [$sha, $name] = preg_split("/\s+/", $line);
+        if (hash("sha256", (string) $z->getFromName($name)) !== $sha) { fwrite(STDERR, "$name differs\n"); exit(1); }
+    }
+    exit($z->count() === count(file($argv[2])) ? 0 : 1);
+' "$DIR/demo.zip" "$DIR/run/SHA256SUMS" || fail "demo.zip does not hold the demo files byte-exact"
+deadline=$((SECONDS + 10))
+until grep -q 'handoff-demo-zip-.*outcome=complete' "$DIR/run/logs/manager.log"; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "manager.log does not show the zip completed"
+    sleep 0.2
+done
+zip_path="$(grep -o 'file="[^"]*handoff-demo-zip-[^"]*"' "$DIR/run/logs/manager.log" | head -n1 | cut -d'"' -f2)"
+[ -n "$zip_path" ] || fail "manager.log names no zip temp file"
+[ ! -e "$zip_path" ] || fail "the zip's temp file $zip_path was not deleted"
+
 kill -TERM "$demo_pid"
 status=0
 wait "$demo_pid" || status=$?
@@ -84,4 +106,4 @@ grep -q 'stopped; logs are in' "$OUT" || fail "demo.sh did not report stopping"
 [ ! -S "$DIR/run/manager.sock" ] || fail "handoff-manager left its socket behind"
 left="$(grep -lsF -- "$DIR/run" /proc/[0-9]*/cmdline || true)"
 [ -z "$left" ] || fail "processes still running after demo.sh stopped: $left"
-echo "demo-smoke: ok (port $port: big.bin byte-exact through handoff-manager, hello.txt inline, clean stop)"
+echo "demo-smoke: ok (port $port: big.bin byte-exact through handoff-manager, hello.txt inline, the ZIP handed off and deleted, clean stop)"

@@ -35,6 +35,8 @@ PACKAGES=(
     docker-compose              # tests/compose.rs validates docker-compose.yml
     shellcheck                  # scripts/test.sh lints the shell scripts
     valgrind                    # the PHP-level tests also run under memcheck
+    php-zip                     # php/demo builds a ZIP with ZipArchive
+    php-symfony-http-foundation php-laravel-framework   # php/src's framework integrations are tested against these
 )
 
 missing=()

@@ -41,12 +41,12 @@ for tool in fmt clippy; do
     fi
 done
 
-step "bash -n / shellcheck scripts, php -l php/demo"
+step "bash -n / shellcheck scripts, php -l php/demo and the Composer package"
 for f in scripts/*.sh .ci/run docker/*.sh; do
     bash -n "$f"
 done
 shellcheck scripts/*.sh .ci/run docker/*.sh
-for f in php/demo/*.php; do
+for f in php/demo/*.php php/autoload.php php/src/*/*.php; do
     php -l "$f" >/dev/null
 done
 

@@ -30,12 +30,30 @@ pub enum SendFileError {
         expected: &'static str,
     },
     #[error(
-        "send_file(): unknown option \"{name}\" (known: content_type, filename, inline, rate, \
-         rate_group, tag)"
+        "send_file(): unknown option \"{name}\" (known: content_type, delete, filename, inline, \
+         rate, rate_group, tag)"
     )]
     UnknownOption { name: String },
     #[error("send_file(): option \"rate_group\" needs \"rate\" (the group's bytes per second)")]
     RateGroupWithoutRate,
+    #[error("send_file(): the first argument must be a path or an open stream")]
+    NotPathOrStream,
+    #[error("send_file(): the resource is not an open stream")]
+    NotAStream,
+    #[error("send_file(): option \"delete\" only applies to a path, not to a stream")]
+    DeleteStream,
+    #[error("send_file(): cannot delete the file after opening it: {kind}")]
+    Delete { kind: io::ErrorKind },
+    #[error("send_file(): the path was replaced after it was opened, so nothing was deleted")]
+    DeleteReplaced,
+    #[error("send_file(): the stream is not open for reading")]
+    StreamNotReadable,
+    #[error("send_file(): the stream cannot seek back to its start and is not at it")]
+    StreamNotAtStart,
+    #[error("send_file(): reading the stream failed")]
+    StreamRead,
+    #[error("send_file(): cannot copy the stream into memory: {kind}")]
+    StreamCopy { kind: io::ErrorKind },
     #[error("send_file(): the file cannot be handed off ({reason}) and handoff.fallback is off")]
     NoFallback { reason: String },
 }

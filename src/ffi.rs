@@ -362,3 +362,154 @@ pub extern "C" fn module_info(_module: *mut ModuleEntry) {
     // SAFETY: as above.
     unsafe { ffi::php_info_print_table_end() };
 }
+
+// PHP streams (main/php_streams.h): what `send_file()` needs to send an open stream.
+extern "C" {
+    fn php_file_le_stream() -> c_int;
+    fn php_file_le_pstream() -> c_int;
+    fn _php_stream_cast(
+        stream: *mut ffi::php_stream,
+        castas: c_int,
+        ret: *mut *mut c_void,
+        show_err: c_int,
+    ) -> c_int;
+    fn _php_stream_flush(stream: *mut ffi::php_stream, closing: c_int) -> c_int;
+    fn _php_stream_seek(
+        stream: *mut ffi::php_stream,
+        offset: ffi::zend_off_t,
+        whence: c_int,
+    ) -> c_int;
+    fn _php_stream_tell(stream: *mut ffi::php_stream) -> ffi::zend_off_t;
+    fn _php_stream_read(stream: *mut ffi::php_stream, buf: *mut c_char, count: usize) -> isize;
+}
+
+/// `PHP_STREAM_AS_FD`: the stream's own file descriptor.
+const PHP_STREAM_AS_FD: c_int = 1;
+/// `PHP_STREAM_CAST_INTERNAL`: we read through the descriptor ourselves and know about
+/// the stream's read buffer, so PHP need not warn about "buffered data lost".
+const PHP_STREAM_CAST_INTERNAL: c_int = 0x2000_0000;
+/// `PHP_STREAM_FLAG_NO_SEEK`.
+const PHP_STREAM_FLAG_NO_SEEK: u32 = 0x1;
+
+/// Runs `f` with `error_reporting` at 0, as PHP's `@` does. A cast warns "N bytes of
+/// buffered data lost" when the stream had read ahead; nothing is lost for us (we read the
+/// file with explicit offsets), and a warning printed before the response head would be
+/// output that breaks the download. `PHP_STREAM_CAST_INTERNAL` silences it only for the
+/// outer stream, not for the inner file of a `php://temp`.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: the executor globals of this thread live for the process; `error_reporting`
+    // is a plain int, restored before returning (`f` does not bail out: a stream cast
+    // raises at most warnings).
+    unsafe {
+        let eg = ffi::ext_php_rs_executor_globals();
+        let saved = (*eg).error_reporting;
+        (*eg).error_reporting = 0;
+        let r = f();
+        (*eg).error_reporting = saved;
+        r
+    }
+}
+
+/// A PHP stream resource (`fopen()`, `tmpfile()`, `php://temp`, ...), borrowed from the
+/// zval that holds it for the duration of the `send_file()` call.
+pub struct PhpStream<'a> {
+    ptr: std::ptr::NonNull<ffi::php_stream>,
+    _zval: std::marker::PhantomData<&'a ext_php_rs::types::Zval>,
+}
+
+/// The stream behind a resource zval, or `None` if it holds no (open) stream: another
+/// resource type, or a stream already closed with `fclose()`.
+pub fn stream_from_zval(zval: &ext_php_rs::types::Zval) -> Option<PhpStream<'_>> {
+    let res = zval.resource()?;
+    // SAFETY: `resource()` returned the zval's live `zend_resource*`, non-NULL for a
+    // resource zval. A closed resource keeps its type but gets `type_ == -1` and a NULL
+    // `ptr`; a stream resource's `ptr` is its `php_stream*` (what php_stream_from_zval
+    // reads after the same type check).
+    unsafe {
+        let res = res.as_ref()?;
+        if res.type_ != php_file_le_stream() && res.type_ != php_file_le_pstream() {
+            return None;
+        }
+        let ptr = std::ptr::NonNull::new(res.ptr.cast::<ffi::php_stream>())?;
+        Some(PhpStream {
+            ptr,
+            _zval: std::marker::PhantomData,
+        })
+    }
+}
+
+impl PhpStream<'_> {
+    /// The stream's own descriptor, if it has one without conversion (plain files,
+    /// `tmpfile()`, a `php://temp` that already spilled to its temp file; also pipes and
+    /// sockets, which the caller tells apart with `fstat`). Filtered streams and memory
+    /// streams have none. PHP flushes the stream's buffers before handing out the
+    /// descriptor, so everything written through the stream is in the file.
+    pub fn descriptor(&self) -> Option<BorrowedFd<'_>> {
+        let stream = self.ptr.as_ptr();
+        // SAFETY: `stream` is a live php_stream for the borrow's duration. The first
+        // call only asks whether a descriptor exists (`ret` NULL): that is what keeps a
+        // `php://temp` still in memory from being converted into a temp file. The
+        // second writes a `php_socket_t` (an `int`) into `slot`, which has room for it.
+        unsafe {
+            _php_stream_flush(stream, 0);
+            let cast = |ret: *mut *mut c_void| {
+                quietly(|| {
+                    _php_stream_cast(stream, PHP_STREAM_AS_FD | PHP_STREAM_CAST_INTERNAL, ret, 0)
+                        == 0
+                })
+            };
+            if !cast(std::ptr::null_mut()) {
+                return None;
+            }
+            let mut slot: [c_int; 4] = [-1; 4];
+            let ok = cast(slot.as_mut_ptr().cast::<*mut c_void>());
+            (ok && slot[0] >= 0).then(|| BorrowedFd::borrow_raw(slot[0]))
+        }
+    }
+
+    /// Where PHP's stream is (`ftell`).
+    pub fn tell(&self) -> i64 {
+        // SAFETY: a live stream; `_php_stream_tell` only reads its position.
+        unsafe { _php_stream_tell(self.ptr.as_ptr()) }
+    }
+
+    /// Whether the stream can seek at all (asking `fseek` of one that cannot would print a
+    /// warning, and output before the head is fatal for a download).
+    pub fn seekable(&self) -> bool {
+        // SAFETY: a live stream; reads its flags and ops table.
+        unsafe {
+            let s = self.ptr.as_ref();
+            s.flags & PHP_STREAM_FLAG_NO_SEEK == 0
+                && s.ops.as_ref().is_some_and(|ops| ops.seek.is_some())
+        }
+    }
+
+    /// `fseek($stream, offset)`; false if the stream cannot seek there.
+    pub fn seek(&self, offset: i64) -> bool {
+        // SAFETY: a live stream; seeking may call a user-space wrapper's stream_seek,
+        // which is ordinary PHP code run on the request's thread.
+        unsafe { _php_stream_seek(self.ptr.as_ptr(), offset, nix::libc::SEEK_SET) == 0 }
+    }
+
+    /// `fread()`: bytes read into `buf` (0 at the end), or `Err(None)` on a read error,
+    /// or `Err(Some(Bailout))` if PHP bailed out (a user-space wrapper's fatal error).
+    pub fn read(&self, buf: &mut [u8]) -> Result<usize, Option<Bailout>> {
+        let stream = self.ptr.as_ptr();
+        let r = ext_php_rs::zend::try_catch(AssertUnwindSafe(|| {
+            // SAFETY: a live stream and a buffer valid for `buf.len()` bytes.
+            unsafe { _php_stream_read(stream, buf.as_mut_ptr().cast(), buf.len()) }
+        }));
+        match r {
+            Ok(n) => usize::try_from(n).map_err(|_| None),
+            Err(_) => Err(Some(Bailout)),
+        }
+    }
+
+    /// The name the stream was opened with (a path, `php://temp`, a URL), for the
+    /// manager's log only: it is never shown to the client.
+    pub fn opened_as(&self) -> Option<String> {
+        // SAFETY: a live stream; `orig_path` is NULL or a NUL-terminated string the
+        // stream owns.
+        c_str_to_string(unsafe { (*self.ptr.as_ptr()).orig_path })
+    }
+}

@@ -4,6 +4,8 @@
 //! - [`send`]: `send_file()` in plain Rust: open, plan, hand off or stream in-process.
 //! - [`connection`]: finds the request's connection for php-fpm and `php -S`, validates
 //!   it, and makes the worker forget it after a handoff.
+//! - [`source`]: what is sent: a path (optionally deleted at once) or a PHP stream (its
+//!   own descriptor, or a copy in an anonymous memory file).
 //! - [`fallback`]: in-process streaming of the same plan through PHP's output layer.
 //! - [`options`], [`settings`], [`error`]: the `$options` array, the `handoff.*` ini
 //!   settings and the exceptions.
@@ -21,6 +23,7 @@ pub mod ffi;
 pub mod options;
 pub mod send;
 pub mod settings;
+pub mod source;
 
 use ext_php_rs::builders::ClassBuilder;
 use ext_php_rs::exception::PhpException;
@@ -41,16 +44,14 @@ fn throw(e: error::SendFileError) -> PhpException {
     PhpException::new(e.to_string(), 0, ce)
 }
 
-/// Sends a file as the response: hands it to handoff-manager (returns true) or streams it
-/// from this process (returns false). Throws HandoffException before sending anything if
-/// the file or the options are unusable.
+/// Sends a file (a path or an open stream) as the response: hands it to handoff-manager
+/// (returns true) or streams it from this process (returns false). Throws
+/// HandoffException before sending anything if the file or the options are unusable.
 #[php_function]
-pub fn send_file(path: &Zval, options: Option<&ZendHashTable>) -> PhpResult<bool> {
-    let Some(path) = path.zend_str() else {
-        return Err(throw(error::SendFileError::EmptyPath));
-    };
+pub fn send_file(file: &Zval, options: Option<&ZendHashTable>) -> PhpResult<bool> {
+    let source = source::Source::from_php(file, options).map_err(throw)?;
     let options = options::parse(options).map_err(throw)?;
-    match send::send_file(path.as_bytes(), &options) {
+    match send::send_file(source, &options) {
         Ok(Sent::HandedOff) => Ok(true),
         Ok(Sent::Streamed) => Ok(false),
         Err(Failure::Error(e)) => Err(throw(e)),

@@ -73,6 +73,8 @@ pub fn parse(table: Option<&ZendHashTable>) -> Result<Options, SendFileError> {
             "rate_group" => {
                 options.rate_group = Some(label(value, name)?);
             }
+            // Not part of the response: `source.rs` reads and checks it.
+            crate::source::DELETE_OPTION => {}
             _ => return Err(SendFileError::UnknownOption { name }),
         }
     }

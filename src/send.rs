@@ -6,7 +6,6 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
@@ -21,6 +20,7 @@ use crate::connection::{self, Connection, Kind, Neutered};
 use crate::error::SendFileError;
 use crate::ffi::{self, Bailout};
 use crate::settings::{self, Fallback, Settings};
+use crate::source::{Opened, Source};
 
 /// Why the last `send_file()` of this process did not hand off (shown by phpinfo()).
 pub static LAST_FALLBACK: Mutex<String> = Mutex::new(String::new());
@@ -78,25 +78,34 @@ fn head_already_sent() -> bool {
     ffi::headers_sent() && !matches!(ffi::sapi_name().as_str(), "cli" | "phpdbg" | "embed")
 }
 
-pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
+pub fn send_file(source: Source<'_>, options: &Options) -> Result<Sent, Failure> {
     if head_already_sent() {
         return Err(SendFileError::HeadersSent.into());
     }
-    let file = open(path)?;
+    let Opened {
+        file,
+        type_name: name,
+        log_name,
+        etag,
+        dated,
+    } = crate::source::open(source)?;
     let meta = file
         .metadata()
         .map_err(|e| SendFileError::Open { kind: e.kind() })?;
     let info = FileInfo {
         size: meta.len(),
-        modified: meta.modified().ok(),
+        modified: meta.modified().ok().filter(|_| dated),
         inode: std::os::unix::fs::MetadataExt::ino(&meta),
     };
     let request = request();
-    let script = script_response();
-    let name = Path::new(OsStr::from_bytes(path))
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let mut script = script_response();
+    if let Some(etag) = etag {
+        // Content without an identity of its own: its hash is the validator, unless the
+        // script set one (the planner prefers the script's).
+        if !script.headers.iter().any(|h| h.is("ETag")) {
+            script.headers.push(Header::new("ETag", etag));
+        }
+    }
     let settings = settings::current();
 
     let conn = connection::find();
@@ -115,16 +124,13 @@ pub fn send_file(path: &[u8], options: &Options) -> Result<Sent, Failure> {
             crate::fallback::stream(&plan::for_inline(plan), &file, options.rate)?;
             return Ok(Sent::Streamed);
         }
-        Ok(conn) => {
-            let file_name = String::from_utf8_lossy(path).into_owned();
-            match hand_off(&conn, &plan, options, &file, &settings, file_name) {
-                Ok(()) => {
-                    ffi::disable_output();
-                    return Ok(Sent::HandedOff);
-                }
-                Err(reason) => reason,
+        Ok(conn) => match hand_off(&conn, &plan, options, &file, &settings, log_name) {
+            Ok(()) => {
+                ffi::disable_output();
+                return Ok(Sent::HandedOff);
             }
-        }
+            Err(reason) => reason,
+        },
         Err(reason) => Declined::new(FallbackCause::NoConnection, reason),
     };
     let Declined { cause, reason } = declined;
@@ -161,7 +167,7 @@ fn reported(report: &Fallbacks) {
 
 /// Opens the file for reading, refusing what cannot be a download. `O_NONBLOCK` keeps a
 /// FIFO from blocking the open (it is refused right after); it has no effect on files.
-fn open(path: &[u8]) -> Result<File, SendFileError> {
+pub(crate) fn open(path: &[u8]) -> Result<File, SendFileError> {
     if path.is_empty() {
         return Err(SendFileError::EmptyPath);
     }

@@ -51,17 +51,20 @@ fn cli_streams_file_to_stdout_and_returns_false() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("payload.bin");
     let sha = write_random_file(&file, 3 * MIB + 17, 42);
-    let (cmdline, out) = run_php("stream.php", &[("HANDOFF_TEST_FILE", &file)]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = format!(
-        "{cmdline}\nexit: {}\nstdout: {} bytes\nstderr:\n{stderr}",
-        out.status,
-        out.stdout.len()
-    );
-    assert!(out.status.success(), "{report}");
-    assert_eq!(out.stdout.len() as u64, 3 * MIB + 17, "{report}");
-    assert_eq!(sha256_bytes(&out.stdout), sha, "{report}");
-    assert!(stderr.contains("returned=false"), "{report}");
+    // The path, and the same bytes as a php://memory stream (copied into a memfd).
+    for script in ["stream.php", "send_stream.php"] {
+        let (cmdline, out) = run_php(script, &[("HANDOFF_TEST_FILE", &file)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let report = format!(
+            "{cmdline}\nexit: {}\nstdout: {} bytes\nstderr:\n{stderr}",
+            out.status,
+            out.stdout.len()
+        );
+        assert!(out.status.success(), "{report}");
+        assert_eq!(out.stdout.len() as u64, 3 * MIB + 17, "{report}");
+        assert_eq!(sha256_bytes(&out.stdout), sha, "{report}");
+        assert!(stderr.contains("returned=false"), "{report}");
+    }
 }
 
 #[test]

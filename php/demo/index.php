@@ -50,6 +50,9 @@ code { background: #f3f3f3; padding: 0 .2rem; }
 <?php endforeach; ?>
 </table>
 <p>Data directory: <code><?= h($dir) ?></code> (outside the document root: nginx never serves it).</p>
+<p>Generated download: <a href="zip.php">all of them as one ZIP</a>, built by ZipArchive in a
+temp file that <code>send_file(..., ['delete' => true])</code> removes as soon as it is open
+(<code>curl -o handoff-demo.zip '<?= h(base_url() . 'zip.php') ?>'</code>).</p>
 <?php endif; ?>
 
 <h2>Extension</h2>

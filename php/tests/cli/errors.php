@@ -50,6 +50,25 @@ $cases = [
     'tag is not ASCII' => fn () => send_file($file, ['tag' => "user:\u{e4}"]),
     'rate_group has a control character' => fn () => send_file($file, ['rate' => 1000, 'rate_group' => "g\x01"]),
     'rate_group without rate' => fn () => send_file($file, ['rate_group' => 'user:5']),
+    'neither a path nor a stream' => fn () => send_file(42),
+    'a closed stream' => function () use ($file) {
+        $h = fopen($file, 'rb');
+        fclose($h);
+        return send_file($h);
+    },
+    'a resource that is not a stream' => fn () => send_file(stream_context_create()),
+    'a write-only stream' => fn () => send_file(fopen("$dir/write-only.txt", 'wb')),
+    'delete with a stream' => fn () => send_file(fopen($file, 'rb'), ['delete' => true]),
+    'delete is a string' => function () use ($dir) {
+        global $kept;
+        $keep = "$dir/keep.txt";
+        file_put_contents($keep, "keep\n");
+        try {
+            return send_file($keep, ['delete' => 'yes']);
+        } finally {
+            $kept = is_file($keep);
+        }
+    },
 ];
 $fifo = "$dir/fifo";
 posix_mkfifo($fifo, 0600);
@@ -87,5 +106,7 @@ foreach ($cases as $what => $call) {
         echo "  got " . get_class($e) . ': ' . $e->getMessage() . "\n";
     }
 }
+
+check('a delete with the wrong type leaves the file', $kept === true);
 
 exit($failures === 0 ? 0 : 1);

@@ -1,0 +1,88 @@
+<?php
+// Without the handoff extension, Handoff\Symfony\HandoffFileResponse must behave exactly
+// like HttpFoundation's BinaryFileResponse: for each request below both are prepared and
+// sent (output captured), and status, headers (but Date) and body must be identical.
+// Prints one PASS/FAIL line per check; exits 1 if any failed.
+require '/usr/share/php/Symfony/Component/HttpFoundation/autoload.php';
+require __DIR__ . '/../../autoload.php';
+
+use Handoff\Symfony\HandoffFileResponse;
+use Symfony\Component\HttpFoundation\BinaryFileResponse;
+use Symfony\Component\HttpFoundation\Request;
+
+$failures = 0;
+function check(string $what, bool $ok, string $detail = ''): void
+{
+    global $failures;
+    echo ($ok ? 'PASS' : 'FAIL') . ": $what\n";
+    if (!$ok) {
+        $failures++;
+        echo $detail;
+    }
+}
+
+check('send_file() is not loaded', !function_exists('send_file'));
+
+$dir = getenv('HANDOFF_TEST_DIR');
+$file = "$dir/file.bin";
+file_put_contents($file, random_bytes(100000));
+$lastModified = gmdate('D, d M Y H:i:s', filemtime($file)) . ' GMT';
+
+/** @return array{int, array<string, list<string|null>>, string} */
+function run(string $class, Request $request, string $path, callable $setup): array
+{
+    $response = new $class($path, 200, ['X-App' => 'test']);
+    $setup($response);
+    $response->prepare($request);
+    ob_start();
+    $response->sendContent();
+    $body = ob_get_clean();
+    $headers = $response->headers->all();
+    unset($headers['date']);
+    return [$response->getStatusCode(), $headers, $body];
+}
+
+$requests = [
+    'GET' => [],
+    'Range 100-199' => ['HTTP_RANGE' => 'bytes=100-199'],
+    'suffix range' => ['HTTP_RANGE' => 'bytes=-500'],
+    'open range' => ['HTTP_RANGE' => 'bytes=99000-'],
+    'unsatisfiable range' => ['HTTP_RANGE' => 'bytes=200000-300000'],
+    'invalid range' => ['HTTP_RANGE' => 'bytes=abc'],
+    'If-Range with the date' => ['HTTP_RANGE' => 'bytes=0-9', 'HTTP_IF_RANGE' => $lastModified],
+    'If-Range stale' => ['HTTP_RANGE' => 'bytes=0-9', 'HTTP_IF_RANGE' => 'Mon, 01 Jan 2001 00:00:00 GMT'],
+    'HEAD' => ['REQUEST_METHOD' => 'HEAD'],
+    'POST with Range' => ['REQUEST_METHOD' => 'POST', 'HTTP_RANGE' => 'bytes=0-9'],
+];
+$setups = [
+    'defaults' => fn ($r) => null,
+    'attachment, auto ETag' => fn ($r) => $r->setContentDisposition('attachment', 'résumé.bin', 'resume.bin')->setAutoEtag(),
+    'status 404' => fn ($r) => $r->setStatusCode(404),
+];
+foreach ($setups as $setupName => $setup) {
+    foreach ($requests as $name => $server) {
+        $request = Request::create('/download', $server['REQUEST_METHOD'] ?? 'GET', [], [], [], $server);
+        $a = run(BinaryFileResponse::class, $request, $file, $setup);
+        $b = run(HandoffFileResponse::class, $request, $file, $setup);
+        check("$setupName, $name: same as BinaryFileResponse", $a === $b,
+            '  BinaryFileResponse: ' . json_encode([$a[0], $a[1], strlen($a[2])]) . "\n"
+            . '  HandoffFileResponse: ' . json_encode([$b[0], $b[1], strlen($b[2])]) . "\n");
+    }
+}
+
+// deleteFileAfterSend(): both delete the file once sent.
+foreach ([BinaryFileResponse::class, HandoffFileResponse::class] as $class) {
+    $temp = "$dir/temp.bin";
+    copy($file, $temp);
+    $response = new $class($temp);
+    $response->deleteFileAfterSend();
+    $response->prepare(Request::create('/download'));
+    ob_start();
+    $response->sendContent();
+    $body = ob_get_clean();
+    clearstatcache();
+    check("$class: deleteFileAfterSend() sent the file and deleted it",
+        $body === file_get_contents($file) && !file_exists($temp));
+}
+
+exit($failures === 0 ? 0 : 1);

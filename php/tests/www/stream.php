@@ -1,0 +1,63 @@
+<?php
+// Sends the bytes of $HANDOFF_TEST_DIR/data/<f> through an open stream. Query parameters:
+//   f        file name inside data/ (required)
+//   kind     tmpfile (default): written into tmpfile();
+//            temp:    written into php://temp (in memory up to 2 MiB, then a temp file);
+//            memory:  written into php://memory;
+//            fopen:   the data file itself, opened with fopen();
+//            filter:  the data file read through a no-op stream filter (string.rot13 twice)
+//   seek=N   leave the stream at position N before send_file() (the body is still all of it)
+//   read=N   then fread() N bytes (PHP reads ahead into the stream's buffer)
+//   filename / content_type   the send_file() options of the same name
+//   delete=1 pass 'delete' => true (a stream must refuse it)
+//   result=NAME   write var_export(send_file(...)) (or the exception) to results/NAME
+$dir = getenv('HANDOFF_TEST_DIR');
+$path = $dir . '/data/' . basename($_GET['f'] ?? '');
+$kind = $_GET['kind'] ?? 'tmpfile';
+
+switch ($kind) {
+    case 'fopen':
+        $stream = fopen($path, 'rb');
+        break;
+    case 'filter':
+        $stream = fopen($path, 'rb');
+        stream_filter_append($stream, 'string.rot13', STREAM_FILTER_READ);
+        stream_filter_append($stream, 'string.rot13', STREAM_FILTER_READ);
+        break;
+    default:
+        $stream = match ($kind) {
+            'tmpfile' => tmpfile(),
+            'temp' => fopen('php://temp', 'w+b'),
+            'memory' => fopen('php://memory', 'w+b'),
+        };
+        $in = fopen($path, 'rb');
+        stream_copy_to_stream($in, $stream);
+        fclose($in);
+}
+if (isset($_GET['seek'])) {
+    fseek($stream, (int) $_GET['seek']);
+}
+if (isset($_GET['read'])) {
+    fread($stream, (int) $_GET['read']);
+}
+
+$options = [];
+foreach (['filename', 'content_type'] as $name) {
+    if (isset($_GET[$name])) {
+        $options[$name] = $_GET[$name];
+    }
+}
+if (isset($_GET['delete'])) {
+    $options['delete'] = true;
+}
+
+try {
+    $returned = var_export(send_file($stream, $options), true);
+} catch (HandoffException $e) {
+    $returned = 'HandoffException: ' . $e->getMessage();
+    http_response_code(500);
+    echo "refused\n";
+}
+if (isset($_GET['result'])) {
+    file_put_contents($dir . '/results/' . basename($_GET['result']), $returned);
+}
