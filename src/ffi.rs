@@ -82,14 +82,20 @@ pub fn response_status() -> (i32, Option<String>) {
 pub fn script_header_lines() -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
     // SAFETY: `SG(sapi_headers).headers` is a zend_llist whose elements each store one
-    // `sapi_header_struct` inline in `data`; the list is not modified while we walk it
-    // (we are the only code running). Each `header` points to `header_len` bytes.
+    // `sapi_header_struct` inline, starting at `data` (declared `char data[1]`, allocated
+    // as `sizeof(zend_llist_element) - 1 + size`); the list is not modified while we walk
+    // it (we are the only code running). The struct is read through a pointer computed
+    // from the element's own pointer and the field's offset, so that it may cover the
+    // whole allocation (a pointer taken from the 1-byte array would only cover that
+    // byte), and without assuming alignment. Each `header` points to `header_len` bytes.
     unsafe {
         let list = &(*sg()).sapi_headers.headers;
         let mut el = list.head;
         while !el.is_null() {
-            let h = (*el).data.as_ptr().cast::<ffi::sapi_header_struct>();
-            let h = std::ptr::read_unaligned(h);
+            let data = el
+                .cast::<u8>()
+                .add(std::mem::offset_of!(ffi::zend_llist_element, data));
+            let h = std::ptr::read_unaligned(data.cast::<ffi::sapi_header_struct>());
             if !h.header.is_null() {
                 let bytes = std::slice::from_raw_parts(h.header.cast::<u8>(), h.header_len);
                 lines.push(bytes.to_vec());
@@ -275,11 +281,13 @@ pub fn output_write(bytes: &[u8]) -> Result<usize, Bailout> {
     r.map_err(|_| Bailout)
 }
 
-/// Continues a bailout caught by [`output_write`]. Call with no Rust value that needs
-/// dropping left in the calling frames.
+/// Continues a bailout caught by [`output_write`]. Call only from a frame that, like every
+/// Rust frame between it and the nearest `zend_try`, holds no value with a destructor:
+/// the `longjmp` skips them all (see `send_file` in `lib.rs`).
 pub fn resume_bailout() -> ! {
-    // SAFETY: the caller dropped its resources; PHP's bailout longjmps to the request's
-    // zend_try, as it would have without our catch.
+    // SAFETY: the caller has dropped every Rust value (its own and its callees'); PHP's
+    // bailout longjmps to the nearest zend_try (ext-php-rs' handler wrapper, which
+    // re-raises it to the request's), as it would have without our catch.
     unsafe { ext_php_rs::zend::bailout() }
 }
 
