@@ -93,3 +93,10 @@ fn rate_option_limits_speed() {
 fn download_answering_unread_post() {
     scenarios::on_both_paths(Kind::CliServer, scenarios::download_answering_unread_post);
 }
+
+/// A script cannot point `handoff.socket` (set with `-d`) elsewhere with `ini_set()`.
+#[test]
+fn script_cannot_redirect_handoff_socket() {
+    let stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::script_cannot_redirect_handoff_socket(&stack);
+}

@@ -285,3 +285,12 @@ fn client_connection_is_reused_after_handoff() {
     stack.wait_outcome("complete", MIB + 3, 1);
     stack.assert_clean_logs();
 }
+
+/// A script cannot point `handoff.socket` elsewhere; here the pool's php_admin_value also
+/// locks it (deploy/php-fpm-pool.conf).
+#[test]
+fn script_cannot_redirect_handoff_socket() {
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    scenarios::script_cannot_redirect_handoff_socket(&stack);
+    stack.assert_clean_logs();
+}

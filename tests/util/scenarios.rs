@@ -595,6 +595,22 @@ pub fn download_answering_unread_post(stack: &Stack, expect_returned: &str) {
     }
 }
 
+/// A script cannot send its clients' connections to a socket of its own: `handoff.socket`
+/// is PHP_INI_SYSTEM|PHP_INI_PERDIR, so `ini_set()` fails, and the download still goes to
+/// the manager the server's configuration names.
+pub fn script_cannot_redirect_handoff_socket(stack: &Stack) {
+    let size = 200_000;
+    let sha = stack.data_file("r.bin", size, 81);
+    let returned = download_exact(stack, "r.bin", &sha, size, "&redirect_socket=1");
+    assert_eq!(
+        stack.wait_result("r.bin_redirect_socket_1.result.ini_set"),
+        "false",
+        "ini_set('handoff.socket') from a script"
+    );
+    assert_eq!(returned, "true", "send_file() after the refused ini_set()");
+    stack.wait_outcome("complete", size, 1);
+}
+
 /// Runs `scenario` on a stack with the manager, where send_file() must return `"true"`, and
 /// on one without it (the in-process fallback, `"false"`); behind nginx the logs must stay
 /// clean on both.
