@@ -294,3 +294,16 @@ fn script_cannot_redirect_handoff_socket() {
     scenarios::script_cannot_redirect_handoff_socket(&stack);
     stack.assert_clean_logs();
 }
+
+/// `header('Status: 404')`: php-fpm passes the field to nginx as the CGI status, so both
+/// paths answer 404 (and a reason given with it), with identical heads.
+#[test]
+fn status_header_is_the_status_on_both_paths() {
+    scenarios::status_header_same_on_both_paths(
+        Kind::Fpm,
+        &[
+            ("404", "HTTP/1.1 404 Not Found"),
+            ("410 Gone Fishing", "HTTP/1.1 410 Gone Fishing"),
+        ],
+    );
+}
