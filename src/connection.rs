@@ -157,9 +157,9 @@ fn inet_addresses(fd: RawFd) -> Option<(SocketAddr, SocketAddr)> {
 /// Apache itself, in order.
 ///
 /// The input check cannot tell the next request from this request's own unread body, so
-/// it is skipped for a request with a body: a request pipelined behind an upload whose body
-/// the script did not read is not answered (the manager's `Connection: close` tells the
-/// client to send it again).
+/// it is skipped for a request with a body: a request pipelined behind such a request gets
+/// no response after a handoff, though Apache may still run it (the manager's
+/// `Connection: close` tells the client to send it again).
 fn pipelining_allows_handoff(pending: ffi::ApachePending, has_body: bool) -> Result<(), String> {
     if pending.unsent_output {
         return Err(
