@@ -53,6 +53,8 @@ fn throw(e: error::SendFileError) -> PhpException {
 /// arm below the only live values are `path` and `options` (plain references: PHP owns the
 /// zvals) and the zero-sized [`Bailed`]; the handler that called us holds only references
 /// (ext-php-rs' argument fast path) and re-raises the bailout from a frame of its own.
+/// So the parameters must stay borrowed types: an owned one (a `String`, a `Vec`) would live
+/// in the handler's frame, which the `longjmp` skips.
 #[php_function]
 pub fn send_file(path: &Zval, options: Option<&ZendHashTable>) -> PhpResult<bool> {
     match send_file_until_bailout(path, options) {
