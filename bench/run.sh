@@ -261,14 +261,14 @@ wait_for() { # what pid check...
     done
 }
 
-# handoff-manager: world-connectable socket (local benchmark; php-fpm runs as this user).
+# handoff-manager: only this user may connect (0660; local benchmark, php-fpm runs as this user).
 # A copy of the binary: --scaling restarts the manager, and a rebuild of target/release
 # during the run must not change what the later rounds measure.
 cp "$MANAGER" "$RUN/handoff-manager"
 MANAGER_SHA="$(sha256sum "$RUN/handoff-manager" | cut -c1-12)"
 start_manager() { # threads
     MANAGER_THREADS="$1"
-    RUST_LOG=warn "$RUN/handoff-manager" --socket "$RUN/manager.sock" --socket-mode 0666 \
+    RUST_LOG=warn "$RUN/handoff-manager" --socket "$RUN/manager.sock" --socket-mode 0660 \
         --threads "$MANAGER_THREADS" --metrics "127.0.0.1:$METRICS_PORT" \
         --access-log "$LOGS/manager-access.log" --send-timeout 60 --grace 1 \
         >>"$LOGS/manager.log" 2>&1 &
@@ -302,6 +302,10 @@ EOF
 export HANDOFF_FPM_LISTEN="$RUN/php-fpm.sock"
 HANDOFF_FPM_USER="$(id -un)"
 export HANDOFF_FPM_USER
+# php-fpm.sock is 0660: nginx runs as this same user here.
+HANDOFF_FPM_LISTEN_OWNER="$(id -u)"
+HANDOFF_FPM_LISTEN_GROUP="$(id -g)"
+export HANDOFF_FPM_LISTEN_OWNER HANDOFF_FPM_LISTEN_GROUP
 export HANDOFF_FPM_CHILDREN=4
 export HANDOFF_SOCKET="$RUN/manager.sock"
 export HANDOFF_BENCH_DATA="$DATA"

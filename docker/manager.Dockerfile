@@ -23,4 +23,7 @@ ENV RUST_LOG=info
 # SIGTERM: stop taking handoffs, let running downloads finish for --grace seconds.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/handoff-manager"]
-CMD ["--socket", "/run/handoff/manager.sock", "--socket-mode", "0666"]
+# 0660: only the socket's owner and group may hand off. Run the container with the PHP
+# workers' group as primary group (docker-compose.yml: user "handoff:www-data") so that the
+# socket gets that group.
+CMD ["--socket", "/run/handoff/manager.sock", "--socket-mode", "0660"]

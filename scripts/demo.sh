@@ -128,12 +128,12 @@ wait_for() { # name pid logfile check...
     done
 }
 
-# 1. handoff-manager. The socket is world-connectable here because this local demo runs
-#    php-fpm as the invoking user anyway; see README "Running in production".
+# 1. handoff-manager. Only the invoking user may connect (0660): this local demo runs
+#    php-fpm as that user too; see README "Running in production".
 log "starting handoff-manager on $RUN/manager.sock"
 export RUST_LOG="${RUST_LOG:-info}"
 start handoff-manager "$LOGS/manager.log" \
-    "$MANAGER" --socket "$RUN/manager.sock" --socket-mode 0666 --grace 5
+    "$MANAGER" --socket "$RUN/manager.sock" --socket-mode 0660 --grace 5
 wait_for handoff-manager "${PIDS[-1]}" "$LOGS/manager.log" test -S "$RUN/manager.sock"
 
 # 2. php-fpm with the shared pool file (deploy/php-fpm-pool.conf, unchanged): php-fpm
@@ -149,6 +149,10 @@ EOF
 export HANDOFF_FPM_LISTEN="$RUN/php-fpm.sock"
 HANDOFF_FPM_USER="$(id -un)"
 export HANDOFF_FPM_USER
+# php-fpm.sock is 0660: nginx runs as this same user here.
+HANDOFF_FPM_LISTEN_OWNER="$(id -u)"
+HANDOFF_FPM_LISTEN_GROUP="$(id -g)"
+export HANDOFF_FPM_LISTEN_OWNER HANDOFF_FPM_LISTEN_GROUP
 export HANDOFF_FPM_CHILDREN=4
 export HANDOFF_SOCKET="$RUN/manager.sock"
 export HANDOFF_DEMO_DATA="$DATA"

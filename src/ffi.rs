@@ -82,14 +82,20 @@ pub fn response_status() -> (i32, Option<String>) {
 pub fn script_header_lines() -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
     // SAFETY: `SG(sapi_headers).headers` is a zend_llist whose elements each store one
-    // `sapi_header_struct` inline in `data`; the list is not modified while we walk it
-    // (we are the only code running). Each `header` points to `header_len` bytes.
+    // `sapi_header_struct` inline, starting at `data` (declared `char data[1]`, allocated
+    // as `sizeof(zend_llist_element) - 1 + size`); the list is not modified while we walk
+    // it (we are the only code running). The struct is read through a pointer computed
+    // from the element's own pointer and the field's offset, so that it may cover the
+    // whole allocation (a pointer taken from the 1-byte array would only cover that
+    // byte), and without assuming alignment. Each `header` points to `header_len` bytes.
     unsafe {
         let list = &(*sg()).sapi_headers.headers;
         let mut el = list.head;
         while !el.is_null() {
-            let h = (*el).data.as_ptr().cast::<ffi::sapi_header_struct>();
-            let h = std::ptr::read_unaligned(h);
+            let data = el
+                .cast::<u8>()
+                .add(std::mem::offset_of!(ffi::zend_llist_element, data));
+            let h = std::ptr::read_unaligned(data.cast::<ffi::sapi_header_struct>());
             if !h.header.is_null() {
                 let bytes = std::slice::from_raw_parts(h.header.cast::<u8>(), h.header_len);
                 lines.push(bytes.to_vec());
@@ -155,6 +161,8 @@ pub enum ApacheSocketError {
     Null(&'static str),
     /// `apr_os_sock_get` returned this APR status.
     Apr(c_int),
+    /// A structure did not look as Apache 2.4 lays it out.
+    Layout(&'static str),
 }
 
 /// Reads mod_php's client socket: `SG(server_context)` is a `php_struct*` whose
@@ -207,6 +215,136 @@ pub fn apache_client_socket() -> Result<RawFd, ApacheSocketError> {
             0 => Ok(fd),
             status => Err(ApacheSocketError::Apr(status)),
         }
+    }
+}
+
+/// What Apache itself still holds for the request's connection (mod_php), besides what
+/// the request's own output filters will write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApachePending {
+    /// `c->data_in_output_filters`: the core output filter set aside bytes of an earlier
+    /// response on this connection (HTTP pipelining: Apache does not flush a response while
+    /// the next request is already buffered) that it will write later.
+    pub unsent_output: bool,
+    /// A nonblocking speculative read of the connection's input filters found bytes: the
+    /// next pipelined request (or this request's unread body).
+    pub buffered_input: bool,
+}
+
+/// Filters in a connection's chain beyond which the layout is not believed.
+const MAX_FILTERS: usize = 32;
+
+/// Reads what Apache still holds for the request's connection, through `conn_rec` fields
+/// beyond the ones `apache_client_socket` uses: `input_filters` (offset 104),
+/// `output_filters` (112), `bucket_alloc` (128), `data_in_input_filters` (144) and
+/// `data_in_output_filters` (148), the Apache 2.4 layout on LP64 (`include/httpd.h`; the
+/// fields up to `data_in_output_filters` have been there since 2.3). The layout is
+/// validated before anything is believed: both filter pointers must lead to chains of
+/// `ap_filter_t` whose `c` is this very `conn_rec` and which end in Apache's core filters
+/// (`CORE_IN`, `CORE`), and both flags must be 0 or 1. Only call under `apache2handler`,
+/// after [`apache_client_socket`] succeeded.
+pub fn apache_pending() -> Result<ApachePending, ApacheSocketError> {
+    type GetBrigade = unsafe extern "C" fn(*mut c_void, *mut c_void, c_int, c_int, i64) -> c_int;
+    type BrigadeCreate = unsafe extern "C" fn(*mut c_void, *mut c_void) -> *mut c_void;
+    type BrigadeLength = unsafe extern "C" fn(*mut c_void, c_int, *mut i64) -> c_int;
+    type BrigadeDestroy = unsafe extern "C" fn(*mut c_void) -> c_int;
+    /// `AP_MODE_SPECULATIVE` and `APR_NONBLOCK_READ` (util_filter.h, apr_buckets.h).
+    const AP_MODE_SPECULATIVE: c_int = 3;
+    const APR_NONBLOCK_READ: c_int = 1;
+    let symbol = |name: &'static CStr, label: &'static str| {
+        lookup(name).ok_or(ApacheSocketError::MissingSymbol(label))
+    };
+    let get_brigade = symbol(c"ap_get_brigade", "ap_get_brigade")?;
+    let brigade_create = symbol(c"apr_brigade_create", "apr_brigade_create")?;
+    let brigade_length = symbol(c"apr_brigade_length", "apr_brigade_length")?;
+    let brigade_destroy = symbol(c"apr_brigade_destroy", "apr_brigade_destroy")?;
+    // SAFETY: the exported Apache 2.4 / APR-util 1.x functions of these names (checked
+    // non-NULL), with the C signatures
+    // `apr_status_t ap_get_brigade(ap_filter_t *, apr_bucket_brigade *, ap_input_mode_t,
+    // apr_read_type_e, apr_off_t)`, `apr_bucket_brigade *apr_brigade_create(apr_pool_t *,
+    // apr_bucket_alloc_t *)`, `apr_status_t apr_brigade_length(apr_bucket_brigade *, int,
+    // apr_off_t *)` and `apr_status_t apr_brigade_destroy(apr_bucket_brigade *)`; the two
+    // enums are `int`s and `apr_off_t` is 64-bit on LP64 Linux.
+    let (get_brigade, brigade_create, brigade_length, brigade_destroy) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, GetBrigade>(get_brigade),
+            std::mem::transmute::<*mut c_void, BrigadeCreate>(brigade_create),
+            std::mem::transmute::<*mut c_void, BrigadeLength>(brigade_length),
+            std::mem::transmute::<*mut c_void, BrigadeDestroy>(brigade_destroy),
+        )
+    };
+    // SAFETY: as in `apache_client_socket` for `php_struct` → `request_rec` (whose
+    // `pool` is at offset 0) → `conn_rec`; every further pointer is checked for NULL and
+    // followed only inside structures whose layout the checks before it confirmed: an
+    // `ap_filter_t` is `{ frec, ctx, next, r, c }` (offsets 0, 8, 16, 24, 32) and an
+    // `ap_filter_rec_t` starts with its `name`. The chains are walked at most MAX_FILTERS
+    // deep. The speculative read only moves bytes from the socket into the core input
+    // filter's own buffer, where Apache reads them next, as `ap_check_pipeline` does; the
+    // brigade is created in the request's pool and destroyed before returning.
+    unsafe {
+        let ctx = (*sg()).server_context.cast::<u8>();
+        if ctx.is_null() {
+            return Err(ApacheSocketError::Null("php_struct"));
+        }
+        let r = std::ptr::read_unaligned(ctx.add(8).cast::<*mut u8>());
+        if r.is_null() {
+            return Err(ApacheSocketError::Null("request_rec"));
+        }
+        let pool = std::ptr::read_unaligned(r.cast::<*mut c_void>());
+        let c = std::ptr::read_unaligned(r.add(8).cast::<*mut u8>());
+        if pool.is_null() || c.is_null() {
+            return Err(ApacheSocketError::Null("conn_rec"));
+        }
+        let field = |off: usize| std::ptr::read_unaligned(c.add(off).cast::<*mut u8>());
+        let (input, output, bucket_alloc) = (field(104), field(112), field(128));
+        if bucket_alloc.is_null() {
+            return Err(ApacheSocketError::Layout("conn_rec.bucket_alloc"));
+        }
+        // The chain from `first`: each filter names `c` as its connection, the last one is
+        // the core filter called `core`.
+        let chain_ends_in = |first: *mut u8, core: &[u8]| {
+            let mut f = first;
+            for _ in 0..MAX_FILTERS {
+                if f.is_null() || std::ptr::read_unaligned(f.add(32).cast::<*mut u8>()) != c {
+                    return false;
+                }
+                let next = std::ptr::read_unaligned(f.add(16).cast::<*mut u8>());
+                if next.is_null() {
+                    let frec = std::ptr::read_unaligned(f.cast::<*const *const c_char>());
+                    if frec.is_null() {
+                        return false;
+                    }
+                    let name = std::ptr::read_unaligned(frec);
+                    return !name.is_null()
+                        && CStr::from_ptr(name).to_bytes().eq_ignore_ascii_case(core);
+                }
+                f = next;
+            }
+            false
+        };
+        if !chain_ends_in(input, b"core_in") {
+            return Err(ApacheSocketError::Layout("conn_rec.input_filters"));
+        }
+        if !chain_ends_in(output, b"core") {
+            return Err(ApacheSocketError::Layout("conn_rec.output_filters"));
+        }
+        let flag = |off: usize| std::ptr::read_unaligned(c.add(off).cast::<c_int>());
+        let (data_in_input, data_in_output) = (flag(144), flag(148));
+        if !matches!(data_in_input, 0 | 1) || !matches!(data_in_output, 0 | 1) {
+            return Err(ApacheSocketError::Layout("conn_rec.data_in_*_filters"));
+        }
+        let bb = brigade_create(pool, bucket_alloc.cast());
+        if bb.is_null() {
+            return Err(ApacheSocketError::Null("apr_bucket_brigade"));
+        }
+        let mut len: i64 = 0;
+        let read = get_brigade(input.cast(), bb, AP_MODE_SPECULATIVE, APR_NONBLOCK_READ, 1);
+        let buffered_input = read == 0 && brigade_length(bb, 1, &mut len) == 0 && len > 0;
+        brigade_destroy(bb);
+        Ok(ApachePending {
+            unsent_output: data_in_output == 1,
+            buffered_input,
+        })
     }
 }
 
@@ -275,11 +413,13 @@ pub fn output_write(bytes: &[u8]) -> Result<usize, Bailout> {
     r.map_err(|_| Bailout)
 }
 
-/// Continues a bailout caught by [`output_write`]. Call with no Rust value that needs
-/// dropping left in the calling frames.
+/// Continues a bailout caught by [`output_write`]. Call only from a frame that, like every
+/// Rust frame between it and the nearest `zend_try`, holds no value with a destructor:
+/// the `longjmp` skips them all (see `send_file` in `lib.rs`).
 pub fn resume_bailout() -> ! {
-    // SAFETY: the caller dropped its resources; PHP's bailout longjmps to the request's
-    // zend_try, as it would have without our catch.
+    // SAFETY: the caller has dropped every Rust value (its own and its callees'); PHP's
+    // bailout longjmps to the nearest zend_try (ext-php-rs' handler wrapper, which
+    // re-raises it to the request's), as it would have without our catch.
     unsafe { ext_php_rs::zend::bailout() }
 }
 

@@ -47,15 +47,48 @@ fn throw(e: error::SendFileError) -> PhpException {
 /// Sends a file (a path or an open stream) as the response: hands it to handoff-manager
 /// (returns true) or streams it from this process (returns false). Throws
 /// HandoffException before sending anything if the file or the options are unusable.
+///
+/// A PHP bailout caught while streaming (client gone, fatal error) is resumed here, with a
+/// `longjmp` that skips every Rust frame up to ext-php-rs' handler, which runs no
+/// destructor. So [`send_file_until_bailout`] does all the work and returns; by then every
+/// value with a destructor that it or its callees created (the options' strings, the plan,
+/// the open file, the read buffer) has been dropped by the normal returns. In the bailout
+/// arm below the only live values are `file` and `options` (plain references: PHP owns the
+/// zvals) and the zero-sized [`Bailed`]; the handler that called us holds only references
+/// (ext-php-rs' argument fast path) and re-raises the bailout from a frame of its own.
+/// So the parameters must stay borrowed types: an owned one (a `String`, a `Vec`) would live
+/// in the handler's frame, which the `longjmp` skips.
 #[php_function]
 pub fn send_file(file: &Zval, options: Option<&ZendHashTable>) -> PhpResult<bool> {
-    let source = source::Source::from_php(file, options).map_err(throw)?;
-    let options = options::parse(options).map_err(throw)?;
+    match send_file_until_bailout(file, options) {
+        Ok(result) => result,
+        Err(Bailed) => ffi::resume_bailout(),
+    }
+}
+
+/// A bailout was caught; nothing of ours is alive any more. Deliberately `Copy` with no
+/// fields: the frame that resumes the bailout must own nothing with a destructor.
+#[derive(Debug, Clone, Copy)]
+struct Bailed;
+
+/// `send_file()` up to the point where a caught bailout must be resumed.
+fn send_file_until_bailout(
+    file: &Zval,
+    options: Option<&ZendHashTable>,
+) -> Result<PhpResult<bool>, Bailed> {
+    let source = match source::Source::from_php(file, options) {
+        Ok(source) => source,
+        Err(e) => return Ok(Err(throw(e))),
+    };
+    let options = match options::parse(options) {
+        Ok(options) => options,
+        Err(e) => return Ok(Err(throw(e))),
+    };
     match send::send_file(source, &options) {
-        Ok(Sent::HandedOff) => Ok(true),
-        Ok(Sent::Streamed) => Ok(false),
-        Err(Failure::Error(e)) => Err(throw(e)),
-        Err(Failure::Bailout) => ffi::resume_bailout(),
+        Ok(Sent::HandedOff) => Ok(Ok(true)),
+        Ok(Sent::Streamed) => Ok(Ok(false)),
+        Err(Failure::Error(e)) => Ok(Err(throw(e))),
+        Err(Failure::Bailout) => Err(Bailed),
     }
 }
 
@@ -67,10 +100,15 @@ pub fn handoff_available() -> bool {
 }
 
 static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
+    // Where the request's connection goes is the administrator's choice, never a script's:
+    // with ini_set() any script (a compromised plugin) could send its clients' connections
+    // to a Unix socket of its own. php.ini, `-d`, the pool's php_admin_value and Apache's
+    // php_admin_value can set it (and php_value / .user.ini / .htaccess, the PERDIR level,
+    // unless an admin value locks it).
     IniEntryDef::new(
         c"handoff.socket",
         c"/run/handoff/manager.sock",
-        IniEntryPermission::All,
+        IniEntryPermission::System.union(IniEntryPermission::PerDir),
     ),
     IniEntryDef::new(c"handoff.fallback", c"stream", IniEntryPermission::All),
     IniEntryDef::new(c"handoff.timeout_ms", c"1000", IniEntryPermission::All),

@@ -224,6 +224,14 @@ fn request() -> Request {
 }
 
 /// The status and header fields the script set so far.
+///
+/// A `Status:` field (the CGI idiom `header('Status: 404')`) is taken as PHP's SAPI takes
+/// it, so that the handoff answers as the fallback does: php-fpm passes it to the web
+/// server as the CGI status, which wins over the response code (`sapi_cgi_send_headers`
+/// then writes no status of its own), so under `fpm-fcgi` it becomes the status and reason.
+/// `php -S` and mod_php send it as an ordinary field and keep their status. It is never
+/// kept as a field: it is a CGI control field, and the manager writes none on either
+/// framing, so the fallback must not either.
 fn script_response() -> ScriptResponse {
     let (code, status_line) = ffi::response_status();
     let status = u16::try_from(code)
@@ -238,19 +246,42 @@ fn script_response() -> ScriptResponse {
         .filter(|(c, _)| c.parse::<u16>().ok() == Some(status))
         .map(|(_, r)| r.trim().to_string())
         .unwrap_or_default();
+    let mut cgi_status = None;
     let headers = ffi::script_header_lines()
         .iter()
         .filter_map(|line| {
             let line = String::from_utf8_lossy(line);
             let (name, value) = line.split_once(':')?;
+            if name.trim().eq_ignore_ascii_case("Status") {
+                if cgi_status.is_none() {
+                    cgi_status = status_field(value);
+                }
+                return None;
+            }
             Some(Header::new(name.trim(), value.trim()))
         })
         .collect();
+    let (status, reason) = match cgi_status {
+        Some(taken) if ffi::sapi_name() == "fpm-fcgi" => taken,
+        _ => (status, reason),
+    };
     ScriptResponse {
         status,
         reason,
         headers,
     }
+}
+
+/// A CGI `Status` field's value (`404`, `410 Gone Fishing`): the code and the reason, if
+/// any (empty: the standard one).
+fn status_field(value: &str) -> Option<(u16, String)> {
+    let value = value.trim();
+    let (code, reason) = value.split_once(' ').unwrap_or((value, ""));
+    let code = code
+        .parse::<u16>()
+        .ok()
+        .filter(|c| code.len() == 3 && (100..=599).contains(c))?;
+    Some((code, reason.trim().to_string()))
 }
 
 /// The client's address for the manager's log: the web server's `REMOTE_ADDR` under
@@ -336,4 +367,21 @@ pub fn manager_answers(settings: &Settings) -> Result<(), String> {
     Offer::connect(&settings.socket, settings.timeout)
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgi_status_field_as_php_fpm_passes_it() {
+        assert_eq!(status_field(" 404"), Some((404, String::new())));
+        assert_eq!(
+            status_field("410 Gone Fishing "),
+            Some((410, "Gone Fishing".to_string()))
+        );
+        for bad in ["", "abc", "99", "600", "4040", "+404", "404x"] {
+            assert_eq!(status_field(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -93,3 +93,17 @@ fn rate_option_limits_speed() {
 fn download_answering_unread_post() {
     scenarios::on_both_paths(Kind::CliServer, scenarios::download_answering_unread_post);
 }
+
+/// A script cannot point `handoff.socket` (set with `-d`) elsewhere with `ini_set()`.
+#[test]
+fn script_cannot_redirect_handoff_socket() {
+    let stack = Stack::start(Config::new(Kind::CliServer));
+    scenarios::script_cannot_redirect_handoff_socket(&stack);
+}
+
+/// `header('Status: 404')`: `php -S` does not take a status from it (it sends it as an
+/// ordinary field), so both paths answer the script's 200, with identical heads.
+#[test]
+fn status_header_is_answered_alike_on_both_paths() {
+    scenarios::status_header_same_on_both_paths(Kind::CliServer, &[("404", "HTTP/1.1 200 OK")]);
+}

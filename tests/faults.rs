@@ -49,7 +49,7 @@ fn stack(kind: Kind, children: u32) -> (Stack, RestartableManager) {
     let mut manager = RestartableManager::new(&stack.manager_socket, stack.path());
     if kind == Kind::Apache && crate::util::is_root() {
         // Apache's children run as www-data, the manager as root.
-        manager = manager.with_args(&["--socket-mode", "0666"]);
+        manager = manager.with_args(&["--socket-mode", "0660", "--socket-group", "www-data"]);
     }
     (stack, manager)
 }

@@ -285,3 +285,25 @@ fn client_connection_is_reused_after_handoff() {
     stack.wait_outcome("complete", MIB + 3, 1);
     stack.assert_clean_logs();
 }
+
+/// A script cannot point `handoff.socket` elsewhere; here the pool's php_admin_value also
+/// locks it (deploy/php-fpm-pool.conf).
+#[test]
+fn script_cannot_redirect_handoff_socket() {
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    scenarios::script_cannot_redirect_handoff_socket(&stack);
+    stack.assert_clean_logs();
+}
+
+/// `header('Status: 404')`: php-fpm passes the field to nginx as the CGI status, so both
+/// paths answer 404 (and a reason given with it), with identical heads.
+#[test]
+fn status_header_is_the_status_on_both_paths() {
+    scenarios::status_header_same_on_both_paths(
+        Kind::Fpm,
+        &[
+            ("404", "HTTP/1.1 404 Not Found"),
+            ("410 Gone Fishing", "HTTP/1.1 410 Gone Fishing"),
+        ],
+    );
+}

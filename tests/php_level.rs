@@ -86,3 +86,44 @@ fn handoff_available_tells_whether_the_manager_answers() {
     let _manager = start_manager(&socket, &dir.path().join("manager.log"));
     available("true");
 }
+
+/// A bailout while send_file() streams (stdout closed, so PHP aborts the "connection" on
+/// its first write) is resumed: send_file() never returns and shutdown functions run.
+#[test]
+fn bailout_while_streaming_is_resumed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("payload.bin");
+    write_random_file(&file, 2 * MIB, 45);
+    let (cmdline, out) = run_php("bailout.php", &[("HANDOFF_TEST_FILE", &file)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!("{cmdline}\nexit: {}\nstderr:\n{stderr}", out.status);
+    // The CLI's exit status after an aborted connection.
+    assert_eq!(out.status.code(), Some(255), "{report}");
+    assert!(stderr.contains("PASS bailout resumed"), "{report}");
+    assert!(!stderr.contains("FAIL"), "{report}");
+}
+
+/// `handoff.socket` is set by `-d` (as by php.ini or php_admin_value) and cannot be changed
+/// by `ini_set()` from a script.
+#[test]
+fn handoff_socket_is_not_settable_from_scripts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("manager.sock");
+    let (cmdline, out) = run_php_ini(
+        "ini_socket.php",
+        &[("HANDOFF_EXPECT_SOCKET", &socket)],
+        &[format!("handoff.socket={}", socket.display())],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!(
+        "{cmdline}\nexit: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(
+        stdout.contains("PASS: -d handoff.socket applies"),
+        "{report}"
+    );
+    assert!(!stdout.contains("FAIL"), "{report}");
+}

@@ -117,6 +117,70 @@ pub fn split_head(raw: &[u8]) -> (String, &[u8]) {
     )
 }
 
+/// Splits what one connection received into its responses, in order: (head, body), each
+/// body delimited by `Content-Length` or chunked encoding (de-chunked), the last one also
+/// by EOF. Responses to HEAD are not supported. Errors describe where parsing stopped.
+pub fn split_responses(mut raw: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let n = out.len() + 1;
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| format!("response {n}: no end of head"))?;
+        let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+        raw = &raw[end + 4..];
+        let field = |name: &str| {
+            head.lines().skip(1).find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let body = if let Some(len) = field("Content-Length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| format!("response {n}: Content-Length {len:?}"))?;
+            if raw.len() < len {
+                return Err(format!(
+                    "response {n}: {} of {len} body bytes\n{head}",
+                    raw.len()
+                ));
+            }
+            let (body, rest) = raw.split_at(len);
+            raw = rest;
+            body.to_vec()
+        } else if field("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let line_end = raw
+                    .windows(2)
+                    .position(|w| w == b"\r\n")
+                    .ok_or_else(|| format!("response {n}: cut in a chunk size"))?;
+                let size = std::str::from_utf8(&raw[..line_end])
+                    .ok()
+                    .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+                    .ok_or_else(|| format!("response {n}: bad chunk size"))?;
+                raw = &raw[line_end + 2..];
+                if raw.len() < size + 2 {
+                    return Err(format!("response {n}: cut in a chunk"));
+                }
+                body.extend_from_slice(&raw[..size]);
+                raw = &raw[size + 2..];
+                if size == 0 {
+                    break;
+                }
+            }
+            body
+        } else {
+            std::mem::take(&mut raw).to_vec()
+        };
+        out.push((head, body));
+    }
+    Ok(out)
+}
+
 /// What curl received: status, headers of the final response, body in a file.
 #[derive(Debug)]
 pub struct Response {

@@ -28,8 +28,9 @@ pub fn listen_seqpacket(path: &Path, who: &str) -> std::os::fd::OwnedFd {
         &UnixAddr::new(path).expect("socket path"),
     )
     .unwrap_or_else(|e| panic!("bind {who}: {e}"));
-    // As the real manager's --socket-mode 0666: PHP may run as another user (Apache's
-    // www-data children).
+    // Open to every user, unlike the real manager's socket (0660 for the PHP workers'
+    // group): the stand-ins play a manager for any PHP user (Apache's www-data children)
+    // without knowing it, and live in the test's own temporary directory.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .unwrap_or_else(|e| panic!("chmod {who}: {e}"));

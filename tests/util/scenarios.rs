@@ -595,6 +595,22 @@ pub fn download_answering_unread_post(stack: &Stack, expect_returned: &str) {
     }
 }
 
+/// A script cannot send its clients' connections to a socket of its own: `handoff.socket`
+/// is PHP_INI_SYSTEM|PHP_INI_PERDIR, so `ini_set()` fails, and the download still goes to
+/// the manager the server's configuration names.
+pub fn script_cannot_redirect_handoff_socket(stack: &Stack) {
+    let size = 200_000;
+    let sha = stack.data_file("r.bin", size, 81);
+    let returned = download_exact(stack, "r.bin", &sha, size, "&redirect_socket=1");
+    assert_eq!(
+        stack.wait_result("r.bin_redirect_socket_1.result.ini_set"),
+        "false",
+        "ini_set('handoff.socket') from a script"
+    );
+    assert_eq!(returned, "true", "send_file() after the refused ini_set()");
+    stack.wait_outcome("complete", size, 1);
+}
+
 /// Runs `scenario` on a stack with the manager, where send_file() must return `"true"`, and
 /// on one without it (the in-process fallback, `"false"`); behind nginx the logs must stay
 /// clean on both.
@@ -610,5 +626,71 @@ pub fn on_both_paths(kind: Kind, scenario: impl Fn(&Stack, &str)) {
         if matches!(kind, Kind::Fpm | Kind::Apache) {
             stack.assert_clean_logs();
         }
+    }
+}
+
+/// The old CGI idiom `header('Status: 404')` before send_file(): the handoff and the
+/// fallback answer with the same status line and the same header fields in the same order
+/// (the `Date` value aside), and the status is the one PHP's SAPI gives such a script: the
+/// Status field's under php-fpm, which passes it to the web server as the CGI status; the
+/// script's response code under `php -S`, which sends it as an ordinary field. One stack
+/// and one file for both paths (the same ETag): the manager runs for the first round and is
+/// killed for the second.
+///
+/// `php -S` writes the request's `Host` field into every response head it sends itself,
+/// which the manager does not: that line is left out of the comparison.
+pub fn status_header_same_on_both_paths(kind: Kind, expected: &[(&str, &str)]) {
+    let stack = Stack::start(Config::new(kind).without_manager());
+    let mut manager = super::faults::RestartableManager::new(&stack.manager_socket, stack.path());
+    let size = 100_000;
+    let sha = stack.data_file("status.bin", size, 131);
+    let mut heads: Vec<Vec<String>> = Vec::new();
+    for (round, handed_off) in [(0, true), (1, false)] {
+        if handed_off {
+            manager.start();
+        } else {
+            manager.kill();
+        }
+        let mut round_heads = Vec::new();
+        for (i, (value, status_line)) in expected.iter().enumerate() {
+            let result = format!("status-{round}-{i}.result");
+            let raw = raw_request(
+                &stack.endpoint,
+                &format!(
+                    "GET /download.php?f=status.bin&result={result}&status_header={} \
+                     HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                    urlencode(value)
+                ),
+            );
+            let (head, body) = split_head(&raw);
+            assert_eq!(
+                head.lines().next(),
+                Some(*status_line),
+                "Status: {value} (handed off: {handed_off}):\n{head}"
+            );
+            assert_eq!(sha256_bytes(body), sha, "Status: {value}: body");
+            assert_eq!(
+                stack.wait_result(&result),
+                if handed_off { "true" } else { "false" },
+                "Status: {value} (handed off: {handed_off}): send_file()"
+            );
+            round_heads.extend(
+                head.lines()
+                    .filter(|l| {
+                        let l = l.to_ascii_lowercase();
+                        let php_s_host = kind == Kind::CliServer && l.starts_with("host:");
+                        !(l.starts_with("date:") || php_s_host)
+                    })
+                    .map(str::to_string),
+            );
+        }
+        heads.push(round_heads);
+    }
+    assert_eq!(
+        heads[0], heads[1],
+        "the handoff (left) and the fallback (right) answer differently"
+    );
+    if kind == Kind::Fpm {
+        stack.assert_clean_logs();
     }
 }

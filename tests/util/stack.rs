@@ -343,9 +343,10 @@ impl Stack {
     }
 
     fn start_manager(&mut self, kind: Kind) {
-        // Apache's children run as another user (www-data) than the manager (root).
+        // Apache's children run as another user (www-data) than the manager (root): the
+        // socket's group lets them in, as the README advises, and nobody else.
         let args: &[&str] = if kind == Kind::Apache && is_root() {
-            &["--socket-mode", "0666"]
+            &["--socket-mode", "0660", "--socket-group", "www-data"]
         } else {
             &[]
         };
@@ -393,8 +394,17 @@ impl Stack {
         for (k, v) in &config.ini {
             cmd.arg("-d").arg(format!("{k}={v}"));
         }
+        // php-fpm.sock is 0660 (deploy/php-fpm-pool.conf): nginx runs as this same user.
         cmd.env("HANDOFF_FPM_LISTEN", &listen)
             .env("HANDOFF_FPM_USER", user)
+            .env(
+                "HANDOFF_FPM_LISTEN_OWNER",
+                nix::unistd::getuid().as_raw().to_string(),
+            )
+            .env(
+                "HANDOFF_FPM_LISTEN_GROUP",
+                nix::unistd::getgid().as_raw().to_string(),
+            )
             .env("HANDOFF_FPM_CHILDREN", config.fpm_children.to_string())
             .env("HANDOFF_SOCKET", &self.manager_socket);
         self.env_for_php(&mut cmd);

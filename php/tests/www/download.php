@@ -8,6 +8,9 @@
 //   bogus_length=1  the script sets a wrong Content-Length (must be replaced)
 //   result=NAME   write var_export(send_file(...)) to results/NAME afterwards
 //   garbage=1     echo after send_file(): must never reach the client
+//   status_header=V   the script sets header('Status: V'), the old CGI idiom
+//   redirect_socket=1 the script tries to point handoff.socket elsewhere with ini_set()
+//                     (refused: results/<result>.ini_set gets what ini_set() returned)
 $dir = getenv('HANDOFF_TEST_DIR');
 $path = $dir . '/data/' . basename($_GET['f'] ?? '');
 
@@ -35,6 +38,16 @@ if (isset($_GET['type_header'])) {
 }
 if (isset($_GET['bogus_length'])) {
     header('Content-Length: 5');
+}
+if (isset($_GET['status_header'])) {
+    header('Status: ' . $_GET['status_header']);
+}
+if (isset($_GET['redirect_socket'])) {
+    $redirected = ini_set('handoff.socket', $dir . '/elsewhere.sock');
+    if (isset($_GET['result'])) {
+        file_put_contents($dir . '/results/' . basename($_GET['result']) . '.ini_set',
+            var_export($redirected, true));
+    }
 }
 if (isset($_GET['headers'])) {
     setcookie('handoff_test', 'cookie-value');
