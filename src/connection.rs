@@ -4,7 +4,7 @@
 //! (`php -S`: the client's own socket) and `apache2handler` (mod_php: the client's own
 //! socket, for plain HTTP/1.x only: under mod_ssl or HTTP/2 the socket carries TLS or h2
 //! frames that only Apache can write). Each descriptor read from the SAPI's private
-//! structures is validated as handoff-facts.md prescribes before it is trusted; any doubt
+//! structures is validated as docs/internals.md describes before it is trusted; any doubt
 //! means "no handoff" and the request is served in-process.
 
 use std::fs::OpenOptions;

@@ -3,11 +3,11 @@
 //!
 //! Everything here is called from inside a PHP request on the request's own thread (the
 //! extension supports NTS builds), where the SAPI globals are live and nothing else runs.
-//! The struct offsets come from `handoff-facts.md` (measured on PHP 8.2; the `fcgi_request`
-//! field order is the same in all PHP 7 and 8 sources, as is the start of mod_php's
-//! `php_struct`, and `request_rec` begins the same way throughout Apache 2.4) and are never
-//! trusted alone: the caller validates every descriptor read from them before using it
-//! (see `connection.rs`).
+//! The struct offsets are those of docs/internals.md (verified on PHP 8.2 and 8.4; the
+//! `fcgi_request` field order is the same in all PHP 7 and 8 sources, as is the start of
+//! mod_php's `php_struct`, and `request_rec` begins the same way throughout Apache 2.4) and
+//! are never trusted alone: the caller validates every descriptor read from them before
+//! using it (see `connection.rs` and docs/internals.md).
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::{BorrowedFd, RawFd};
@@ -121,7 +121,7 @@ pub struct FpmRequest {
 pub fn fpm_request() -> Option<FpmRequest> {
     // SAFETY: under fpm-fcgi, SG(server_context) is the current `fcgi_request*` (or NULL);
     // the struct is at least 28 bytes and starts with the int fields read here at the
-    // offsets measured in handoff-facts.md.
+    // offsets in docs/internals.md.
     unsafe {
         let p = (*sg()).server_context.cast::<u8>();
         if p.is_null() {
@@ -191,7 +191,7 @@ pub fn apache_client_socket() -> Result<RawFd, ApacheSocketError> {
     // SAFETY: under apache2handler, SG(server_context) is the request's `php_struct*` (or
     // NULL) for the whole request; `php_struct` starts with `int state` and then the
     // `request_rec *r` at offset 8, and `request_rec` starts with `apr_pool_t *pool`
-    // and then `conn_rec *connection` at offset 8 (handoff-facts.md). Every pointer is
+    // and then `conn_rec *connection` at offset 8 (docs/internals.md). Every pointer is
     // checked for NULL before it is followed; the conn_rec lives as long as the connection.
     unsafe {
         let ctx = (*sg()).server_context.cast::<u8>();

@@ -12,7 +12,9 @@
 //! - [`ffi`]: the only `unsafe` code: SAPI internals and PHP functions not in the bindings.
 //!
 //! The response planning, the handoff protocol and the head rendering live in the
-//! `handoff-manager` library, shared with the manager.
+//! `handoff-manager` library, shared with the manager. docs/internals.md has the facts
+//! about PHP, the web servers and the kernel that this code relies on, and a map of where
+//! each part lives.
 
 #![cfg_attr(windows, feature(abi_vectorcall))]
 

@@ -17,6 +17,8 @@
 //!   every handshake already accepted is finished (the download loops run until the last
 //!   of them has gone or failed), running downloads get `grace` to finish, then the manager
 //!   exits.
+//!
+//! Why this handshake is safe, step by step: docs/internals.md ("The handshake").
 
 use std::collections::HashMap;
 use std::io;
