@@ -25,6 +25,7 @@ use nix::sys::socket::{getsockopt, send, shutdown, sockopt, MsgFlags, Shutdown};
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::fcgi;
+use crate::io_class::{classify, IoClass};
 use crate::join::FileId;
 use crate::plan::Piece;
 use crate::protocol::{Framing, Job, Received};
@@ -358,9 +359,13 @@ impl Download {
                             self.body_in_out = 0;
                         }
                     }
-                    Err(Errno::EINTR) => {}
-                    Err(Errno::EAGAIN) => return self.stalled(now),
-                    Err(e) => return Step::Done(self.write_failed(e)),
+                    Err(e) => match classify(e) {
+                        IoClass::Retry => {}
+                        IoClass::WouldBlock => return self.stalled(now),
+                        IoClass::PeerGone | IoClass::Error => {
+                            return Step::Done(self.write_failed(e))
+                        }
+                    },
                 }
                 continue;
             }
@@ -381,9 +386,13 @@ impl Download {
                         spent += n;
                         self.progressed(now);
                     }
-                    Err(Errno::EINTR) => {}
-                    Err(Errno::EAGAIN) => return self.stalled(now),
-                    Err(e) => return Step::Done(Outcome::Aborted(e.desc().to_string())),
+                    Err(e) => match classify(e) {
+                        IoClass::Retry => {}
+                        IoClass::WouldBlock => return self.stalled(now),
+                        IoClass::PeerGone | IoClass::Error => {
+                            return Step::Done(Outcome::Aborted(e.desc().to_string()))
+                        }
+                    },
                 }
                 continue;
             }
@@ -510,7 +519,7 @@ impl Download {
             match nix::sys::uio::pread(&self.file, &mut out[filled..], off) {
                 Ok(0) => return Err(Outcome::Truncated),
                 Ok(n) => filled += n,
-                Err(Errno::EINTR) => {}
+                Err(e) if classify(e) == IoClass::Retry => {}
                 Err(e) => return Err(Outcome::Aborted(format!("reading file: {}", e.desc()))),
             }
         }
@@ -522,9 +531,8 @@ impl Download {
         // still sends until it closes, instead of resetting the connection under it.
         match shutdown(self.sock.as_raw_fd(), Shutdown::Write) {
             Ok(()) => {}
-            Err(Errno::ENOTCONN) | Err(Errno::ECONNRESET) | Err(Errno::EPIPE) => {
-                return Step::Done(Outcome::Complete)
-            }
+            // The peer has the whole response already.
+            Err(e) if classify(e) == IoClass::PeerGone => return Step::Done(Outcome::Complete),
             Err(e) => debug!("shutdown after complete response: {e}"),
         }
         self.state = State::Lingering {
@@ -561,14 +569,16 @@ impl Download {
                     };
                 }
                 Ok(_) => {}
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => return Step::Wait,
-                Err(e) => {
-                    return match &self.state {
-                        State::Lingering { outcome, .. } => Step::Done(outcome.clone()),
-                        State::Sending => Step::Done(Outcome::Aborted(e.desc().to_string())),
+                Err(e) => match classify(e) {
+                    IoClass::Retry => {}
+                    IoClass::WouldBlock => return Step::Wait,
+                    IoClass::PeerGone | IoClass::Error => {
+                        return match &self.state {
+                            State::Lingering { outcome, .. } => Step::Done(outcome.clone()),
+                            State::Sending => Step::Done(Outcome::Aborted(e.desc().to_string())),
+                        }
                     }
-                }
+                },
             }
         }
     }

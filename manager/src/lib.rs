@@ -30,6 +30,8 @@
 //! - [`worker`]: the download loops, one thread and one mio `Poll` each.
 //! - [`stats`] and [`metrics`]: shared counters, the live download list, `/metrics`,
 //!   `/status` and `handoff-manager status`.
+//! - [`io_class`]: what a failed system call means (retry, would block, peer gone,
+//!   error), asked by every loop instead of matching errno by hand.
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of received descriptors).
 
 pub mod access_log;
@@ -38,6 +40,7 @@ pub mod conditional;
 pub mod download;
 pub mod fcgi;
 pub mod head;
+pub mod io_class;
 pub mod join;
 pub mod label;
 pub mod metrics;

@@ -47,6 +47,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use crate::head::{Head, HeadError, Header};
+use crate::io_class::{classify, IoClass};
 use crate::plan::Piece;
 use crate::sys::recv_with_fds;
 
@@ -202,23 +203,38 @@ pub enum ProtocolError {
     Refused { reason: String },
     #[error("peer closed the handoff socket")]
     Closed,
+    /// The worker's handshake deadline ran out (its socket timeouts are what is left of
+    /// it, so an `EAGAIN` on the worker's side means this).
     #[error("timed out waiting for the peer")]
     TimedOut,
+    /// A non-blocking call found nothing to do yet (`EAGAIN` on the manager's side, or
+    /// with `MSG_DONTWAIT`): wait for readiness and call again.
+    #[error("the handoff socket would block")]
+    WouldBlock,
     #[error("handoff socket {op}: {errno}")]
     Io { op: &'static str, errno: Errno },
 }
 
 impl ProtocolError {
     fn io(op: &'static str) -> impl FnOnce(Errno) -> ProtocolError {
-        move |errno| match errno {
-            Errno::EAGAIN => ProtocolError::TimedOut,
-            errno => ProtocolError::Io { op, errno },
+        move |errno| match classify(errno) {
+            IoClass::WouldBlock => ProtocolError::WouldBlock,
+            _ => ProtocolError::Io { op, errno },
+        }
+    }
+
+    /// For a socket whose timeouts stand for a deadline: a call that would have blocked
+    /// past it timed out.
+    pub fn timed_out(self) -> ProtocolError {
+        match self {
+            ProtocolError::WouldBlock => ProtocolError::TimedOut,
+            other => other,
         }
     }
 
     /// Whether the socket had nothing to read yet (non-blocking manager side).
     pub fn is_would_block(&self) -> bool {
-        matches!(self, ProtocolError::TimedOut)
+        matches!(self, ProtocolError::WouldBlock)
     }
 }
 
@@ -581,7 +597,9 @@ impl Offer {
         // A full backlog makes connect wait, up to the send timeout.
         offer.arm(sockopt::SendTimeout)?;
         let addr = UnixAddr::new(path).map_err(ProtocolError::io("socket path"))?;
-        connect(offer.sock.as_raw_fd(), &addr).map_err(ProtocolError::io("connect"))?;
+        connect(offer.sock.as_raw_fd(), &addr)
+            .map_err(ProtocolError::io("connect"))
+            .map_err(ProtocolError::timed_out)?;
         Ok(offer)
     }
 
@@ -620,9 +638,10 @@ impl Offer {
             MsgFlags::MSG_NOSIGNAL,
             None,
         )
-        .map_err(ProtocolError::io("sendmsg"))?;
+        .map_err(ProtocolError::io("sendmsg"))
+        .map_err(ProtocolError::timed_out)?;
         self.arm(sockopt::ReceiveTimeout)?;
-        match recv_reply(self.sock.as_fd(), MsgFlags::empty())? {
+        match recv_reply(self.sock.as_fd(), MsgFlags::empty()).map_err(ProtocolError::timed_out)? {
             Reply::Accept => Ok(()),
             Reply::Refuse(reason) => Err(ProtocolError::Refused { reason }),
             Reply::Go | Reply::Drain => Err(ProtocolError::Kind { kind: KIND_GO }),

@@ -43,6 +43,7 @@ use nix::sys::stat::Mode;
 
 use crate::access_log::AccessLog;
 use crate::download;
+use crate::io_class::{classify, classify_io, IoClass};
 use crate::protocol::{self, Incoming, ProtocolError, Received, Reply};
 use crate::sandbox;
 use crate::stats::Counters;
@@ -279,7 +280,7 @@ impl Server {
         loop {
             match self.poll.poll(&mut events, Some(TICK)) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if classify_io(&e) == IoClass::Retry => continue,
                 Err(e) => {
                     return Err(ServerError::Io {
                         op: "poll",
@@ -377,13 +378,16 @@ impl Server {
                         },
                     );
                 }
-                Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => {}
-                Err(Errno::EAGAIN) => return,
-                Err(e) => {
-                    // EMFILE and friends: leave the backlog to the workers' timeouts.
-                    warn!("accepting a worker connection: {e}");
-                    return;
-                }
+                // A worker that went away before its connection was accepted.
+                Err(e) => match classify(e) {
+                    IoClass::Retry | IoClass::PeerGone => {}
+                    IoClass::WouldBlock => return,
+                    IoClass::Error => {
+                        // EMFILE and friends: leave the backlog to the workers' timeouts.
+                        warn!("accepting a worker connection: {e}");
+                        return;
+                    }
+                },
             }
         }
     }
@@ -682,7 +686,8 @@ fn tell_previous_to_drain(prev: &OwnedFd) {
     let tv = nix::sys::time::TimeVal::new(5, 0);
     let _ = nix::sys::socket::setsockopt(prev, nix::sys::socket::sockopt::ReceiveTimeout, &tv);
     let answer = protocol::send_reply(prev.as_fd(), &Reply::Drain)
-        .and_then(|()| protocol::recv_reply(prev.as_fd(), MsgFlags::empty()));
+        .and_then(|()| protocol::recv_reply(prev.as_fd(), MsgFlags::empty()))
+        .map_err(ProtocolError::timed_out);
     match answer {
         Ok(Reply::Accept) => info!("took over the socket; the previous manager is draining"),
         Ok(other) => warn!("the previous manager answered {other:?} to drain"),

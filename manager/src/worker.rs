@@ -23,6 +23,7 @@ use nix::errno::Errno;
 use crate::access_log::{AccessLog, Entry};
 use crate::completion::{Completions, Record};
 use crate::download::{Download, Outcome, Step};
+use crate::io_class::{classify_io, IoClass};
 use crate::protocol::Received;
 use crate::rate_group::Groups;
 use crate::stats::{Board, Counters, Snapshot};
@@ -215,7 +216,7 @@ impl Loop {
         loop {
             let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
+                if classify_io(&e) != IoClass::Retry {
                     warn!("download loop poll: {e}");
                 }
                 continue;
