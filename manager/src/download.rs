@@ -145,7 +145,8 @@ enum State {
 pub struct Download {
     sock: OwnedFd,
     file: OwnedFd,
-    framing: Framing,
+    /// FastCGI: how the body is cut into records; `None` for raw HTTP.
+    framer: Option<fcgi::Framer>,
     /// Bytes to write before anything else (head, record headers, last record + trailer).
     out: Vec<u8>,
     out_pos: usize,
@@ -153,14 +154,9 @@ pub struct Download {
     body_in_out: u64,
     /// Body still to queue, in order.
     pieces: VecDeque<Piece>,
-    /// Body bytes not yet framed into a FastCGI record.
-    unframed: u64,
-    /// Content bytes of the current FastCGI record not yet queued.
-    record_left: u64,
     /// The current `sendfile` run: next file offset and bytes left.
     pos: u64,
     run_left: u64,
-    trailer_queued: bool,
     state: State,
     /// Bytes of the response head at the start of `out`, and bytes written so far.
     head_len: u64,
@@ -219,18 +215,22 @@ impl Download {
             })
             .collect();
         let mut out = Vec::with_capacity(1024);
-        match framing {
-            Framing::Http => out.extend_from_slice(&head.render_http(SystemTime::now())),
-            Framing::FastCgi { request_id } => {
-                fcgi::push_stdout(&mut out, request_id, &head.render_cgi())
+        let framer = match framing {
+            Framing::Http => {
+                out.extend_from_slice(&head.render_http(SystemTime::now()));
+                None
             }
-        }
+            Framing::FastCgi { request_id } => {
+                fcgi::push_stdout(&mut out, request_id, &head.render_cgi());
+                Some(fcgi::Framer::new(request_id, planned))
+            }
+        };
         let head_len = out.len() as u64;
         let range = head.get("Content-Range").map(str::to_owned);
         Download {
             sock: conn,
             file,
-            framing,
+            framer,
             out,
             out_pos: 0,
             body_in_out: 0,
@@ -239,11 +239,8 @@ impl Download {
             rate: if group.is_some() { 0 } else { rate },
             group,
             pieces: body.into_iter().filter(|p| !p.is_empty()).collect(),
-            unframed: planned,
-            record_left: 0,
             pos: 0,
             run_left: 0,
-            trailer_queued: framing == Framing::Http,
             state: State::Sending,
             status: head.status,
             planned,
@@ -267,7 +264,9 @@ impl Download {
     }
 
     fn more_after_out(&self) -> bool {
-        self.run_left > 0 || !self.pieces.is_empty() || !self.trailer_queued
+        self.run_left > 0
+            || !self.pieces.is_empty()
+            || self.framer.as_ref().is_some_and(|f| !f.ended())
     }
 
     /// Body bytes not yet sent (for shortest-remaining-first scheduling).
@@ -396,21 +395,11 @@ impl Download {
                 }
                 continue;
             }
-            let queued = match self.framing {
-                Framing::Http => self.queue_next_piece(u64::MAX),
-                Framing::FastCgi { request_id } => match self.frame_next(request_id) {
-                    Ok(queued) => queued,
-                    Err(outcome) => return Step::Done(outcome),
-                },
+            let queued = match self.frame_next() {
+                Ok(queued) => queued,
+                Err(outcome) => return Step::Done(outcome),
             };
             if queued {
-                continue;
-            }
-            if !self.trailer_queued {
-                if let Framing::FastCgi { request_id } = self.framing {
-                    fcgi::push_end(&mut self.out, request_id);
-                }
-                self.trailer_queued = true;
                 continue;
             }
             return self.start_lingering(now);
@@ -466,48 +455,51 @@ impl Download {
         true
     }
 
-    /// FastCGI: fills the current record, or starts the next one. The last record is read
-    /// into memory so that it leaves in the same send as the end-of-stream records.
-    fn frame_next(&mut self, request_id: u16) -> Result<bool, Outcome> {
-        if self.record_left > 0 {
-            let before = self.body_in_out + self.run_left;
-            let left = self.record_left;
-            if !self.queue_next_piece(left) {
-                return Err(Outcome::Aborted("body shorter than its records".into()));
-            }
-            self.record_left -= self.body_in_out + self.run_left - before;
-            return Ok(true);
-        }
-        if self.unframed == 0 {
-            return Ok(false);
-        }
-        if self.unframed <= fcgi::MAX_RECORD_BODY as u64 {
-            // What is left is the last record: at most MAX_RECORD_BODY bytes, because
-            // `unframed` is the exact sum of the pieces left (no piece can be longer).
-            let left = crate::plan::checked_body_len(self.pieces.make_contiguous());
-            if left != Some(self.unframed) {
-                return Err(Outcome::Aborted("body does not match its records".into()));
-            }
-            let mut last = Vec::with_capacity(self.unframed as usize);
-            while let Some(piece) = self.pieces.pop_front() {
-                match piece {
-                    Piece::Bytes(b) => last.extend_from_slice(&b),
-                    Piece::File { offset, length } => self.read_into(&mut last, offset, length)?,
+    /// Queues the next part of the body: for raw HTTP the next piece; behind FastCGI what
+    /// the [`fcgi::Framer`] asks for (the rest of the current record, the next record
+    /// header, or the last record read into memory so that it leaves in the same send as
+    /// the end-of-stream records). Returns false when everything is queued.
+    fn frame_next(&mut self) -> Result<bool, Outcome> {
+        let Some(framer) = self.framer.as_mut() else {
+            return Ok(self.queue_next_piece(u64::MAX));
+        };
+        match framer.next(&mut self.out) {
+            fcgi::Next::Content(left) => {
+                let before = self.body_in_out + self.run_left;
+                if !self.queue_next_piece(left) {
+                    return Err(Outcome::Aborted("body shorter than its records".into()));
                 }
+                let queued = self.body_in_out + self.run_left - before;
+                if let Some(framer) = self.framer.as_mut() {
+                    framer.consumed(queued);
+                }
+                Ok(true)
             }
-            fcgi::push_stdout(&mut self.out, request_id, &last);
-            fcgi::push_end(&mut self.out, request_id);
-            self.trailer_queued = true;
-            self.body_in_out += last.len() as u64;
-            self.unframed = 0;
-            return Ok(true);
+            fcgi::Next::Header | fcgi::Next::End => Ok(true),
+            fcgi::Next::Last(len) => {
+                // The last record: at most MAX_RECORD_BODY bytes, because the framer's
+                // count is the exact sum of the pieces left (no piece can be longer).
+                let left = crate::plan::checked_body_len(self.pieces.make_contiguous());
+                if left != Some(len) {
+                    return Err(Outcome::Aborted("body does not match its records".into()));
+                }
+                let mut last = Vec::with_capacity(len as usize);
+                while let Some(piece) = self.pieces.pop_front() {
+                    match piece {
+                        Piece::Bytes(b) => last.extend_from_slice(&b),
+                        Piece::File { offset, length } => {
+                            self.read_into(&mut last, offset, length)?
+                        }
+                    }
+                }
+                if let Some(framer) = self.framer.as_mut() {
+                    framer.finish(&mut self.out, &last);
+                }
+                self.body_in_out += last.len() as u64;
+                Ok(true)
+            }
+            fcgi::Next::Done => Ok(false),
         }
-        let len = fcgi::MAX_RECORD_BODY as u16;
-        self.out
-            .extend_from_slice(&fcgi::stdout_header(request_id, len));
-        self.record_left = u64::from(len);
-        self.unframed -= u64::from(len);
-        Ok(true)
     }
 
     fn read_into(&self, out: &mut Vec<u8>, offset: u64, length: u64) -> Result<(), Outcome> {
@@ -555,7 +547,7 @@ impl Download {
     /// nginx closes the client's connection. A web server that goes away still shows up:
     /// the next write fails.
     pub fn on_readable(&mut self, scratch: &mut [u8]) -> Step {
-        if matches!(self.state, State::Sending) && matches!(self.framing, Framing::FastCgi { .. }) {
+        if matches!(self.state, State::Sending) && self.framer.is_some() {
             return Step::Wait;
         }
         loop {
