@@ -27,7 +27,9 @@
 //! - [`sandbox`]: least privilege after start-up: `--user`, socket group, Landlock.
 //! - [`server`]: the handshake loop: accepts handoffs, checks them, hands each started
 //!   download to a download loop; signals and shutdown.
-//! - [`worker`]: the download loops, one thread and one mio `Poll` each.
+//! - `listener`: the listening socket, `--takeover` of a running manager's socket path,
+//!   and removing the socket file at shutdown.
+//! - [`download_loop`]: the download loops, one thread and one mio `Poll` each.
 //! - [`stats`] and [`metrics`]: shared counters, the live download list, `/metrics`,
 //!   `/status` and `handoff-manager status`.
 //! - [`io_class`]: what a failed system call means (retry, would block, peer gone,
@@ -38,11 +40,13 @@ pub mod access_log;
 pub mod completion;
 pub mod conditional;
 pub mod download;
+pub mod download_loop;
 pub mod fcgi;
 pub mod head;
 pub mod io_class;
 pub mod join;
 pub mod label;
+mod listener;
 pub mod metrics;
 pub mod plan;
 pub mod protocol;
@@ -52,4 +56,3 @@ pub mod sandbox;
 pub mod server;
 pub mod stats;
 mod sys;
-pub mod worker;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use handoff_manager::completion::{self, Endpoint};
+use handoff_manager::download_loop::Schedule;
 use handoff_manager::server::{Config, Server};
-use handoff_manager::worker::Schedule;
 
 /// Streams the files that PHP's send_file() hands over, so that PHP workers are free at once.
 #[derive(Debug, Parser)]

@@ -1,6 +1,6 @@
 //! The handshake loop: one mio `Poll` over the handoff listener, the signal descriptor
 //! and every handshake in progress. Each job whose worker said go is given to the least
-//! loaded download loop ([`crate::worker`], one thread per CPU by default).
+//! loaded download loop ([`crate::download_loop`], one thread per CPU by default).
 //!
 //! Guarantees:
 //! - A malformed or unacceptable handoff is refused with a reason (logged, and told to the
@@ -23,8 +23,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,19 +34,16 @@ use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{
-    accept4, bind, connect, listen, socket, AddressFamily, Backlog, MsgFlags, SockFlag, SockType,
-    UnixAddr,
-};
-use nix::sys::stat::Mode;
+use nix::sys::socket::{accept4, MsgFlags, SockFlag};
 
 use crate::access_log::AccessLog;
 use crate::download;
+use crate::download_loop::{self, Command, Handle, LoopConfig, Schedule};
 use crate::io_class::{classify, classify_io, IoClass};
+use crate::listener::{listen_on, remove_socket_file, same_user, tell_previous_to_drain, Bound};
 use crate::protocol::{self, Incoming, ProtocolError, Received, Reply};
 use crate::sandbox;
 use crate::stats::Counters;
-use crate::worker::{self, Command, Handle, LoopConfig, Schedule};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -123,7 +119,7 @@ pub enum ServerError {
     Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
-fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ServerError {
+pub(crate) fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ServerError {
     move |source| ServerError::Io { op, source }
 }
 
@@ -155,7 +151,8 @@ pub struct Server {
     draining_until: Option<Instant>,
     /// Accepted jobs waiting for their go (counted against `max_downloads`).
     awaiting_go: usize,
-    workers: Vec<Handle>,
+    /// The download loops.
+    loops: Vec<Handle>,
     pub counters: Arc<Counters>,
 }
 
@@ -234,9 +231,9 @@ impl Server {
             None => None,
         };
         let groups = crate::rate_group::Groups::new(counters.clone());
-        let workers = (0..threads)
+        let loops = (0..threads)
             .map(|i| {
-                worker::spawn(
+                download_loop::spawn(
                     i,
                     loop_config,
                     counters.clone(),
@@ -248,7 +245,7 @@ impl Server {
             .collect::<io::Result<Vec<_>>>()
             .map_err(io_err("starting download loops"))?;
         if let Some(addr) = config.metrics {
-            let boards = workers.iter().map(|w| w.board.clone()).collect();
+            let boards = loops.iter().map(|w| w.board.clone()).collect();
             crate::metrics::serve(addr, counters.clone(), boards)
                 .map_err(io_err("starting the metrics listener"))?;
             info!("metrics on http://{addr}/metrics, status on http://{addr}/status");
@@ -268,7 +265,7 @@ impl Server {
             next_token: FIRST_CONN,
             draining_until: None,
             awaiting_go: 0,
-            workers,
+            loops,
             counters,
         })
     }
@@ -307,13 +304,13 @@ impl Server {
             if let (Some(until), true) = (self.draining_until, self.conns.is_empty()) {
                 // Only now: every accepted handshake has been started or has failed, so
                 // no job can reach a loop that has already ended.
-                for w in &self.workers {
-                    let _ = w.send(Command::Drain(until));
+                for l in &self.loops {
+                    let _ = l.send(Command::Drain(until));
                 }
                 break;
             }
         }
-        let cut: usize = std::mem::take(&mut self.workers)
+        let cut: usize = std::mem::take(&mut self.loops)
             .into_iter()
             .map(Handle::join)
             .sum();
@@ -582,11 +579,11 @@ impl Server {
         };
         // Least loaded first; a loop that is gone (it can only have panicked: loops end
         // only when told to drain, after the last handshake) hands the job back.
-        let mut order: Vec<&Handle> = self.workers.iter().collect();
-        order.sort_by_key(|w| w.load.load(Ordering::Relaxed));
+        let mut order: Vec<&Handle> = self.loops.iter().collect();
+        order.sort_by_key(|l| l.load.load(Ordering::Relaxed));
         let mut job = rcv;
-        for worker in order {
-            match worker.send(Command::Start(job)).map_err(|cmd| *cmd) {
+        for download_loop in order {
+            match download_loop.send(Command::Start(job)).map_err(|cmd| *cmd) {
                 Ok(()) => return,
                 Err(Command::Start(back)) => job = back,
                 Err(Command::Drain(_)) => return,
@@ -659,39 +656,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop_listening();
         let until = Instant::now();
-        for w in &self.workers {
-            let _ = w.send(Command::Drain(until));
+        for l in &self.loops {
+            let _ = l.send(Command::Drain(until));
         }
-    }
-}
-
-/// Only the manager's own user (or root) may make it drain: any other local user allowed
-/// to hand off could otherwise stop the service.
-fn same_user(sock: &OwnedFd) -> Result<(), String> {
-    let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if cred.uid() == me || cred.uid() == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "uid {} may not take over (running as {me})",
-            cred.uid()
-        ))
-    }
-}
-
-/// Asks the manager we took the socket path from to stop taking handoffs and finish.
-fn tell_previous_to_drain(prev: &OwnedFd) {
-    let tv = nix::sys::time::TimeVal::new(5, 0);
-    let _ = nix::sys::socket::setsockopt(prev, nix::sys::socket::sockopt::ReceiveTimeout, &tv);
-    let answer = protocol::send_reply(prev.as_fd(), &Reply::Drain)
-        .and_then(|()| protocol::recv_reply(prev.as_fd(), MsgFlags::empty()))
-        .map_err(ProtocolError::timed_out);
-    match answer {
-        Ok(Reply::Accept) => info!("took over the socket; the previous manager is draining"),
-        Ok(other) => warn!("the previous manager answered {other:?} to drain"),
-        Err(e) => warn!("the previous manager did not confirm drain: {e}"),
     }
 }
 
@@ -708,111 +675,10 @@ fn raise_fd_limit() {
     }
 }
 
-/// The bound socket, its inode (so that shutdown removes only our own socket file), and,
-/// after a takeover, the connection to the previous manager.
-struct Bound {
-    sock: OwnedFd,
-    ino: u64,
-    previous: Option<OwnedFd>,
-}
-
-/// Creates the listening socket at `path` with `mode`. A stale socket file is replaced; a
-/// live manager's socket is an error unless `takeover`, in which case the new socket is
-/// bound beside it and renamed over it in one step, so that no handoff finds the path
-/// missing; the caller then tells the previous manager to drain.
-fn listen_on(path: &Path, mode: u32, takeover: bool) -> Result<Bound, ServerError> {
-    let sock_err = |op: &'static str| {
-        let path = path.to_path_buf();
-        move |errno| ServerError::Socket { op, path, errno }
-    };
-    let mut previous = None;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(ServerError::NotASocket {
-                path: path.to_path_buf(),
-            });
-        }
-        let probe = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(sock_err("socket"))?;
-        let addr = UnixAddr::new(path).map_err(sock_err("address"))?;
-        if connect(probe.as_raw_fd(), &addr).is_ok() {
-            if !takeover {
-                return Err(ServerError::InUse {
-                    path: path.to_path_buf(),
-                });
-            }
-            previous = Some(probe);
-        } else {
-            std::fs::remove_file(path).map_err(io_err("removing stale socket"))?;
-        }
-    }
-    let bind_path = if previous.is_some() {
-        let mut p = path.as_os_str().to_owned();
-        p.push(format!(".new.{}", std::process::id()));
-        PathBuf::from(p)
-    } else {
-        path.to_path_buf()
-    };
-    let sock = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(sock_err("socket"))?;
-    let addr = UnixAddr::new(&bind_path).map_err(sock_err("address"))?;
-    // Bind with no permission for anyone, then open up to the requested mode: no moment
-    // where the socket is wider than asked.
-    let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o777));
-    let bound = bind(sock.as_raw_fd(), &addr);
-    nix::sys::stat::umask(old);
-    bound.map_err(sock_err("bind"))?;
-    std::fs::set_permissions(&bind_path, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting socket mode"))?;
-    let backlog = Backlog::new(1024).map_err(sock_err("listen"))?;
-    listen(&sock, backlog).map_err(sock_err("listen"))?;
-    if bind_path != path {
-        std::fs::rename(&bind_path, path).map_err(io_err("moving the new socket in place"))?;
-    }
-    let ino = std::fs::symlink_metadata(path)
-        .map_err(io_err("reading the socket"))?
-        .ino();
-    Ok(Bound {
-        sock,
-        ino,
-        previous,
-    })
-}
-
-/// Removes the socket file if it is still ours (a newer manager may have taken the path).
-fn remove_socket_file(path: &Path, ino: u64) {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.ino() != ino => {
-            debug!(
-                "{} belongs to a newer manager; left in place",
-                path.display()
-            );
-            return;
-        }
-        Err(_) => return,
-        Ok(_) => {}
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => debug!("removed {}", path.display()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => warn!("removing {}: {e}", path.display()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::socket::socketpair;
+    use nix::sys::socket::{socketpair, AddressFamily, SockType};
 
     fn pair() -> (OwnedFd, OwnedFd) {
         socketpair(
