@@ -94,7 +94,7 @@ fn apply_head(head: &handoff_manager::head::Head) {
         let _ = headers::set_header(&format!("HTTP/1.1 {} {}", head.status, head.reason));
     }
     for h in &head.headers {
-        let _ = headers::add_header(&format!("{}: {}", h.name, h.value));
+        let _ = ffi::add_header_line(&h.line());
     }
     if head.get("Content-Type").is_none() {
         ffi::suppress_default_content_type();

@@ -379,6 +379,29 @@ pub fn disable_output() {
 }
 
 /// Sends the response head now if PHP has not yet (a file with an empty body).
+/// Adds a response header line (`Name: value`) as `header($line, false)` does, byte for
+/// byte: ext-php-rs' own `add_header` takes a `&str`, and a script's value need not be
+/// UTF-8. PHP rejects (with a warning) a line that could split the head; the planner
+/// never produces one.
+pub fn add_header_line(line: &[u8]) -> bool {
+    // SAFETY: SAPI.h requires a zeroed `sapi_header_line`; all its fields are integers or
+    // raw pointers, for which zero is valid.
+    let mut header: ffi::sapi_header_line = unsafe { std::mem::zeroed() };
+    header.line = line.as_ptr().cast();
+    header.line_len = line.len();
+    // SAFETY: called during a request, before the head is sent (the fallback sets its
+    // head first); the engine copies the line before returning, so `line` need only live
+    // for the call, and this frame owns nothing that a bailout from a warning would skip
+    // dropping but `header`, which has no destructor.
+    let done = unsafe {
+        ffi::sapi_header_op(
+            ffi::sapi_header_op_enum_SAPI_HEADER_ADD,
+            (&raw mut header).cast(),
+        )
+    };
+    done == ffi::ZEND_RESULT_CODE_SUCCESS
+}
+
 pub fn send_headers() {
     if !headers_sent() {
         // SAFETY: valid during a request; sends SG(sapi_headers) through the SAPI once.

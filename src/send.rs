@@ -250,15 +250,18 @@ fn script_response() -> ScriptResponse {
     let headers = ffi::script_header_lines()
         .iter()
         .filter_map(|line| {
-            let line = String::from_utf8_lossy(line);
-            let (name, value) = line.split_once(':')?;
+            // The value is kept byte for byte (it need not be UTF-8); a name that is not a
+            // token, whatever its bytes, is refused by the head's validation.
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = String::from_utf8_lossy(&line[..colon]);
+            let value = line[colon + 1..].trim_ascii();
             if name.trim().eq_ignore_ascii_case("Status") {
                 if cgi_status.is_none() {
-                    cgi_status = status_field(value);
+                    cgi_status = status_field(&String::from_utf8_lossy(value));
                 }
                 return None;
             }
-            Some(Header::new(name.trim(), value.trim()))
+            Some(Header::new(name.trim(), value))
         })
         .collect();
     let (status, reason) = match cgi_status {

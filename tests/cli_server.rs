@@ -107,3 +107,8 @@ fn script_cannot_redirect_handoff_socket() {
 fn status_header_is_answered_alike_on_both_paths() {
     scenarios::status_header_same_on_both_paths(Kind::CliServer, &[("404", "HTTP/1.1 200 OK")]);
 }
+
+#[test]
+fn raw_header_bytes_are_kept_on_both_paths() {
+    scenarios::raw_header_bytes_same_on_both_paths(Kind::CliServer);
+}

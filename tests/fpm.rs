@@ -307,3 +307,8 @@ fn status_header_is_the_status_on_both_paths() {
         ],
     );
 }
+
+#[test]
+fn raw_header_bytes_are_kept_on_both_paths() {
+    scenarios::raw_header_bytes_same_on_both_paths(Kind::Fpm);
+}

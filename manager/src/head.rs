@@ -8,19 +8,34 @@
 
 use std::time::SystemTime;
 
-/// One header field, as it will be sent.
+/// One header field, as it will be sent. The value is bytes: a script may set one that is
+/// not UTF-8 (Latin-1 text, say), and it must reach the client unchanged on every path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub name: String,
-    pub value: String,
+    pub value: Vec<u8>,
 }
 
 impl Header {
-    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         Header {
             name: name.into(),
             value: value.into(),
         }
+    }
+
+    /// The value as text, if it is UTF-8 (every field the planner reads or writes is).
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.value).ok()
+    }
+
+    /// `name: value`, as PHP's `header()` and both renderings take it.
+    pub fn line(&self) -> Vec<u8> {
+        let mut line = Vec::with_capacity(self.name.len() + 2 + self.value.len());
+        line.extend_from_slice(self.name.as_bytes());
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(&self.value);
+        line
     }
 
     /// Whether this field is called `name` (field names are case-insensitive).
@@ -56,8 +71,8 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn is_safe_text(s: &str) -> bool {
-    !s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+fn is_safe_text(s: &[u8]) -> bool {
+    !s.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
 }
 
 impl Head {
@@ -76,7 +91,7 @@ impl Head {
                 status: self.status,
             });
         }
-        if !is_safe_text(&self.reason) {
+        if !is_safe_text(self.reason.as_bytes()) {
             return Err(HeadError::Reason);
         }
         for h in &self.headers {
@@ -94,12 +109,12 @@ impl Head {
         Ok(())
     }
 
-    /// The first value of header `name`, if any.
+    /// The first value of header `name`, if any and if it is UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|h| h.is(name))
-            .map(|h| h.value.as_str())
+            .and_then(Header::text)
     }
 
     pub fn reason_phrase(&self) -> &str {
@@ -114,25 +129,34 @@ impl Head {
     /// `Connection: close` (the manager serves exactly one response per connection), the
     /// planned fields, blank line.
     pub fn render_http(&self, now: SystemTime) -> Vec<u8> {
-        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, self.reason_phrase());
-        out.push_str(&format!("Date: {}\r\n", httpdate::fmt_http_date(now)));
-        out.push_str("Connection: close\r\n");
-        for h in self.headers.iter().filter(|h| !is_hop_by_hop(h)) {
-            out.push_str(&format!("{}: {}\r\n", h.name, h.value));
-        }
-        out.push_str("\r\n");
-        out.into_bytes()
+        let first = format!(
+            "HTTP/1.1 {} {}\r\nDate: {}\r\nConnection: close\r\n",
+            self.status,
+            self.reason_phrase(),
+            httpdate::fmt_http_date(now)
+        );
+        self.render_fields(first)
     }
 
     /// The head as a CGI response (RFC 3875 §6): a `Status` field and the planned fields.
     /// The web server adds `Date` and decides on connection reuse.
     pub fn render_cgi(&self) -> Vec<u8> {
-        let mut out = format!("Status: {} {}\r\n", self.status, self.reason_phrase());
+        self.render_fields(format!(
+            "Status: {} {}\r\n",
+            self.status,
+            self.reason_phrase()
+        ))
+    }
+
+    /// `first`, then the planned fields (values byte for byte), then the blank line.
+    fn render_fields(&self, first: String) -> Vec<u8> {
+        let mut out = first.into_bytes();
         for h in self.headers.iter().filter(|h| !is_hop_by_hop(h)) {
-            out.push_str(&format!("{}: {}\r\n", h.name, h.value));
+            out.extend_from_slice(&h.line());
+            out.extend_from_slice(b"\r\n");
         }
-        out.push_str("\r\n");
-        out.into_bytes()
+        out.extend_from_slice(b"\r\n");
+        out
     }
 }
 

@@ -174,13 +174,18 @@ pub fn plan(
         })
         .cloned()
         .collect();
+    // The script's fields are passed on byte for byte; where the planner reads one (to
+    // compare validators), it reads it as text.
     let find = |hs: &[Header], name: &str| hs.iter().find(|h| h.is(name)).map(|h| h.value.clone());
+    let find_text = |hs: &[Header], name: &str| {
+        find(hs, name).map(|v| String::from_utf8_lossy(&v).into_owned())
+    };
 
     // Validators: the script's own win (it may version content its own way).
     let validators = Validators {
-        etag: find(&headers, "ETag")
+        etag: find_text(&headers, "ETag")
             .or_else(|| Some(conditional::file_etag(file.inode, file.size, file.modified))),
-        last_modified: match find(&headers, "Last-Modified") {
+        last_modified: match find_text(&headers, "Last-Modified") {
             Some(v) => httpdate::parse_http_date(&v).ok(),
             None => file.modified.map(conditional::truncate_to_seconds),
         },
@@ -200,6 +205,7 @@ pub fn plan(
             .content_type
             .clone()
             .unwrap_or_else(|| guess_type(options.filename.as_deref().unwrap_or(path_name)))
+            .into_bytes()
     });
     headers.retain(|h| !h.is("Content-Type"));
     if transport == Transport::FastCgi {
@@ -362,15 +368,20 @@ fn new_boundary() -> String {
 
 /// The `multipart/byteranges` body (RFC 9110 §14.6): each part's head as literal bytes,
 /// each part's content from the file.
-fn multipart(ranges: &[ByteRange], content_type: &str, size: u64, boundary: &str) -> Vec<Piece> {
+fn multipart(ranges: &[ByteRange], content_type: &[u8], size: u64, boundary: &str) -> Vec<Piece> {
     let mut body = Vec::with_capacity(ranges.len() * 2 + 1);
     for r in ranges {
-        let head = format!(
-            "\r\n--{boundary}\r\nContent-Type: {content_type}\r\nContent-Range: bytes {}-{}/{size}\r\n\r\n",
-            r.start,
-            r.last()
+        let mut head = format!("\r\n--{boundary}\r\nContent-Type: ").into_bytes();
+        head.extend_from_slice(content_type);
+        head.extend_from_slice(
+            format!(
+                "\r\nContent-Range: bytes {}-{}/{size}\r\n\r\n",
+                r.start,
+                r.last()
+            )
+            .as_bytes(),
         );
-        body.push(Piece::Bytes(head.into_bytes()));
+        body.push(Piece::Bytes(head));
         body.push(Piece::File {
             offset: r.start,
             length: r.len,
@@ -927,6 +938,6 @@ mod tests {
         assert_eq!(cds.len(), 1);
         assert!(cds[0]
             .value
-            .starts_with("attachment; filename=\"r_sum_.pdf\"; filename*="));
+            .starts_with(b"attachment; filename=\"r_sum_.pdf\"; filename*="));
     }
 }

@@ -20,12 +20,14 @@
 //! ```text
 //! "HO" version:u8 kind:u8=1 framing:u8 reserved:u8 request_id:u16 status:u16
 //! header_count:u16 piece_count:u16 rate:u64
-//! reason:str16 (name:str16 value:str16)*header_count piece*piece_count
+//! reason:str16 (name:str16 value:bytes16)*header_count piece*piece_count
 //! client:str16 file_name:str16 fallbacks:u32*5 tag:str16 rate_group:str16
 //! piece = 0:u8 len:u32 bytes | 1:u8 offset:u64 length:u64
 //! ```
 //!
-//! where `str16` is a `u16` length followed by that many bytes of UTF-8. A piece is either
+//! where `str16` is a `u16` length followed by that many bytes of UTF-8, and `bytes16` the
+//! same without the UTF-8 rule (a header value the script set is passed on byte for byte;
+//! the head's validation still keeps CR, LF and NUL out). A piece is either
 //! literal body bytes (multipart part heads) or a range of the file. `fallbacks` are the
 //! worker's report of the requests it served itself since its last report, one count per
 //! [`FallbackCause`] in code order (the manager adds them to its metrics). `tag` and
@@ -239,9 +241,13 @@ impl ProtocolError {
 }
 
 fn put_str(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), ProtocolError> {
-    let len = u16::try_from(s.len()).map_err(|_| ProtocolError::FieldTooLong { field })?;
+    put_bytes(out, field, s.as_bytes())
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: &'static str, b: &[u8]) -> Result<(), ProtocolError> {
+    let len = u16::try_from(b.len()).map_err(|_| ProtocolError::FieldTooLong { field })?;
     out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(b);
     Ok(())
 }
 
@@ -275,10 +281,13 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(a))
     }
 
-    fn str16(&mut self, field: &'static str) -> Result<String, ProtocolError> {
+    fn bytes16(&mut self, field: &'static str) -> Result<&'a [u8], ProtocolError> {
         let len = usize::from(self.u16(field)?);
-        let b = self.bytes(len, field)?;
-        std::str::from_utf8(b)
+        self.bytes(len, field)
+    }
+
+    fn str16(&mut self, field: &'static str) -> Result<String, ProtocolError> {
+        std::str::from_utf8(self.bytes16(field)?)
             .map(str::to_owned)
             .map_err(|_| ProtocolError::Utf8 { field })
     }
@@ -324,7 +333,7 @@ impl Job {
         put_str(&mut out, "reason", &self.head.reason)?;
         for h in &self.head.headers {
             put_str(&mut out, "header name", &h.name)?;
-            put_str(&mut out, "header value", &h.value)?;
+            put_bytes(&mut out, "header value", &h.value)?;
         }
         for piece in &self.body {
             match piece {
@@ -396,7 +405,7 @@ impl Job {
         let mut headers = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
             let name = r.str16("header name")?;
-            let value = r.str16("header value")?;
+            let value = r.bytes16("header value")?.to_vec();
             headers.push(Header { name, value });
         }
         // Each piece takes at least 5 bytes: again no allocation beyond the message.

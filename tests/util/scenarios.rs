@@ -694,3 +694,49 @@ pub fn status_header_same_on_both_paths(kind: Kind, expected: &[(&str, &str)]) {
         stack.assert_clean_logs();
     }
 }
+
+/// A header the script set with bytes that are not UTF-8 (Latin-1 text, say) reaches the
+/// client byte for byte, on the handoff and on the fallback alike.
+pub fn raw_header_bytes_same_on_both_paths(kind: Kind) {
+    let stack = Stack::start(Config::new(kind).without_manager());
+    let mut manager = super::faults::RestartableManager::new(&stack.manager_socket, stack.path());
+    let sha = stack.data_file("raw.bin", 100_000, 137);
+    // "Grüße ÿ" in Latin-1, a lone continuation byte and a 0x7f.
+    let value: &[u8] = b"Gr\xfc\xdfe \xff \x80\x7f end";
+    let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+    let mut want = b"\r\nX-Raw: ".to_vec();
+    want.extend_from_slice(value);
+    want.extend_from_slice(b"\r\n");
+    for (round, handed_off) in [(0, true), (1, false)] {
+        if handed_off {
+            manager.start();
+        } else {
+            manager.kill();
+        }
+        let result = format!("raw-{round}.result");
+        let raw = raw_request(
+            &stack.endpoint,
+            &format!(
+                "GET /download.php?f=raw.bin&result={result}&raw_header={hex} \
+                 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of head")
+            + 2;
+        let head = &raw[..end];
+        assert!(
+            head.windows(want.len()).any(|w| w == want.as_slice()),
+            "handed off: {handed_off}: the X-Raw bytes changed:\n{}",
+            String::from_utf8_lossy(head).escape_debug()
+        );
+        assert_eq!(sha256_bytes(&raw[end + 2..]), sha, "body");
+        assert_eq!(
+            stack.wait_result(&result),
+            if handed_off { "true" } else { "false" },
+            "handed off: {handed_off}: send_file()"
+        );
+    }
+}

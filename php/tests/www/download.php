@@ -9,6 +9,8 @@
 //   result=NAME   write var_export(send_file(...)) to results/NAME afterwards
 //   garbage=1     echo after send_file(): must never reach the client
 //   status_header=V   the script sets header('Status: V'), the old CGI idiom
+//   raw_header=HEX    the script sets header('X-Raw: ' . hex2bin(HEX)): bytes that need not
+//                     be UTF-8
 //   redirect_socket=1 the script tries to point handoff.socket elsewhere with ini_set()
 //                     (refused: results/<result>.ini_set gets what ini_set() returned)
 $dir = getenv('HANDOFF_TEST_DIR');
@@ -41,6 +43,9 @@ if (isset($_GET['bogus_length'])) {
 }
 if (isset($_GET['status_header'])) {
     header('Status: ' . $_GET['status_header']);
+}
+if (isset($_GET['raw_header'])) {
+    header('X-Raw: ' . hex2bin($_GET['raw_header']));
 }
 if (isset($_GET['redirect_socket'])) {
     $redirected = ini_set('handoff.socket', $dir . '/elsewhere.sock');
