@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use ext_php_rs::zend as headers;
-use handoff_manager::plan::{Piece, Plan};
+use handoff_core::plan::{Piece, Plan};
 
 use crate::ffi::{self, Bailout};
 
@@ -86,7 +86,7 @@ pub fn stream(plan: &Plan, file: &File, rate: u64) -> Result<(), Bailout> {
 
 /// Replaces the SAPI's pending head with the planned one (which already holds the
 /// script's surviving fields).
-fn apply_head(head: &handoff_manager::head::Head) {
+fn apply_head(head: &handoff_core::head::Head) {
     let _ = headers::remove_all_headers();
     if head.reason.is_empty() {
         let _ = headers::set_response_code(head.status);

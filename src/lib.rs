@@ -11,8 +11,9 @@
 //!   settings and the exceptions.
 //! - [`ffi`]: the only `unsafe` code: SAPI internals and PHP functions not in the bindings.
 //!
-//! The response planning, the handoff protocol and the head rendering live in the
-//! `handoff-manager` library, shared with the manager. docs/internals.md has the facts
+//! The response planning, the handoff protocol (with the worker's side of the handshake)
+//! and the head rendering live in the `handoff-core` crate (`core/`), shared with the
+//! manager; the extension does not link the daemon. docs/internals.md has the facts
 //! about PHP, the web servers and the kernel that this code relies on, and a map of where
 //! each part lives.
 

@@ -4,8 +4,8 @@
 use ext_php_rs::types::{ArrayKey, ZendHashTable};
 
 use crate::error::SendFileError;
-use handoff_manager::label;
-use handoff_manager::plan::Options;
+use handoff_core::label;
+use handoff_core::plan::Options;
 
 pub fn parse(table: Option<&ZendHashTable>) -> Result<Options, SendFileError> {
     let mut options = Options::default();

@@ -9,12 +9,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use handoff_manager::conditional::Conditions;
-use handoff_manager::head::Header;
-use handoff_manager::plan::{
+use handoff_core::conditional::Conditions;
+use handoff_core::head::Header;
+use handoff_core::plan::{
     self, FileInfo, Method, Options, Plan, Request, ScriptResponse, Transport,
 };
-use handoff_manager::protocol::{FallbackCause, Fallbacks, Framing, Job, Offer, ProtocolError};
+use handoff_core::protocol::{FallbackCause, Fallbacks, Framing, Job, Offer, ProtocolError};
 
 use crate::connection::{self, Connection, Kind, Neutered};
 use crate::error::SendFileError;

@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use handoff_manager::head::Head;
-use handoff_manager::plan::Piece;
-use handoff_manager::protocol::{Framing, Job, Offer};
+use handoff_core::head::Head;
+use handoff_core::plan::Piece;
+use handoff_core::protocol::{Framing, Job, Offer};
 
 const CAP: u64 = 64 * 1024 * 1024;
 /// 24 downloads: 8 small, 8 medium, 8 large, interleaved.

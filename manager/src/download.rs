@@ -25,11 +25,11 @@ use nix::sys::socket::{getsockopt, send, shutdown, sockopt, MsgFlags, Shutdown};
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::fcgi;
-use crate::io_class::{classify, IoClass};
 use crate::join::FileId;
-use crate::plan::Piece;
-use crate::protocol::{Framing, Job, Received};
 use crate::rate_group::Member;
+use handoff_core::io_class::{classify, IoClass};
+use handoff_core::plan::Piece;
+use handoff_core::protocol::{Framing, Job, Received};
 
 /// How a download ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub enum Rejected {
 /// Checks the two descriptors of a job before the manager accepts it.
 pub fn validate(rcv: &Received) -> Result<(), Rejected> {
     for label in [&rcv.job.tag, &rcv.job.rate_group] {
-        if !label.is_empty() && !crate::label::is_valid(label.as_bytes()) {
+        if !label.is_empty() && !handoff_core::label::is_valid(label.as_bytes()) {
             return Err(Rejected::Label);
         }
     }
@@ -108,7 +108,7 @@ pub fn validate(rcv: &Received) -> Result<(), Rejected> {
     }
     // Every later count of body bytes (what is planned, sent, still to frame) is then
     // exact, and never wraps.
-    crate::plan::checked_body_len(&rcv.job.body).ok_or(Rejected::BodyTooLong)?;
+    handoff_core::plan::checked_body_len(&rcv.job.body).ok_or(Rejected::BodyTooLong)?;
     Ok(())
 }
 
@@ -205,7 +205,7 @@ impl Download {
             tag,
             ..
         } = job;
-        let planned = crate::plan::checked_body_len(&body).unwrap_or(u64::MAX);
+        let planned = handoff_core::plan::checked_body_len(&body).unwrap_or(u64::MAX);
         let file_id = file_id(&file);
         let file_ranges = body
             .iter()
@@ -479,7 +479,7 @@ impl Download {
             fcgi::Next::Last(len) => {
                 // The last record: at most MAX_RECORD_BODY bytes, because the framer's
                 // count is the exact sum of the pieces left (no piece can be longer).
-                let left = crate::plan::checked_body_len(self.pieces.make_contiguous());
+                let left = handoff_core::plan::checked_body_len(self.pieces.make_contiguous());
                 if left != Some(len) {
                     return Err(Outcome::Aborted("body does not match its records".into()));
                 }

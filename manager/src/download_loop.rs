@@ -23,10 +23,10 @@ use nix::errno::Errno;
 use crate::access_log::{AccessLog, Entry};
 use crate::completion::{Completions, Record};
 use crate::download::{Download, Outcome, Step};
-use crate::io_class::{classify_io, IoClass};
-use crate::protocol::Received;
 use crate::rate_group::Groups;
 use crate::stats::{Board, Counters, Snapshot};
+use handoff_core::io_class::{classify_io, IoClass};
+use handoff_core::protocol::Received;
 
 const WAKER: Token = Token(0);
 const FIRST: usize = 1;

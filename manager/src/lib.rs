@@ -2,20 +2,12 @@
 //!
 //! A PHP worker running `send_file()` opens the file, plans the response and passes the
 //! request's connection and the open file to this process over a Unix `SOCK_SEQPACKET`
-//! socket. The pieces, one concept per module:
+//! socket. What the extension shares with the manager (the planner, the head, the wire
+//! protocol and its `SCM_RIGHTS` code, the errno classes) is the `handoff_core` crate
+//! (`core/`); this crate is the daemon. The pieces, one concept per module:
 //!
-//! - [`protocol`]: the handoff message, its wire format, the two-phase accept/go handshake
-//!   and the only code that touches `SCM_RIGHTS`; used by the manager and the extension.
-//! - [`range`] and [`conditional`]: `Range` parsing and the RFC 9110 preconditions, used
-//!   by the planner.
-//! - [`plan`]: decides the status, the head and the byte range of a download before the
-//!   first byte leaves; used by the extension for both the handoff and its in-process
-//!   fallback, so both paths send the same response.
-//! - [`head`]: renders a planned head as an HTTP/1.1 status line + headers or as a CGI head.
 //! - [`fcgi`]: FastCGI record framing (behind nginx and other FastCGI front ends).
 //! - [`access_log`]: one JSON line per finished download (bytes, outcome, duration).
-//! - [`label`]: the application's labels on a download (`tag`, `rate_group`) and their
-//!   validation, shared by the extension and the manager.
 //! - [`completion`]: completion records POSTed to the application's local endpoint
 //!   (`--on-complete`) from a bounded queue by a delivery thread.
 //! - [`join`]: the union of byte ranges delivered per (tag, file), so that range requests
@@ -32,25 +24,17 @@
 //! - [`download_loop`]: the download loops, one thread and one mio `Poll` each.
 //! - [`stats`] and [`metrics`]: shared counters, the live download list, `/metrics`,
 //!   `/status` and `handoff-manager status`.
-//! - [`io_class`]: what a failed system call means (retry, would block, peer gone,
-//!   error), asked by every loop instead of matching errno by hand.
-//! - [`sys`]: the crate's only `unsafe` code (taking ownership of received descriptors).
+//! - [`sys`]: the crate's only `unsafe` code (taking ownership of accepted descriptors,
+//!   glibc memory tunables).
 
 pub mod access_log;
 pub mod completion;
-pub mod conditional;
 pub mod download;
 pub mod download_loop;
 pub mod fcgi;
-pub mod head;
-pub mod io_class;
 pub mod join;
-pub mod label;
 mod listener;
 pub mod metrics;
-pub mod plan;
-pub mod protocol;
-pub mod range;
 pub mod rate_group;
 pub mod sandbox;
 pub mod server;

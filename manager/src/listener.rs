@@ -14,8 +14,8 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::Mode;
 
-use crate::protocol::{self, ProtocolError, Reply};
 use crate::server::{io_err, ServerError};
+use handoff_core::protocol::{self, ProtocolError, Reply};
 
 /// Only the manager's own user (or root) may make it drain: any other local user allowed
 /// to hand off could otherwise stop the service.

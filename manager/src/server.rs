@@ -39,11 +39,11 @@ use nix::sys::socket::{accept4, MsgFlags, SockFlag};
 use crate::access_log::AccessLog;
 use crate::download;
 use crate::download_loop::{self, Command, Handle, LoopConfig, Schedule};
-use crate::io_class::{classify, classify_io, IoClass};
 use crate::listener::{listen_on, remove_socket_file, same_user, tell_previous_to_drain, Bound};
-use crate::protocol::{self, Incoming, ProtocolError, Received, Reply};
 use crate::sandbox;
 use crate::stats::Counters;
+use handoff_core::io_class::{classify, classify_io, IoClass};
+use handoff_core::protocol::{self, Incoming, ProtocolError, Received, Reply};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::protocol::{FallbackCause, Fallbacks};
+use handoff_core::protocol::{FallbackCause, Fallbacks};
 
 /// Monotonic counters and the running-download gauge; updated with relaxed atomics
 /// (each is an independent count, read only for reporting).

@@ -1,16 +1,12 @@
-//! The crate's only `unsafe` code: taking ownership of descriptor numbers that the kernel
-//! just created for this process (by `accept4` or by `SCM_RIGHTS`), receiving a message
-//! with its descriptors, and two glibc memory tunables.
+//! The crate's only `unsafe` code: taking ownership of descriptor numbers that `accept4`
+//! just created for this process, and two glibc memory tunables. (Descriptors received by
+//! `SCM_RIGHTS` are owned by `handoff_core`'s own `sys` module.)
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
-use nix::errno::Errno;
-use nix::libc;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// Wraps a descriptor that the kernel has just created for us and that nothing else owns.
 ///
-/// Callers pass only numbers returned by a successful `accept4()` or read from an
-/// `SCM_RIGHTS` control message of a `recvmsg()` that just returned; each number is wrapped
+/// Callers pass only numbers returned by a successful `accept4()`; each number is wrapped
 /// exactly once, right away, so that every path (including errors) closes it.
 pub(crate) fn own_new_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: per the contract above, `fd` is open, was created by the kernel for this
@@ -41,80 +37,4 @@ pub(crate) fn single_malloc_arena() {
     unsafe {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
     }
-}
-
-/// Most descriptors one `SCM_RIGHTS` message can carry on Linux (`SCM_MAX_FD`).
-const SCM_MAX_FD: usize = 253;
-
-/// What [`recv_with_fds`] read: the message's length and flags, and every descriptor the
-/// kernel installed in this process for it, already owned.
-#[derive(Debug)]
-pub(crate) struct Message {
-    pub len: usize,
-    pub flags: libc::c_int,
-    pub fds: Vec<OwnedFd>,
-}
-
-/// Receives one message (`MSG_DONTWAIT`, descriptors close-on-exec) into `buf`.
-///
-/// Every descriptor that came with it is owned before this returns, whatever else the
-/// message holds: the control buffer has room for the kernel's maximum per message, and
-/// the control messages are walked by hand because `nix` refuses to iterate them after
-/// `MSG_CTRUNC`, although the descriptors that did fit were installed all the same.
-pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Message, Errno> {
-    // `u64` elements keep the buffer aligned for `cmsghdr`.
-    let space = cmsg_space(SCM_MAX_FD * std::mem::size_of::<RawFd>());
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is a plain C struct for which all-zero is a valid (empty) value.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = control.as_mut_ptr().cast();
-    hdr.msg_controllen = control.len() * 8;
-    // SAFETY: `hdr` points at `iov` (which describes `buf`) and at `control`, all of which
-    // outlive the call and are writable for the lengths given.
-    let n = unsafe {
-        libc::recvmsg(
-            sock.as_raw_fd(),
-            &mut hdr,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if n < 0 {
-        return Err(Errno::last());
-    }
-    let mut fds = Vec::new();
-    // SAFETY: after a successful recvmsg the kernel has set `msg_controllen` to the bytes
-    // of control data it wrote into `control`; CMSG_FIRSTHDR/CMSG_NXTHDR only walk inside
-    // that length, and each header they return lies within `control`.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&hdr);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c);
-                let header = data.offset_from(c.cast::<u8>()) as usize;
-                let count =
-                    ((*c).cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<RawFd>();
-                for i in 0..count {
-                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                    fds.push(own_new_fd(fd));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&hdr, c);
-        }
-    }
-    Ok(Message {
-        len: n as usize,
-        flags: hdr.msg_flags,
-        fds,
-    })
-}
-
-fn cmsg_space(len: usize) -> usize {
-    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
-    unsafe { libc::CMSG_SPACE(len as libc::c_uint) as usize }
 }

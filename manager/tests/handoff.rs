@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use handoff_manager::head::{Head, Header};
-use handoff_manager::plan::Piece;
-use handoff_manager::protocol::{Framing, Job, Offer, ProtocolError};
+use handoff_core::head::{Head, Header};
+use handoff_core::plan::Piece;
+use handoff_core::protocol::{Framing, Job, Offer, ProtocolError};
 use nix::sys::socket::{
     connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
 };
@@ -437,7 +437,7 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
         let reply = raw_send(&m.socket, &bytes, &fds);
         assert_eq!(
             &reply[..4],
-            &[b'H', b'O', handoff_manager::protocol::VERSION, 3],
+            &[b'H', b'O', handoff_core::protocol::VERSION, 3],
             "{what}: expected a refusal"
         );
     }
@@ -990,7 +990,7 @@ fn a_job_whose_pieces_add_up_past_u64_is_refused_and_the_manager_survives() {
     let reply = raw_send(&m.socket, &j.encode().unwrap(), &[&conn, &huge]);
     assert_eq!(
         &reply[..4],
-        &[b'H', b'O', handoff_manager::protocol::VERSION, 3],
+        &[b'H', b'O', handoff_core::protocol::VERSION, 3],
         "expected a refusal, got {reply:?}"
     );
     assert!(
@@ -1020,7 +1020,7 @@ fn descriptors_of_oversized_messages_are_all_closed() {
         let reply = raw_send(&m.socket, &good, &twenty);
         assert_eq!(
             &reply[..4],
-            &[b'H', b'O', handoff_manager::protocol::VERSION, 3],
+            &[b'H', b'O', handoff_core::protocol::VERSION, 3],
             "round {round}: expected a refusal"
         );
     }

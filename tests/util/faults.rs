@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use handoff_manager::protocol::{self, Incoming, Reply};
+use handoff_core::protocol::{self, Incoming, Reply};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

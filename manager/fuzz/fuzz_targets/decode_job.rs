@@ -2,7 +2,7 @@
 //! it accepts must survive a round trip unchanged.
 #![no_main]
 
-use handoff_manager::protocol::{Job, Reply};
+use handoff_core::protocol::{Job, Reply};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

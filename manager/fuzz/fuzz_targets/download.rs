@@ -10,10 +10,10 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use handoff_core::head::{Head, Header};
+use handoff_core::plan::Piece;
+use handoff_core::protocol::{Framing, Job, Received};
 use handoff_manager::download::{self, Download, Step};
-use handoff_manager::head::{Head, Header};
-use handoff_manager::plan::Piece;
-use handoff_manager::protocol::{Framing, Job, Received};
 use libfuzzer_sys::fuzz_target;
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
@@ -58,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
         // SAFETY: SIG_IGN installs no handler code; nothing else in this process
         // manages SIGPIPE.
         let _ = unsafe {
-            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
         };
     });
     let before = open_fds();
@@ -85,7 +88,8 @@ fn run(input: &mut Input<'_>) {
     };
     let mut head = Head::new(100 + u16::from(input.u8()) % 500);
     for _ in 0..input.u8() % 4 {
-        head.headers.push(Header::new("X-Fuzz", "v".repeat(usize::from(input.u8()))));
+        head.headers
+            .push(Header::new("X-Fuzz", "v".repeat(usize::from(input.u8()))));
     }
     let mut body = Vec::new();
     for _ in 0..input.u8() % 8 {

@@ -3,9 +3,9 @@
 //! the response.
 #![no_main]
 
-use handoff_manager::conditional::Conditions;
-use handoff_manager::head::Header;
-use handoff_manager::plan::{
+use handoff_core::conditional::Conditions;
+use handoff_core::head::Header;
+use handoff_core::plan::{
     plan, FileInfo, Method, Options, Piece, Request, ScriptResponse, Transport,
 };
 use libfuzzer_sys::fuzz_target;

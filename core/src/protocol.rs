@@ -34,7 +34,8 @@
 //! `rate_group` are the script's `tag` and `rate_group` options, empty when not given.
 //! Replies are `"HO" version kind` followed, for a refusal, by the reason text.
 //!
-//! This is the only module that touches `SCM_RIGHTS`.
+//! This is the only module that touches `SCM_RIGHTS` (through [`crate::sys`]). The
+//! worker's side of the handshake is [`Offer`]; the manager's side is `manager/src/server.rs`.
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -583,7 +584,8 @@ pub fn recv_reply(sock: BorrowedFd<'_>, flags: MsgFlags) -> Result<Reply, Protoc
 /// the job, waiting for accept): each step waits only for what is left of it. `go` never
 /// waits. The manager's own limit (`--handshake-timeout`) runs from its accept to the go;
 /// if it fires first, the go fails with `EPIPE` and the worker serves the request itself,
-/// and a go that was sent before is still honoured (see [`crate::server`]).
+/// and a go that was sent before is still honoured (see `manager/src/server.rs` and
+/// docs/internals.md, "The handshake").
 #[derive(Debug)]
 pub struct Offer {
     sock: OwnedFd,
