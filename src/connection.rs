@@ -9,61 +9,45 @@
 
 use std::fs::OpenOptions;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{getpeername, getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
-use nix::sys::stat::{fstat, SFlag};
+
+use handoff_core::protocol::Framing;
 
 use crate::ffi;
 
-/// The connection of the current request, validated.
-#[derive(Debug, Clone, Copy)]
-pub struct Connection {
-    pub fd: RawFd,
-    pub kind: Kind,
+/// The connection of the current request, validated: a descriptor the SAPI owns, lent for
+/// the request (`'r`), and how the response must be framed on it. Not `Copy`: there is
+/// one, and the handoff consumes the worker's use of it.
+#[derive(Debug)]
+pub struct Connection<'r> {
+    fd: BorrowedFd<'r>,
+    pub framing: Framing,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// php-fpm: FastCGI with this request id.
-    FastCgi { request_id: u16 },
-    /// `php -S`, mod_php: raw HTTP/1.x.
-    Http,
-}
-
-impl Connection {
-    pub fn borrow(&self) -> BorrowedFd<'_> {
-        ffi::borrow_sapi_fd(self.fd)
+impl<'r> Connection<'r> {
+    pub fn fd(&self) -> BorrowedFd<'r> {
+        self.fd
     }
-}
-
-fn is_socket(fd: RawFd) -> bool {
-    matches!(fstat(fd), Ok(st)
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK)
 }
 
 /// A connected (not listening) stream socket.
-fn is_connected_stream(fd: RawFd) -> bool {
-    if fd < 0 || !is_socket(fd) {
-        return false;
-    }
-    let b = ffi::borrow_sapi_fd(fd);
-    matches!(getsockopt(&b, sockopt::SockType), Ok(SockType::Stream))
-        && matches!(getsockopt(&b, sockopt::AcceptConn), Ok(false))
+fn is_connected_stream(fd: BorrowedFd<'_>) -> bool {
+    matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::Stream))
+        && matches!(getsockopt(&fd, sockopt::AcceptConn), Ok(false))
 }
 
-fn is_listening(fd: RawFd) -> bool {
-    if fd < 0 || !is_socket(fd) {
-        return false;
-    }
-    let b = ffi::borrow_sapi_fd(fd);
-    matches!(getsockopt(&b, sockopt::AcceptConn), Ok(true))
+fn is_listening(fd: BorrowedFd<'_>) -> bool {
+    matches!(getsockopt(&fd, sockopt::AcceptConn), Ok(true))
 }
 
-/// The request's connection if this SAPI's can be handed off, or why not.
-pub fn find() -> Result<Connection, String> {
+/// The request's connection if this SAPI's can be handed off, or why not. Every
+/// descriptor number read from the SAPI is lent out by `request` only if it is an open
+/// socket, and then validated here (docs/internals.md, "How each descriptor is validated").
+pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
     if ffi::headers_sent() {
         return Err("headers already sent".into());
     }
@@ -73,32 +57,35 @@ pub fn find() -> Result<Connection, String> {
             if r.ended != 0 {
                 return Err("FastCGI request already ended".into());
             }
-            if !is_listening(r.listen_socket) {
-                return Err("fcgi_request layout not recognised (listen_socket)".into());
-            }
-            if !is_connected_stream(r.fd) {
-                return Err("fcgi_request layout not recognised (fd)".into());
-            }
+            let listen_socket = request
+                .sapi_socket(r.listen_socket)
+                .filter(|&l| is_listening(l))
+                .ok_or("fcgi_request layout not recognised (listen_socket)")?;
+            let fd = request
+                .sapi_socket(r.fd)
+                .filter(|&fd| is_connected_stream(fd))
+                .ok_or("fcgi_request layout not recognised (fd)")?;
             // A connected stream socket at the right offset could still be another one
             // (a database connection the script opened): only a connection accepted on
             // php-fpm's own listening socket is the web server's.
-            let listener = local_address(r.listen_socket)
+            let listener = local_address(listen_socket)
                 .ok_or("fcgi_request layout not recognised (listen_socket address)")?;
             let local =
-                local_address(r.fd).ok_or("fcgi_request layout not recognised (fd address)")?;
+                local_address(fd).ok_or("fcgi_request layout not recognised (fd address)")?;
             accepted_on(&listener, &local)?;
             let request_id = u16::try_from(r.id)
                 .map_err(|_| format!("FastCGI request id {} out of range", r.id))?;
             Ok(Connection {
-                fd: r.fd,
-                kind: Kind::FastCgi { request_id },
+                fd,
+                framing: Framing::FastCgi { request_id },
             })
         }
         "cli-server" => {
             let fd = ffi::cli_server_socket().ok_or("no client")?;
-            if !is_connected_stream(fd) {
-                return Err("php -S client layout not recognised".into());
-            }
+            let fd = request
+                .sapi_socket(fd)
+                .filter(|&fd| is_connected_stream(fd))
+                .ok_or("php -S client layout not recognised")?;
             // The request's own client, not another socket at that offset.
             let (peer, _local) =
                 inet_addresses(fd).ok_or("php -S client socket has no TCP addresses")?;
@@ -110,25 +97,26 @@ pub fn find() -> Result<Connection, String> {
             )?;
             Ok(Connection {
                 fd,
-                kind: Kind::Http,
+                framing: Framing::Http,
             })
         }
         "apache2handler" => {
             let fd = ffi::apache_client_socket()
                 .map_err(|e| format!("mod_php: no client socket ({e:?})"))?;
-            if !is_connected_stream(fd) {
-                return Err("mod_php client socket not recognised".into());
-            }
+            let fd = request
+                .sapi_socket(fd)
+                .filter(|&fd| is_connected_stream(fd))
+                .ok_or("mod_php client socket not recognised")?;
             let (peer, local) =
                 inet_addresses(fd).ok_or("mod_php client socket has no TCP addresses")?;
-            let request = ApacheRequest::current();
-            request.check(peer, local)?;
+            let apache = ApacheRequest::current();
+            apache.check(peer, local)?;
             let pending = ffi::apache_pending()
                 .map_err(|e| format!("mod_php: connection state unknown ({e:?})"))?;
-            pipelining_allows_handoff(pending, request.has_body())?;
+            pipelining_allows_handoff(pending, apache.has_body())?;
             Ok(Connection {
                 fd,
-                kind: Kind::Http,
+                framing: Framing::Http,
             })
         }
         other => Err(format!("SAPI {other} is not supported for handoff")),
@@ -136,15 +124,15 @@ pub fn find() -> Result<Connection, String> {
 }
 
 /// The peer and local addresses of a TCP socket.
-fn inet_addresses(fd: RawFd) -> Option<(SocketAddr, SocketAddr)> {
+fn inet_addresses(fd: BorrowedFd<'_>) -> Option<(SocketAddr, SocketAddr)> {
     fn inet(a: SockaddrStorage) -> Option<SocketAddr> {
         if let Some(v4) = a.as_sockaddr_in() {
             return Some(SocketAddr::V4((*v4).into()));
         }
         a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
     }
-    let peer = inet(getpeername::<SockaddrStorage>(fd).ok()?)?;
-    let local = inet(getsockname::<SockaddrStorage>(fd).ok()?)?;
+    let peer = inet(getpeername::<SockaddrStorage>(fd.as_raw_fd()).ok()?)?;
+    let local = inet(getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok()?)?;
     Some((peer, local))
 }
 
@@ -277,8 +265,8 @@ enum LocalAddress {
     Unix(Vec<u8>),
 }
 
-fn local_address(fd: RawFd) -> Option<LocalAddress> {
-    let a = getsockname::<SockaddrStorage>(fd).ok()?;
+fn local_address(fd: BorrowedFd<'_>) -> Option<LocalAddress> {
+    let a = getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(LocalAddress::Inet(SocketAddr::V4((*v4).into())));
     }
@@ -334,21 +322,22 @@ fn parse_ip(s: Option<&str>) -> Option<IpAddr> {
 /// writes (php-fpm's `END_REQUEST`) is discarded and its later `close()` closes only that.
 /// The original stays reachable through `saved` until the manager has said yes to go, so a
 /// failed go can put it back.
-pub struct Neutered {
-    fd: RawFd,
+pub struct Neutered<'r> {
+    /// The connection's number: /dev/null until restored, open either way.
+    fd: BorrowedFd<'r>,
     saved: OwnedFd,
     /// The connection's file status flags before the handoff: `O_NONBLOCK` under mod_php
     /// (APR's timeouts poll), blocking under php-fpm and `php -S`.
     flags: Option<OFlag>,
 }
 
-impl Neutered {
-    pub fn new(conn: &Connection) -> Result<Neutered, String> {
-        let flags = fcntl(conn.fd, FcntlArg::F_GETFL)
+impl<'r> Neutered<'r> {
+    pub fn new(conn: &Connection<'r>) -> Result<Neutered<'r>, String> {
+        let flags = fcntl(conn.fd.as_raw_fd(), FcntlArg::F_GETFL)
             .ok()
             .map(OFlag::from_bits_retain);
         let saved = conn
-            .borrow()
+            .fd
             .try_clone_to_owned()
             .map_err(|e| format!("dup: {e}"))?;
         let null = OpenOptions::new()
@@ -356,7 +345,8 @@ impl Neutered {
             .write(true)
             .open("/dev/null")
             .map_err(|e| format!("/dev/null: {e}"))?;
-        nix::unistd::dup2(null.as_fd().as_raw_fd(), conn.fd).map_err(|e| format!("dup2: {e}"))?;
+        nix::unistd::dup2(null.as_fd().as_raw_fd(), conn.fd.as_raw_fd())
+            .map_err(|e| format!("dup2: {e}"))?;
         Ok(Neutered {
             fd: conn.fd,
             saved,
@@ -367,12 +357,13 @@ impl Neutered {
     /// Puts the real connection back (the manager never started), blocking or not as the
     /// SAPI had it (the manager may have switched the shared file description).
     pub fn restore(self) -> Result<(), String> {
-        nix::unistd::dup2(self.saved.as_raw_fd(), self.fd).map_err(|e| format!("dup2: {e}"))?;
+        nix::unistd::dup2(self.saved.as_raw_fd(), self.fd.as_raw_fd())
+            .map_err(|e| format!("dup2: {e}"))?;
         match self.flags {
             Some(flags) => {
-                let _ = fcntl(self.fd, FcntlArg::F_SETFL(flags));
+                let _ = fcntl(self.fd.as_raw_fd(), FcntlArg::F_SETFL(flags));
             }
-            None => clear_nonblocking(ffi::borrow_sapi_fd(self.fd)),
+            None => clear_nonblocking(self.fd),
         }
         Ok(())
     }
@@ -523,8 +514,8 @@ mod tests {
         }
     }
 
-    fn local(fd: &impl AsRawFd) -> LocalAddress {
-        local_address(fd.as_raw_fd()).expect("getsockname")
+    fn local(fd: &impl AsFd) -> LocalAddress {
+        local_address(fd.as_fd()).expect("getsockname")
     }
 
     /// Real sockets: what php-fpm accepted on its listener passes, a socket the script

@@ -356,14 +356,45 @@ fn lookup(name: &CStr) -> Option<*mut c_void> {
     (!p.is_null()).then_some(p)
 }
 
-/// Borrows a descriptor number that the SAPI owns for the whole request.
+/// The PHP request that a `send_file()` call runs in, as far as the SAPI's descriptors go.
 ///
-/// Only for numbers read from the SAPI's request structure and checked with `fstat`
-/// (see `connection.rs`); the borrow must not outlive the `send_file()` call.
-pub fn borrow_sapi_fd<'a>(fd: RawFd) -> BorrowedFd<'a> {
-    // SAFETY: the SAPI keeps this descriptor open until the request ends, which is after
-    // send_file() returns; callers do not keep the borrow longer.
-    unsafe { BorrowedFd::borrow_raw(fd) }
+/// The SAPI keeps the request's connection open until the request ends, which is after
+/// `send_file()` returns. A `Request` lives on the stack of one `send_file()` call (it is
+/// neither `Clone`, `Send` nor storable beyond it: see [`Request::within_call`]), so a
+/// descriptor it lends out, as a `BorrowedFd` tied to it, cannot outlive the request.
+#[derive(Debug)]
+pub struct Request {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Request {
+    /// Runs `f` with the current request. Only call from inside a PHP request (a PHP
+    /// function's body); the request is not handed out beyond `f`.
+    pub fn within_call<T>(f: impl FnOnce(&Request) -> T) -> T {
+        f(&Request {
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    /// Lends out a descriptor number read from the SAPI's request structures, if it is an
+    /// open socket: the first check of every such number, which makes the borrow sound.
+    /// What socket it is (connected, accepted on php-fpm's listener, the request's own
+    /// peer) the caller validates next (see `connection.rs` and docs/internals.md).
+    pub fn sapi_socket(&self, fd: RawFd) -> Option<BorrowedFd<'_>> {
+        if fd < 0 {
+            return None;
+        }
+        let st = nix::sys::stat::fstat(fd).ok()?;
+        let kind = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode);
+        if kind & nix::sys::stat::SFlag::S_IFMT != nix::sys::stat::SFlag::S_IFSOCK {
+            return None;
+        }
+        // SAFETY: `fd` is open (fstat just succeeded) and is the SAPI's socket for this
+        // request, which the SAPI keeps open until the request ends; the borrow is tied
+        // to `self`, which does not outlive the `send_file()` call. Replacing the number
+        // with /dev/null (`dup2`, see `connection::Neutered`) keeps it open.
+        Some(unsafe { BorrowedFd::borrow_raw(fd) })
+    }
 }
 
 /// Switches PHP's output off for the rest of the request: buffered output is discarded,

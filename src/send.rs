@@ -16,7 +16,7 @@ use handoff_core::plan::{
 };
 use handoff_core::protocol::{FallbackCause, Fallbacks, Framing, Job, Offer, ProtocolError};
 
-use crate::connection::{self, Connection, Kind, Neutered};
+use crate::connection::{self, Connection, Neutered};
 use crate::error::SendFileError;
 use crate::ffi::{self, Bailout};
 use crate::settings::{self, Fallback, Settings};
@@ -79,6 +79,15 @@ fn head_already_sent() -> bool {
 }
 
 pub fn send_file(source: Source<'_>, options: &Options) -> Result<Sent, Failure> {
+    ffi::Request::within_call(|request| send_file_in(request, source, options))
+}
+
+/// `send_file()` inside the current request, which lends out its connection.
+fn send_file_in(
+    php_request: &ffi::Request,
+    source: Source<'_>,
+    options: &Options,
+) -> Result<Sent, Failure> {
     if head_already_sent() {
         return Err(SendFileError::HeadersSent.into());
     }
@@ -108,9 +117,9 @@ pub fn send_file(source: Source<'_>, options: &Options) -> Result<Sent, Failure>
     }
     let settings = settings::current();
 
-    let conn = connection::find();
+    let conn = connection::find(php_request);
     let transport = match &conn {
-        Ok(c) if matches!(c.kind, Kind::Http) => Transport::Http,
+        Ok(c) if c.framing == Framing::Http => Transport::Http,
         Ok(_) => Transport::FastCgi,
         Err(_) if ffi::sapi_name() == "fpm-fcgi" => Transport::FastCgi,
         Err(_) => Transport::Http,
@@ -293,7 +302,7 @@ fn client_address(conn: &Connection) -> String {
     if let Some(addr) = ffi::request_env("REMOTE_ADDR") {
         return addr;
     }
-    nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.borrow().as_raw_fd())
+    nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.fd().as_raw_fd())
         .map(|a| a.to_string())
         .unwrap_or_default()
 }
@@ -308,12 +317,8 @@ fn hand_off(
     settings: &Settings,
     file_name: String,
 ) -> Result<(), Declined> {
-    let framing = match conn.kind {
-        Kind::FastCgi { request_id } => Framing::FastCgi { request_id },
-        Kind::Http => Framing::Http,
-    };
     let job = Job {
-        framing,
+        framing: conn.framing,
         head: plan.head.clone(),
         body: plan.body.clone(),
         rate: options.rate,
@@ -329,7 +334,7 @@ fn hand_off(
             format!("manager unreachable: {e}"),
         )
     })?;
-    match offer.propose(&job, conn.borrow(), file.as_fd()) {
+    match offer.propose(&job, conn.fd(), file.as_fd()) {
         Ok(()) => reported(&job.fallbacks),
         Err(e @ ProtocolError::Refused { .. }) => {
             reported(&job.fallbacks);
