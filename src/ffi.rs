@@ -707,3 +707,26 @@ impl PhpStream<'_> {
         c_str_to_string(unsafe { (*self.ptr.as_ptr()).orig_path })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// Only an open socket becomes a descriptor: not a file, not a closed or negative number.
+    #[test]
+    fn only_open_sockets_are_lent_out() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let file = tempfile::tempfile().expect("temp file");
+        // A number no process has open (a closed one could be reused by another test).
+        let closed = RawFd::MAX - 1;
+        Request::within_call(|request| {
+            let lent = request.sapi_socket(a.as_raw_fd()).expect("a socket");
+            assert_eq!(lent.as_raw_fd(), a.as_raw_fd());
+            assert!(request.sapi_socket(file.as_raw_fd()).is_none());
+            assert!(request.sapi_socket(closed).is_none());
+            assert!(request.sapi_socket(-1).is_none());
+        });
+    }
+}
