@@ -30,10 +30,9 @@ pub mod source;
 
 use ext_php_rs::builders::ClassBuilder;
 use ext_php_rs::exception::PhpException;
-use ext_php_rs::flags::IniEntryPermission;
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendHashTable, Zval};
-use ext_php_rs::zend::{ClassEntry, IniEntryDef, IniEntryDefs};
+use ext_php_rs::zend::{ClassEntry, IniEntryDef};
 
 use crate::send::{Failure, Sent};
 
@@ -102,25 +101,8 @@ pub fn handoff_available() -> bool {
     send::manager_answers(&settings::current()).is_ok()
 }
 
-static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
-    // Where the request's connection goes is the administrator's choice, never a script's:
-    // with ini_set() any script (a compromised plugin) could send its clients' connections
-    // to a Unix socket of its own. php.ini, `-d`, the pool's php_admin_value and Apache's
-    // php_admin_value can set it (and php_value / .user.ini / .htaccess, the PERDIR level,
-    // unless an admin value locks it).
-    IniEntryDef::new(
-        c"handoff.socket",
-        c"/run/handoff/manager.sock",
-        IniEntryPermission::System.union(IniEntryPermission::PerDir),
-    ),
-    IniEntryDef::new(c"handoff.fallback", c"stream", IniEntryPermission::All),
-    IniEntryDef::new(c"handoff.timeout_ms", c"1000", IniEntryPermission::All),
-    IniEntryDef::new(c"handoff.inline_below", c"65536", IniEntryPermission::All),
-    IniEntryDef::end(),
-]);
-
 pub fn startup(_ty: i32, module_number: i32) -> i32 {
-    IniEntryDef::register(INI_ENTRIES.as_slice(), module_number);
+    IniEntryDef::register(settings::INI_ENTRIES.as_slice(), module_number);
     let registered = ClassBuilder::new(EXCEPTION_CLASS)
         .extends((ffi::runtime_exception, "RuntimeException"))
         // No methods of our own, so there are no argument tables to keep alive.
@@ -144,16 +126,22 @@ pub fn info_rows() -> Vec<(String, String)> {
         ("handoff support".into(), "enabled".into()),
         ("version".into(), env!("CARGO_PKG_VERSION").into()),
         ("SAPI handoff".into(), ffi::sapi_name()),
-        (settings::SOCKET.into(), s.socket.display().to_string()),
         (
-            settings::FALLBACK.into(),
+            settings::SOCKET.name().into(),
+            s.socket.display().to_string(),
+        ),
+        (
+            settings::FALLBACK.name().into(),
             format!("{:?}", s.fallback).to_lowercase(),
         ),
         (
-            settings::TIMEOUT_MS.into(),
+            settings::TIMEOUT_MS.name().into(),
             s.timeout.as_millis().to_string(),
         ),
-        (settings::INLINE_BELOW.into(), s.inline_below.to_string()),
+        (
+            settings::INLINE_BELOW.name().into(),
+            s.inline_below.to_string(),
+        ),
         ("manager".into(), manager),
         ("last fallback reason (this process)".into(), last),
     ]

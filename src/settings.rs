@@ -1,22 +1,71 @@
 //! The extension's ini settings (`handoff.*`), read at each call so `ini_set()` and
 //! per-pool `php_value` work.
 
+use std::ffi::CStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ext_php_rs::flags::IniEntryPermission;
+use ext_php_rs::zend::{IniEntryDef, IniEntryDefs};
+
 use crate::ffi;
 
-pub const SOCKET: &str = "handoff.socket";
-pub const FALLBACK: &str = "handoff.fallback";
-pub const TIMEOUT_MS: &str = "handoff.timeout_ms";
-pub const INLINE_BELOW: &str = "handoff.inline_below";
+/// One ini setting: its name and its default, defined here only, both for PHP's
+/// registration ([`INI_ENTRIES`]) and for reading it ([`current`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Ini {
+    pub name: &'static CStr,
+    pub default: &'static CStr,
+}
 
-pub const DEFAULT_SOCKET: &str = "/run/handoff/manager.sock";
-pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
+impl Ini {
+    const fn new(name: &'static CStr, default: &'static CStr) -> Ini {
+        Ini { name, default }
+    }
+
+    /// The setting's name as text (phpinfo()).
+    pub fn name(self) -> &'static str {
+        self.name.to_str().unwrap_or_default()
+    }
+
+    fn default_number(self) -> u64 {
+        number(self.default.to_str().unwrap_or_default()).unwrap_or(0)
+    }
+}
+
+pub const SOCKET: Ini = Ini::new(c"handoff.socket", c"/run/handoff/manager.sock");
+pub const FALLBACK: Ini = Ini::new(c"handoff.fallback", c"stream");
+pub const TIMEOUT_MS: Ini = Ini::new(c"handoff.timeout_ms", c"1000");
 /// Measured break-even (docs/benchmarks.md, S3): below 64 KiB the worker streaming the file
 /// is faster than a handoff, and such a body fits in the socket buffers anyway, so it cannot
 /// hold the worker on a slow client.
-pub const DEFAULT_INLINE_BELOW: u64 = 64 * 1024;
+pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"65536");
+
+/// The settings as PHP registers them.
+pub static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
+    // Where the request's connection goes is the administrator's choice, never a script's:
+    // with ini_set() any script (a compromised plugin) could send its clients' connections
+    // to a Unix socket of its own. php.ini, `-d`, the pool's php_admin_value and Apache's
+    // php_admin_value can set it (and php_value / .user.ini / .htaccess, the PERDIR level,
+    // unless an admin value locks it).
+    IniEntryDef::new(
+        SOCKET.name,
+        SOCKET.default,
+        IniEntryPermission::System.union(IniEntryPermission::PerDir),
+    ),
+    IniEntryDef::new(FALLBACK.name, FALLBACK.default, IniEntryPermission::All),
+    IniEntryDef::new(TIMEOUT_MS.name, TIMEOUT_MS.default, IniEntryPermission::All),
+    IniEntryDef::new(
+        INLINE_BELOW.name,
+        INLINE_BELOW.default,
+        IniEntryPermission::All,
+    ),
+    IniEntryDef::end(),
+]);
+
+fn number(s: &str) -> Option<u64> {
+    s.trim().parse::<u64>().ok()
+}
 
 /// What `send_file()` does when the file cannot be handed off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,20 +87,20 @@ pub struct Settings {
 }
 
 pub fn current() -> Settings {
-    let socket = ffi::ini_string(SOCKET)
+    let socket = ffi::ini_string(SOCKET.name())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
-    let fallback = match ffi::ini_string(FALLBACK) {
+        .unwrap_or_else(|| SOCKET.default.to_string_lossy().into_owned());
+    let fallback = match ffi::ini_string(FALLBACK.name()) {
         Some(v) => parse_fallback(&v),
         None => Fallback::Stream,
     };
-    let timeout_ms = ffi::ini_string(TIMEOUT_MS)
-        .and_then(|s| s.trim().parse::<u64>().ok())
+    let timeout_ms = ffi::ini_string(TIMEOUT_MS.name())
+        .and_then(|s| number(&s))
         .filter(|&ms| ms > 0)
-        .unwrap_or(DEFAULT_TIMEOUT_MS);
-    let inline_below = ffi::ini_string(INLINE_BELOW)
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(DEFAULT_INLINE_BELOW);
+        .unwrap_or_else(|| TIMEOUT_MS.default_number());
+    let inline_below = ffi::ini_string(INLINE_BELOW.name())
+        .and_then(|s| number(&s))
+        .unwrap_or_else(|| INLINE_BELOW.default_number());
     Settings {
         socket: PathBuf::from(socket),
         fallback,
@@ -72,6 +121,17 @@ fn parse_fallback(value: &str) -> Fallback {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_are_what_the_code_reads_when_a_value_does_not_parse() {
+        assert_eq!(TIMEOUT_MS.default_number(), 1000);
+        assert_eq!(INLINE_BELOW.default_number(), 64 * 1024);
+        assert_eq!(
+            parse_fallback(FALLBACK.default.to_str().unwrap()),
+            Fallback::Stream
+        );
+        assert_eq!(SOCKET.name(), "handoff.socket");
+    }
 
     #[test]
     fn fallback_off_in_every_spelling_php_ini_produces() {
