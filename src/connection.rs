@@ -26,6 +26,8 @@ use crate::ffi;
 pub struct Connection<'r> {
     fd: BorrowedFd<'r>,
     pub framing: Framing,
+    /// php-fpm's FastCGI request id (0 for raw HTTP).
+    pub request_id: u16,
 }
 
 impl<'r> Connection<'r> {
@@ -77,7 +79,8 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
                 .map_err(|_| format!("FastCGI request id {} out of range", r.id))?;
             Ok(Connection {
                 fd,
-                framing: Framing::FastCgi { request_id },
+                framing: Framing::FastCgi,
+                request_id,
             })
         }
         "cli-server" => {
@@ -98,6 +101,7 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
             Ok(Connection {
                 fd,
                 framing: Framing::Http,
+                request_id: 0,
             })
         }
         "apache2handler" => {
@@ -117,6 +121,7 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
             Ok(Connection {
                 fd,
                 framing: Framing::Http,
+                request_id: 0,
             })
         }
         other => Err(format!("SAPI {other} is not supported for handoff")),

@@ -11,9 +11,7 @@ use std::sync::Mutex;
 
 use handoff_core::conditional::Conditions;
 use handoff_core::head::Header;
-use handoff_core::plan::{
-    self, FileInfo, Method, Options, Plan, Request, ScriptResponse, Transport,
-};
+use handoff_core::plan::{self, FileInfo, Method, Options, Plan, Request, ScriptResponse};
 use handoff_core::protocol::{FallbackCause, Fallbacks, Framing, Job, Offer, ProtocolError};
 
 use crate::connection::{self, Connection, Neutered};
@@ -118,13 +116,13 @@ fn send_file_in(
     let settings = settings::current();
 
     let conn = connection::find(php_request);
-    let transport = match &conn {
-        Ok(c) if c.framing == Framing::Http => Transport::Http,
-        Ok(_) => Transport::FastCgi,
-        Err(_) if ffi::sapi_name() == "fpm-fcgi" => Transport::FastCgi,
-        Err(_) => Transport::Http,
+    // Without a connection to hand off, php-fpm still answers in FastCGI records.
+    let framing = match &conn {
+        Ok(c) => c.framing,
+        Err(_) if ffi::sapi_name() == "fpm-fcgi" => Framing::FastCgi,
+        Err(_) => Framing::Http,
     };
-    let plan = plan::plan(info, &request, &script, options, &name, transport);
+    let plan = plan::plan(info, &request, &script, options, &name, framing);
 
     let declined = match conn {
         // Small enough that serving it here is cheaper than a handoff: not a fallback,
@@ -319,6 +317,7 @@ fn hand_off(
 ) -> Result<(), Declined> {
     let job = Job {
         framing: conn.framing,
+        request_id: conn.request_id,
         head: plan.head.clone(),
         body: plan.body.clone(),
         rate: options.rate,

@@ -91,10 +91,16 @@ pub struct Options {
     pub rate_group: Option<String>,
 }
 
-/// Where the response goes; FastCGI responses ask the web server not to spool them.
+/// How the response is framed on the connection, the one "HTTP or FastCGI" of the
+/// project: the planner asks FastCGI front ends not to spool the response, the wire
+/// protocol carries it to the manager (with the request id beside it), and the manager
+/// frames the response by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub enum Framing {
+    /// The connection is the client's own socket (`php -S`, mod_php): HTTP/1.1.
     Http,
+    /// The connection is a FastCGI connection from a web server (php-fpm): `STDOUT`
+    /// records and `END_REQUEST`.
     FastCgi,
 }
 
@@ -162,7 +168,7 @@ pub fn plan(
     script: &ScriptResponse,
     options: &Options,
     path_name: &str,
-    transport: Transport,
+    framing: Framing,
 ) -> Plan {
     let mut headers: Vec<Header> = script
         .headers
@@ -208,7 +214,7 @@ pub fn plan(
             .into_bytes()
     });
     headers.retain(|h| !h.is("Content-Type"));
-    if transport == Transport::FastCgi {
+    if framing == Framing::FastCgi {
         headers.push(Header::new("X-Accel-Buffering", "no"));
     }
 
@@ -624,7 +630,7 @@ mod tests {
                 &s,
                 &Options::default(),
                 "a.bin",
-                Transport::Http,
+                Framing::Http,
             );
             assert_eq!(p.head.status, c.status, "{}: status", c.rfc);
             assert_eq!(file_ranges(&p), c.ranges, "{}: body", c.rfc);
@@ -653,7 +659,7 @@ mod tests {
                 &script(&[]),
                 &Options::default(),
                 "a.pdf",
-                Transport::Http,
+                Framing::Http,
             );
             let h = plan(
                 file(SIZE),
@@ -661,7 +667,7 @@ mod tests {
                 &script(&[]),
                 &Options::default(),
                 "a.pdf",
-                Transport::Http,
+                Framing::Http,
             );
             if fields.iter().any(|(n, _)| *n == "Range") {
                 // §14.2: HEAD ignores Range, so compare with a plain GET's head.
@@ -671,7 +677,7 @@ mod tests {
                     &script(&[]),
                     &Options::default(),
                     "a.pdf",
-                    Transport::Http,
+                    Framing::Http,
                 );
                 assert_eq!(h.head, plain.head);
             } else {
@@ -689,7 +695,7 @@ mod tests {
             &script(&[]),
             &Options::default(),
             "a.pdf",
-            Transport::Http,
+            Framing::Http,
         );
         let ct = p.head.get("Content-Type").unwrap();
         let boundary = ct.strip_prefix("multipart/byteranges; boundary=").unwrap();
@@ -731,7 +737,7 @@ mod tests {
                 ..Options::default()
             },
             "a.bin",
-            Transport::Http,
+            Framing::Http,
         );
         assert_eq!(p.head.status, 304);
         assert_eq!(p.head.get("ETag"), Some(etag().as_str()));
@@ -756,7 +762,7 @@ mod tests {
             &s,
             &Options::default(),
             "a",
-            Transport::Http,
+            Framing::Http,
         );
         assert_eq!((p.head.status, p.head.reason.as_str()), (404, "Nope"));
         assert_eq!(file_ranges(&p), ALL);
@@ -771,7 +777,7 @@ mod tests {
             &script(&[("ETag", "\"v2\"")]),
             &Options::default(),
             "a",
-            Transport::Http,
+            Framing::Http,
         );
         assert_eq!(p.head.status, 304);
         assert_eq!(p.head.headers.iter().filter(|h| h.is("ETag")).count(), 1);
@@ -785,7 +791,7 @@ mod tests {
             &script(&[("Set-Cookie", "a=1"), ("X-Custom", "yes")]),
             &Options::default(),
             "report.pdf",
-            Transport::FastCgi,
+            Framing::FastCgi,
         );
         assert_eq!(p.head.status, 200);
         assert_eq!(
@@ -813,7 +819,7 @@ mod tests {
             &script(&[("X-Custom", "1")]),
             &Options::default(),
             "a.bin",
-            Transport::FastCgi,
+            Framing::FastCgi,
         );
         assert_eq!(p.head.get("X-Accel-Buffering"), Some("no"));
         let inline = for_inline(p.clone());
@@ -835,7 +841,7 @@ mod tests {
             ]),
             &Options::default(),
             "x.pdf",
-            Transport::Http,
+            Framing::Http,
         );
         assert_eq!(p.head.get("Content-Length"), Some("10"));
         assert_eq!(p.head.get("Content-Encoding"), None);
@@ -863,7 +869,7 @@ mod tests {
             &script(&[("Content-Type", "text/html")]),
             &opts,
             "a.bin",
-            Transport::Http,
+            Framing::Http,
         );
         assert_eq!(p.head.get("Content-Type"), Some("image/png"));
         assert_eq!(guess_type("data.unknownext"), "application/octet-stream");
@@ -879,7 +885,7 @@ mod tests {
             &script(&[]),
             &Options::default(),
             "a",
-            Transport::Http,
+            Framing::Http,
         );
         assert_eq!((p.head.status, p.body_len()), (200, 0));
         assert_eq!(p.head.get("Content-Length"), Some("0"));
@@ -891,7 +897,7 @@ mod tests {
             &s,
             &Options::default(),
             "a",
-            Transport::Http,
+            Framing::Http,
         );
         assert_eq!((p.head.status, p.body_len()), (204, 0));
     }
@@ -926,7 +932,7 @@ mod tests {
             &script(&[("Content-Disposition", "inline")]),
             &opts,
             "blob-1234",
-            Transport::Http,
+            Framing::Http,
         );
         assert_eq!(p.head.get("Content-Type"), Some("application/pdf"));
         let cds: Vec<_> = p

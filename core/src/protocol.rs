@@ -66,15 +66,7 @@ const KIND_GO: u8 = 4;
 const KIND_DRAIN: u8 = 5;
 const FIXED_LEN: usize = 22;
 
-/// How the response must be framed on the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// The connection is the client's own socket: write HTTP/1.1.
-    Http,
-    /// The connection is a FastCGI connection from a web server: write `STDOUT` records
-    /// and `END_REQUEST` for this request id.
-    FastCgi { request_id: u16 },
-}
+pub use crate::plan::Framing;
 
 /// Why a worker served a request itself instead of handing it off (`handoff.fallback`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +121,8 @@ pub type Fallbacks = [u32; FallbackCause::COUNT];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub framing: Framing,
+    /// The FastCGI request id the records are for (0 for raw HTTP).
+    pub request_id: u16,
     pub head: Head,
     /// The body in order: file ranges and literal bytes (empty for HEAD).
     pub body: Vec<Piece>,
@@ -319,10 +313,11 @@ impl Job {
             u16::try_from(self.head.headers.len()).map_err(|_| ProtocolError::FieldTooLong {
                 field: "header count",
             })?;
-        let (framing, request_id) = match self.framing {
-            Framing::Http => (0u8, 0u16),
-            Framing::FastCgi { request_id } => (1u8, request_id),
+        let framing = match self.framing {
+            Framing::Http => 0u8,
+            Framing::FastCgi => 1u8,
         };
+        let request_id = self.request_id;
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&[VERSION, KIND_JOB, framing, 0]);
@@ -389,7 +384,7 @@ impl Job {
         let request_id = r.u16("request id")?;
         let framing = match framing_byte {
             0 => Framing::Http,
-            1 => Framing::FastCgi { request_id },
+            1 => Framing::FastCgi,
             framing => return Err(ProtocolError::Framing { framing }),
         };
         let status = r.u16("status")?;
@@ -455,6 +450,7 @@ impl Job {
         head.validate()?;
         Ok(Job {
             framing,
+            request_id,
             head,
             body,
             rate,
@@ -686,7 +682,8 @@ mod tests {
             .push(Header::new("Content-Type", "application/pdf"));
         head.headers.push(Header::new("Set-Cookie", "a=b; Path=/"));
         Job {
-            framing: Framing::FastCgi { request_id: 1 },
+            framing: Framing::FastCgi,
+            request_id: 1,
             head,
             body: vec![
                 Piece::Bytes(b"--part\r\n".to_vec()),

@@ -51,6 +51,7 @@ fn one_run(manager: &Path, dir: &Path, schedule: &str) -> anyhow::Result<(f64, f
         let (ours, mut client) = UnixStream::pair()?;
         let job = Job {
             framing: Framing::Http,
+            request_id: 0,
             head: Head::new(200),
             body: vec![Piece::File {
                 offset: 0,

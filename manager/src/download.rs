@@ -197,6 +197,7 @@ impl Download {
         let Received { job, conn, file } = rcv;
         let Job {
             framing,
+            request_id,
             head,
             body,
             rate,
@@ -220,7 +221,7 @@ impl Download {
                 out.extend_from_slice(&head.render_http(SystemTime::now()));
                 None
             }
-            Framing::FastCgi { request_id } => {
+            Framing::FastCgi => {
                 fcgi::push_stdout(&mut out, request_id, &head.render_cgi());
                 Some(fcgi::Framer::new(request_id, planned))
             }

@@ -117,6 +117,7 @@ fn job(framing: Framing, length: u64) -> Job {
         .push(Header::new("Content-Length", length.to_string()));
     Job {
         framing,
+        request_id: 1,
         head,
         body: vec![Piece::File { offset: 0, length }],
         rate: 0,
@@ -205,7 +206,10 @@ fn hand_over_fcgi(socket: &Path, request_id: u16, len: u64, file: &impl AsFd) ->
     let offer = Offer::connect(socket, Duration::from_secs(5)).unwrap();
     offer
         .propose(
-            &job(Framing::FastCgi { request_id }, len),
+            &Job {
+                request_id,
+                ..job(Framing::FastCgi, len)
+            },
             ours.as_fd(),
             file.as_fd(),
         )
@@ -518,14 +522,14 @@ fn multipart_pieces_arrive_in_order_on_both_framings() {
             }
         }
     }
-    for framing in [Framing::Http, Framing::FastCgi { request_id: 1 }] {
+    for framing in [Framing::Http, Framing::FastCgi] {
         let mut j = job(framing, 0);
         j.body = body.clone();
         let client = hand_over(&m.socket, &j, &file);
         let got = read_all(client);
         let stream = match framing {
             Framing::Http => got,
-            Framing::FastCgi { request_id } => parse_fcgi(&got, request_id).0,
+            Framing::FastCgi => parse_fcgi(&got, j.request_id).0,
         };
         let split = stream
             .windows(4)
@@ -969,7 +973,7 @@ fn a_job_whose_pieces_add_up_past_u64_is_refused_and_the_manager_survives() {
     let huge = memfd_create(c"huge", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
     nix::unistd::ftruncate(&huge, i64::MAX).unwrap();
     let max = i64::MAX as u64;
-    let mut j = job(Framing::FastCgi { request_id: 1 }, 3);
+    let mut j = job(Framing::FastCgi, 3);
     // 2 * (2^63 - 1) + 3 wraps to 1: a one-byte body, "the last record in memory".
     j.body = vec![
         Piece::File {

@@ -82,10 +82,9 @@ fn run(input: &mut Input<'_>) {
     }
     let framing = match input.u8() % 2 {
         0 => Framing::Http,
-        _ => Framing::FastCgi {
-            request_id: u16::from(input.u8()),
-        },
+        _ => Framing::FastCgi,
     };
+    let request_id = u16::from(input.u8());
     let mut head = Head::new(100 + u16::from(input.u8()) % 500);
     for _ in 0..input.u8() % 4 {
         head.headers
@@ -108,6 +107,7 @@ fn run(input: &mut Input<'_>) {
     };
     let job = Job {
         framing,
+        request_id,
         head,
         body,
         rate,

@@ -6,7 +6,7 @@
 use handoff_core::conditional::Conditions;
 use handoff_core::head::Header;
 use handoff_core::plan::{
-    plan, FileInfo, Method, Options, Piece, Request, ScriptResponse, Transport,
+    plan, FileInfo, Framing, Method, Options, Piece, Request, ScriptResponse,
 };
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, UNIX_EPOCH};
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         &script,
         &Options::default(),
         "f.bin",
-        Transport::Http,
+        Framing::Http,
     );
     for piece in &p.body {
         if let Piece::File { offset, length } = piece {
