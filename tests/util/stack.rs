@@ -423,7 +423,7 @@ impl Stack {
         } else {
             std::env::var("USER").unwrap_or_else(|_| "nobody".into())
         };
-        let mut cmd = Command::new(find_program(&["php-fpm8.2", "php-fpm"]));
+        let mut cmd = Command::new(find_program(&["php-fpm8.2", "php-fpm8.4", "php-fpm"]));
         cmd.args(["-F", "-R", "-y"])
             .arg(&conf)
             .arg("-d")
