@@ -35,7 +35,9 @@ PACKAGES=(
     gcc g++ libc6-dev make pkg-config   # g++: libFuzzer for scripts/fuzz.sh
     curl ca-certificates
     gettext-base                # envsubst for the nginx site template
-    docker-compose              # tests/compose.rs validates docker-compose.yml
+    docker-compose              # tests/compose.rs validates docker-compose.yml, and
+    docker.io                   # scripts/compose-test.sh runs it (its own dockerd)
+    python3-yaml                # compose-test.sh merges the compose files with it
     shellcheck                  # scripts/test.sh lints the shell scripts
     valgrind                    # the PHP-level tests also run under memcheck
 )
