@@ -63,6 +63,8 @@ cleanup() {
             sleep 0.1
         done
         kill -KILL "$dockerd_pid" 2>/dev/null || true
+        # dockerd leaves its default network namespace mounted.
+        umount "$OWN/exec/netns/default" 2>/dev/null || true
     fi
 }
 trap cleanup EXIT
