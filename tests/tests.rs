@@ -14,5 +14,6 @@ mod differential;
 mod faults;
 mod fpm;
 mod front_ends;
+mod kubernetes;
 mod php_level;
 mod valgrind;
