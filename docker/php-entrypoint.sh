@@ -1,6 +1,6 @@
 #!/bin/sh
 # Entry point of the php image: create the demo's data files in the demo-data volume on
-# first start, then hand over to the official image's entry point.
+# first start, then start php-fpm.
 set -eu
 DATA="${HANDOFF_DEMO_DATA:-/srv/handoff-data}"
 mkdir -p "$DATA"
@@ -14,4 +14,4 @@ if [ ! -e "$DATA/hello.txt" ]; then
         > "$DATA/hello.txt"
 fi
 chmod 0644 "$DATA/big.bin" "$DATA/hello.txt"
-exec docker-php-entrypoint "$@"
+exec "$@"

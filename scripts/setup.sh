@@ -6,13 +6,13 @@
 #
 # Packages are installed only when `dpkg -s` says they are missing, and `apt-get update` runs
 # only then. Rust is not installed from Debian (bookworm's cargo is too old): when cargo is
-# missing, Rust >= 1.85 is installed with rustup. The distro's nginx, php-fpm and apache2
-# services are never used: demo.sh and the tests start their own instances with their own
-# configs.
+# missing, Rust >= 1.88 is installed with rustup. The distro's nginx, php-fpm, apache2,
+# lighttpd and caddy services are never used: demo.sh and the tests start their own instances
+# with their own configs.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MIN_RUST="1.85"
+MIN_RUST="1.88"   # darling 0.24 (ext-php-rs-derive) needs 1.88
 
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -27,12 +27,17 @@ PACKAGES=(
     php-cli php-dev php-fpm     # the PHP the extension is built against and tested in
     nginx                       # the demo and the integration tests run their own nginx
     apache2 libapache2-mod-php8.2   # the integration tests run their own Apache with mod_php
+                                    # (prefork) and with mod_proxy_fcgi (event) before php-fpm
+    lighttpd caddy              # the other FastCGI front ends the tests run before php-fpm
+    debootstrap                 # scripts/php84.sh: a Debian 13 root with PHP 8.4
     openssl                     # a self-signed certificate for the mod_ssl test
     clang libclang-dev          # bindgen (ext-php-rs) needs libclang
     gcc g++ libc6-dev make pkg-config   # g++: libFuzzer for scripts/fuzz.sh
     curl ca-certificates
     gettext-base                # envsubst for the nginx site template
-    docker-compose              # tests/compose.rs validates docker-compose.yml
+    docker-compose              # tests/compose.rs validates docker-compose.yml, and
+    docker.io                   # scripts/compose-test.sh runs it (its own dockerd)
+    python3-yaml                # compose-test.sh merges the compose files with it
     shellcheck                  # scripts/test.sh lints the shell scripts
     valgrind                    # the PHP-level tests also run under memcheck
     php-zip                     # php/demo builds a ZIP with ZipArchive
@@ -51,8 +56,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         die "missing packages (${missing[*]}): run this script as root, or install them with apt-get"
     fi
-    # Keep the package scripts from starting the distro's nginx / php-fpm / apache2 services:
-    # nothing here uses them, and a stock web server on port 80 only gets in the way.
+    # Keep the package scripts from starting the distro's nginx / php-fpm / apache2 / lighttpd
+    # / caddy services: nothing here uses them, and a stock web server on port 80 only gets in
+    # the way.
     # policy-rc.d is honoured by invoke-rc.d and deb-systemd-invoke; restore whatever was
     # there before.
     policy=/usr/sbin/policy-rc.d

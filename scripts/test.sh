@@ -5,9 +5,10 @@
 #
 # Installs what is missing and builds (scripts/setup.sh), then: shell/PHP lint, rustfmt check,
 # clippy with warnings as errors, release build, a smoke test of scripts/demo.sh, bounded
-# fuzzing (scripts/fuzz.sh), and every
-# test of the workspace in release mode (the integration tests load
-# target/release/libhandoff.so into real php / php-fpm / nginx).
+# fuzzing (scripts/fuzz.sh), every test of the workspace in release mode (the integration
+# tests load target/release/libhandoff.so into real php / php-fpm / nginx / lighttpd / Caddy
+# / Apache), the integration tests again against PHP 8.4 in a Debian 13 root
+# (scripts/php84.sh), and docker-compose.yml built and run for real (scripts/compose-test.sh).
 # Works as root with no stdin and CI=true.
 set -euo pipefail
 
@@ -68,18 +69,37 @@ step "fuzz the message decoder and the planner (30 s each)"
 bash scripts/fuzz.sh 30
 
 # Last: CI reads the closing lines. cargo test ends with the doc-tests' "0 passed" (there
-# are none), so the totals over every test binary follow as the last line.
-step "cargo test --release --workspace"
-results="$(mktemp)"
+# are none), so each part's totals follow, and the totals over all of them (every test
+# binary, PHP 8.2 on the host, PHP 8.4 in its Debian 13 root, the compose stack) are the
+# last line.
+totals() {
+    awk -v label="$1" '/^test result:/ {
+            for (i = 1; i <= NF; i++) {
+                if ($i == "passed;") passed += $(i - 1)
+                if ($i == "failed;") failed += $(i - 1)
+                if ($i == "ignored;") ignored += $(i - 1)
+            }
+         }
+         END { printf "%s: %d passed, %d failed, %d skipped\n", label, passed, failed, ignored }' "$2"
+}
+results="$(mktemp -d)"
 status=0
-cargo test --release --workspace 2>&1 | tee "$results" || status=$?
-awk '/^test result:/ {
-        for (i = 1; i <= NF; i++) {
-            if ($i == "passed;") passed += $(i - 1)
-            if ($i == "failed;") failed += $(i - 1)
-            if ($i == "ignored;") ignored += $(i - 1)
-        }
-     }
-     END { printf "\ntests: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$results"
-rm -f "$results"
+
+step "cargo test --release --workspace (PHP 8.2)"
+cargo test --release --workspace 2>&1 | tee "$results/php82" || status=$?
+
+step "PHP 8.4: the integration tests in a Debian 13 root (scripts/php84.sh)"
+bash scripts/php84.sh 2>&1 | tee "$results/php84" || status=$?
+
+step "docker-compose up --build for real (scripts/compose-test.sh)"
+bash scripts/compose-test.sh 2>&1 | tee "$results/compose" || status=$?
+
+# The compose test is also counted once as skipped in the host run (it is #[ignore]d there).
+echo
+totals "php 8.2 tests (host)" "$results/php82"
+totals "php 8.4 tests (Debian 13 root)" "$results/php84"
+totals "compose tests" "$results/compose"
+cat "$results/php82" "$results/php84" "$results/compose" >"$results/all"
+totals "tests" "$results/all"
+rm -rf "$results"
 exit "$status"

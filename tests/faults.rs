@@ -69,11 +69,11 @@ fn stack_fpm_with(tune: impl FnOnce(Config) -> Config) -> (Stack, RestartableMan
 /// The process whose script runs the next request: the pool's only php-fpm worker, or
 /// `php -S` itself.
 fn php_pid(stack: &Stack) -> i32 {
-    match (&stack.kind, &stack.endpoint) {
-        (Kind::Fpm, _) => only_fpm_worker(stack.path()),
+    match (stack.kind, &stack.endpoint) {
+        (kind, _) if kind.uses_fpm() => only_fpm_worker(stack.path()),
         (Kind::CliServer, Endpoint::Tcp(addr)) => cli_server_pid(&addr.to_string()),
         (Kind::CliServer, Endpoint::Unix(_)) => unreachable!("php -S listens on TCP"),
-        (Kind::Apache, _) => unreachable!("only the crash after confirming runs under Apache"),
+        _ => unreachable!("only the crash after confirming runs under Apache"),
     }
 }
 

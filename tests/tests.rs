@@ -1,5 +1,6 @@
-//! handoff's integration tests, one binary: real nginx, php-fpm, `php -S`, Apache with
-//! mod_php, handoff-manager and curl, each test in its own temporary directory.
+//! handoff's integration tests, one binary: real nginx, lighttpd, Caddy, php-fpm, `php -S`,
+//! Apache with mod_php and with mod_proxy_fcgi, handoff-manager and curl, each test in its
+//! own temporary directory.
 //!
 //! Needs `cargo build --release --workspace` first: the extension and the manager are taken
 //! from `target/release`, or from `$HANDOFF_EXT` and `$HANDOFF_MANAGER`.
@@ -14,6 +15,8 @@ mod differential;
 mod faults;
 mod fpm;
 mod frameworks;
+mod front_ends;
+mod kubernetes;
 mod php_level;
 mod records;
 mod streams;

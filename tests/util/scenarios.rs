@@ -623,7 +623,7 @@ pub fn on_both_paths(kind: Kind, scenario: impl Fn(&Stack, &str)) {
             config.without_manager()
         });
         scenario(&stack, returned);
-        if matches!(kind, Kind::Fpm | Kind::Apache) {
+        if kind != Kind::CliServer {
             stack.assert_clean_logs();
         }
     }

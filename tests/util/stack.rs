@@ -29,6 +29,23 @@ pub enum Kind {
     CliServer,
     /// Apache 2.4 (prefork) with mod_php, plain HTTP on 127.0.0.1.
     Apache,
+    /// lighttpd 1.4 (mod_fastcgi) in front of php-fpm.
+    Lighttpd,
+    /// Caddy 2 (`php_fastcgi`) in front of php-fpm.
+    Caddy,
+    /// Apache 2.4 (event MPM) with mod_proxy_fcgi in front of php-fpm, plain HTTP on
+    /// 127.0.0.1.
+    ApacheFcgi,
+}
+
+impl Kind {
+    /// Whether PHP runs in php-fpm (behind some FastCGI front end).
+    pub fn uses_fpm(self) -> bool {
+        matches!(
+            self,
+            Kind::Fpm | Kind::Lighttpd | Kind::Caddy | Kind::ApacheFcgi
+        )
+    }
 }
 
 /// How to start a [`Stack`].
@@ -151,6 +168,11 @@ impl Stack {
         for sub in ["data", "results", "client"] {
             fs::create_dir(stack.path().join(sub)).expect("create subdir");
         }
+        if config.kind == Kind::ApacheFcgi && is_root() {
+            // Apache's children run as www-data: they must reach php-fpm's socket.
+            fs::set_permissions(stack.path(), fs::Permissions::from_mode(0o755))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", stack.path().display()));
+        }
         if config.kind == Kind::Apache && is_root() {
             // Apache's children run as www-data: they must reach the scripts' data, write
             // results/ and connect to the manager's socket.
@@ -170,6 +192,22 @@ impl Stack {
             Kind::Fpm => {
                 let fpm = stack.start_fpm(&config);
                 stack.start_nginx(&fpm, &config);
+            }
+            Kind::Lighttpd | Kind::Caddy | Kind::ApacheFcgi => {
+                assert!(
+                    !config.fpm_tcp && !config.fpm_keepalive && !config.static_files,
+                    "fpm_over_tcp, fpm_keepalive and with_static_files are nginx settings"
+                );
+                let fpm = stack.start_fpm(&config);
+                let socket = fpm
+                    .strip_prefix("unix:")
+                    .expect("php-fpm on a Unix socket")
+                    .to_string();
+                match config.kind {
+                    Kind::Lighttpd => stack.start_lighttpd(&socket),
+                    Kind::Caddy => stack.start_caddy(&socket),
+                    _ => stack.start_apache_fcgi(&socket),
+                }
             }
             Kind::CliServer => stack.start_cli_server(&config),
             Kind::Apache => stack.start_apache(&config),
@@ -386,7 +424,7 @@ impl Stack {
         } else {
             std::env::var("USER").unwrap_or_else(|_| "nobody".into())
         };
-        let mut cmd = Command::new(find_program(&["php-fpm8.2", "php-fpm"]));
+        let mut cmd = Command::new(find_program(&["php-fpm8.2", "php-fpm8.4", "php-fpm"]));
         cmd.args(["-F", "-R", "-y"])
             .arg(&conf)
             .arg("-d")
@@ -394,17 +432,20 @@ impl Stack {
         for (k, v) in &config.ini {
             cmd.arg("-d").arg(format!("{k}={v}"));
         }
-        // php-fpm.sock is 0660 (deploy/php-fpm-pool.conf): nginx runs as this same user.
+        // php-fpm.sock is 0660 (deploy/php-fpm-pool.conf): nginx, lighttpd and Caddy run as
+        // this same user; Apache's children (mod_proxy_fcgi) as www-data, when root starts it.
+        let listen_group = if config.kind == Kind::ApacheFcgi && is_root() {
+            "www-data".to_string()
+        } else {
+            nix::unistd::getgid().as_raw().to_string()
+        };
         cmd.env("HANDOFF_FPM_LISTEN", &listen)
             .env("HANDOFF_FPM_USER", user)
             .env(
                 "HANDOFF_FPM_LISTEN_OWNER",
                 nix::unistd::getuid().as_raw().to_string(),
             )
-            .env(
-                "HANDOFF_FPM_LISTEN_GROUP",
-                nix::unistd::getgid().as_raw().to_string(),
-            )
+            .env("HANDOFF_FPM_LISTEN_GROUP", listen_group)
             .env("HANDOFF_FPM_CHILDREN", config.fpm_children.to_string())
             .env("HANDOFF_SOCKET", &self.manager_socket);
         self.env_for_php(&mut cmd);
@@ -664,6 +705,177 @@ impl Stack {
             }
         }
         panic!("apache2: no free port after 5 attempts");
+    }
+
+    /// A `deploy/` template with its `${HANDOFF_*}` placeholders filled in; panics if one is
+    /// left (a renamed placeholder must not pass silently).
+    fn fill_template(name: &str, values: &[(&str, &str)]) -> String {
+        let mut text = fs::read_to_string(repo_root().join("deploy").join(name))
+            .unwrap_or_else(|e| panic!("read deploy/{name}: {e}"));
+        for (key, value) in values {
+            text = text.replace(&format!("${{{key}}}"), value);
+        }
+        let unfilled = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && l.contains("${HANDOFF_"))
+            .collect::<Vec<_>>();
+        assert!(
+            unfilled.is_empty(),
+            "deploy/{name}: unfilled placeholders: {unfilled:?}"
+        );
+        text
+    }
+
+    /// lighttpd 1.4 with `deploy/lighttpd-handoff.conf.template`, on a Unix socket.
+    fn start_lighttpd(&mut self, fpm_socket: &str) {
+        let tmp = self.path().to_path_buf();
+        let t = tmp.display();
+        let sock = tmp.join("lighttpd.sock");
+        let handoff = Self::fill_template(
+            "lighttpd-handoff.conf.template",
+            &[
+                ("HANDOFF_DOCROOT", &docroot().display().to_string()),
+                ("HANDOFF_FPM_SOCKET", fpm_socket),
+            ],
+        );
+        fs::write(tmp.join("lighttpd-handoff.conf"), handoff).expect("write lighttpd conf");
+        let main = format!(
+            "server.modules = ( \"mod_accesslog\" )\n\
+             server.bind = \"{}\"\n\
+             server.errorlog = \"{t}/lighttpd-error.log\"\n\
+             accesslog.filename = \"{t}/lighttpd-access.log\"\n\
+             server.pid-file = \"{t}/lighttpd.pid\"\n\
+             server.upload-dirs = ( \"{t}\" )\n\
+             include \"{t}/lighttpd-handoff.conf\"\n",
+            sock.display()
+        );
+        let conf = tmp.join("lighttpd.conf");
+        fs::write(&conf, main).expect("write lighttpd.conf");
+        let mut cmd = Command::new(find_program(&["lighttpd"]));
+        cmd.arg("-D").arg("-f").arg(&conf);
+        self.extra_logs
+            .push(("lighttpd error.log".into(), tmp.join("lighttpd-error.log")));
+        self.extra_logs.push((
+            "lighttpd access.log".into(),
+            tmp.join("lighttpd-access.log"),
+        ));
+        let proc = Proc::spawn("lighttpd", cmd, tmp.join("lighttpd.out"), Signal::SIGTERM);
+        self.procs.push(proc);
+        let probe = sock.clone();
+        self.wait_ready("lighttpd", move || UnixStream::connect(&probe).is_ok());
+        self.endpoint = Endpoint::Unix(sock);
+    }
+
+    /// Caddy 2 with `deploy/Caddyfile.template`, on a Unix socket; its admin API is off and
+    /// its state (certificates, autosaved config) stays in the temp dir.
+    fn start_caddy(&mut self, fpm_socket: &str) {
+        let tmp = self.path().to_path_buf();
+        let sock = tmp.join("caddy.sock");
+        let site = Self::fill_template(
+            "Caddyfile.template",
+            &[
+                ("HANDOFF_ADDRESS", "http://"),
+                ("HANDOFF_BIND", &format!("unix/{}", sock.display())),
+                ("HANDOFF_DOCROOT", &docroot().display().to_string()),
+                ("HANDOFF_FPM_SOCKET", fpm_socket),
+            ],
+        );
+        let caddyfile = tmp.join("Caddyfile");
+        fs::write(
+            &caddyfile,
+            format!("{{\n\tadmin off\n\tauto_https off\n}}\n{site}"),
+        )
+        .expect("write Caddyfile");
+        let mut cmd = Command::new(find_program(&["caddy"]));
+        cmd.args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&caddyfile)
+            .env("HOME", &tmp)
+            .env("XDG_DATA_HOME", tmp.join("caddy-data"))
+            .env("XDG_CONFIG_HOME", tmp.join("caddy-config"));
+        let proc = Proc::spawn("caddy", cmd, tmp.join("caddy.out"), Signal::SIGTERM);
+        self.procs.push(proc);
+        let probe = sock.clone();
+        self.wait_ready("caddy", move || UnixStream::connect(&probe).is_ok());
+        self.endpoint = Endpoint::Unix(sock);
+    }
+
+    /// Apache 2.4 with the event MPM and `deploy/apache-proxy-fcgi.conf.template`, from a
+    /// minimal main config of its own (no mod_php: PHP runs in php-fpm). Like mod_php's
+    /// Apache it takes a free port from the kernel and retries on a clash.
+    fn start_apache_fcgi(&mut self, fpm_socket: &str) {
+        let tmp = self.path().to_path_buf();
+        let t = tmp.display();
+        let handoff = Self::fill_template(
+            "apache-proxy-fcgi.conf.template",
+            &[
+                ("HANDOFF_DOCROOT", &docroot().display().to_string()),
+                ("HANDOFF_FPM_SOCKET", fpm_socket),
+            ],
+        );
+        fs::write(tmp.join("apache-handoff.conf"), handoff).expect("write apache conf");
+        let modules = "/usr/lib/apache2/modules";
+        let user = if is_root() {
+            "User www-data\nGroup www-data\n"
+        } else {
+            ""
+        };
+        let error_log = tmp.join("apache-error.log");
+        self.extra_logs
+            .push(("apache error.log".into(), error_log.clone()));
+        self.extra_logs
+            .push(("apache access.log".into(), tmp.join("apache-access.log")));
+        for attempt in 0..5 {
+            let addr = free_local_addr();
+            let conf = format!(
+                "ServerRoot /etc/apache2\nServerName localhost\nListen {addr}\n\
+                 PidFile {t}/apache.pid\nDefaultRuntimeDir {t}\n\
+                 ErrorLog {el}\nLogLevel info\n{user}\
+                 LoadModule mpm_event_module {modules}/mod_mpm_event.so\n\
+                 LoadModule authz_core_module {modules}/mod_authz_core.so\n\
+                 LoadModule mime_module {modules}/mod_mime.so\n\
+                 LoadModule dir_module {modules}/mod_dir.so\n\
+                 LoadModule env_module {modules}/mod_env.so\n\
+                 LoadModule proxy_module {modules}/mod_proxy.so\n\
+                 LoadModule proxy_fcgi_module {modules}/mod_proxy_fcgi.so\n\
+                 StartServers 1\nServerLimit 1\nThreadsPerChild 25\nMaxRequestWorkers 25\n\
+                 TypesConfig /etc/mime.types\n\
+                 LogFormat \"%h %{{remote}}p \\\"%r\\\" %>s %B %Dus\" handoff\n\
+                 CustomLog {t}/apache-access.log handoff\n\
+                 <Directory />\n  Require all denied\n</Directory>\n\
+                 Include {t}/apache-handoff.conf\n",
+                el = error_log.display(),
+            );
+            let conf_path = tmp.join("apache.conf");
+            fs::write(&conf_path, conf).expect("write apache.conf");
+            let mut cmd = Command::new(find_program(&["apache2"]));
+            // On SIGTERM the parent signals its whole process group: that must not be the
+            // test's.
+            cmd.arg("-f")
+                .arg(&conf_path)
+                .arg("-DFOREGROUND")
+                .process_group(0);
+            let name = format!("apache2 event (attempt {attempt})");
+            let log = tmp.join(format!("apache-{attempt}.out"));
+            let mut proc = Proc::spawn(&name, cmd, log, Signal::SIGTERM);
+            let ready = wait_until(
+                &name,
+                START_DEADLINE,
+                || TcpStream::connect(addr).is_ok(),
+                || proc.check_alive(),
+            );
+            let bind_clash = proc.log_text().contains("Address already in use")
+                || read_lossy(&error_log).contains("Address already in use");
+            self.procs.push(proc);
+            match ready {
+                Ok(()) => {
+                    self.endpoint = Endpoint::Tcp(addr);
+                    return;
+                }
+                Err(_) if bind_clash => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("apache2 (event): no free port after 5 attempts");
     }
 
     fn wait_ready(&mut self, name: &str, ready: impl FnMut() -> bool) {
