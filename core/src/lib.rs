@@ -20,6 +20,9 @@
 //!
 //! docs/internals.md explains the facts behind the protocol and the handshake.
 
+// `unsafe` only in `sys`.
+#![deny(unsafe_code)]
+
 pub mod conditional;
 pub mod head;
 pub mod io_class;

@@ -1,6 +1,8 @@
 //! The crate's only `unsafe` code: receiving a handoff message with the descriptors that
 //! came with it (`SCM_RIGHTS`), and taking ownership of each of them at once.
 
+#![allow(unsafe_code)]
+
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
