@@ -6,8 +6,8 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -341,7 +341,11 @@ fn hand_off(
         None => (connect()?, false),
     };
     let mut proposed = offer.propose(&job, conn.borrow(), file.as_fd());
-    if reused && proposed.as_ref().is_err_and(ProtocolError::is_stale_connection) {
+    if reused
+        && proposed
+            .as_ref()
+            .is_err_and(ProtocolError::is_stale_connection)
+    {
         offer = connect()?;
         proposed = offer.propose(&job, conn.borrow(), file.as_fd());
     }
