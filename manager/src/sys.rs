@@ -118,3 +118,18 @@ fn cmsg_space(len: usize) -> usize {
     // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
     unsafe { libc::CMSG_SPACE(len as libc::c_uint) as usize }
 }
+
+/// Raises the calling thread's nice value by `by` (Linux: per thread). Needs no privilege;
+/// failure (a sandbox that forbids it) only loses the preference, so it is logged.
+pub(crate) fn lower_thread_priority(by: i32) {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and a thread id
+    // changes only that thread's nice value.
+    let done = unsafe {
+        let tid = libc::gettid();
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + by)
+    };
+    if done != 0 {
+        log::debug!("cannot lower a download loop's priority: {}", Errno::last());
+    }
+}
