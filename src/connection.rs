@@ -327,6 +327,21 @@ fn parse_ip(s: Option<&str>) -> Option<IpAddr> {
 /// writes (php-fpm's `END_REQUEST`) is discarded and its later `close()` closes only that.
 /// The original stays reachable through `saved` until the manager has said yes to go, so a
 /// failed go can put it back.
+/// `/dev/null`, opened once per process (every handoff puts a copy of it over the
+/// connection's descriptor number).
+fn dev_null() -> Result<&'static std::fs::File, String> {
+    static NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(null) = NULL.get() {
+        return Ok(null);
+    }
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    Ok(NULL.get_or_init(|| null))
+}
+
 pub struct Neutered<'r> {
     /// The connection's number: /dev/null until restored, open either way.
     fd: BorrowedFd<'r>,
@@ -345,12 +360,7 @@ impl<'r> Neutered<'r> {
             .fd
             .try_clone_to_owned()
             .map_err(|e| format!("dup: {e}"))?;
-        let null = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(|e| format!("/dev/null: {e}"))?;
-        nix::unistd::dup2(null.as_fd().as_raw_fd(), conn.fd.as_raw_fd())
+        nix::unistd::dup2(dev_null()?.as_fd().as_raw_fd(), conn.fd.as_raw_fd())
             .map_err(|e| format!("dup2: {e}"))?;
         Ok(Neutered {
             fd: conn.fd,

@@ -3,11 +3,13 @@
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use handoff_core::conditional::Conditions;
 use handoff_core::head::Header;
@@ -327,13 +329,31 @@ fn hand_off(
         tag: options.tag.clone().unwrap_or_default(),
         rate_group: options.rate_group.clone().unwrap_or_default(),
     };
-    let offer = Offer::connect(&settings.socket, settings.timeout).map_err(|e| {
-        Declined::new(
-            FallbackCause::Unreachable,
-            format!("manager unreachable: {e}"),
-        )
-    })?;
-    match offer.propose(&job, conn.fd(), file.as_fd()) {
+    let deadline = Instant::now() + settings.timeout;
+    let connect = || {
+        Offer::connect_until(&settings.socket, deadline).map_err(|e| {
+            Declined::new(
+                FallbackCause::Unreachable,
+                format!("manager unreachable: {e}"),
+            )
+        })
+    };
+    // The connection of this process's last handoff, if it went to the same socket; a
+    // connection the manager closed since is replaced by a fresh one, once.
+    let (mut offer, reused) = match kept_connection(&settings.socket) {
+        Some(sock) => (Offer::resume(sock, deadline), true),
+        None => (connect()?, false),
+    };
+    let mut proposed = offer.propose(&job, conn.fd(), file.as_fd());
+    if reused
+        && proposed
+            .as_ref()
+            .is_err_and(ProtocolError::is_stale_connection)
+    {
+        offer = connect()?;
+        proposed = offer.propose(&job, conn.fd(), file.as_fd());
+    }
+    match proposed {
         Ok(()) => reported(&job.fallbacks),
         Err(e @ ProtocolError::Refused { .. }) => {
             reported(&job.fallbacks);
@@ -353,8 +373,9 @@ fn hand_off(
     // drops the job without writing.
     let neutered = Neutered::new(conn).map_err(|e| Declined::new(FallbackCause::Failed, e))?;
     match offer.go() {
-        Ok(()) => {
+        Ok(sock) => {
             neutered.commit();
+            keep_connection(&settings.socket, sock);
             Ok(())
         }
         Err(e) => {
@@ -366,6 +387,27 @@ fn hand_off(
                 format!("manager went away before go: {e}"),
             ))
         }
+    }
+}
+
+/// This process's connection to the manager between handoffs, with the socket path it
+/// leads to (`handoff.socket` may differ per directory or virtual host). PHP runs one
+/// request at a time per process (NTS), so the lock is never contended; after a fork
+/// (mod_php's children, php-fpm's workers) each process connects for itself, since the
+/// connection is made on the first handoff, not before the fork.
+static KEPT: Mutex<Option<(PathBuf, OwnedFd)>> = Mutex::new(None);
+
+fn kept_connection(path: &Path) -> Option<OwnedFd> {
+    let mut kept = KEPT.lock().ok()?;
+    match kept.take() {
+        Some((p, sock)) if p == path => Some(sock),
+        _ => None,
+    }
+}
+
+fn keep_connection(path: &Path, sock: OwnedFd) {
+    if let Ok(mut kept) = KEPT.lock() {
+        *kept = Some((path.to_path_buf(), sock));
     }
 }
 

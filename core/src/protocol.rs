@@ -1,7 +1,9 @@
 //! The handoff protocol between a PHP worker and the manager.
 //!
 //! Transport: a Unix `SOCK_SEQPACKET` socket, so every message arrives whole or not at all
-//! and a closed peer is seen as end-of-file. One connection carries one handoff:
+//! and a closed peer is seen as end-of-file. A connection carries one handoff after
+//! another (a PHP process keeps its connection between requests, so a handoff costs no
+//! connect or accept). Each handoff:
 //!
 //! 1. worker → manager: a [`Job`] message with exactly two descriptors attached by
 //!    `SCM_RIGHTS`: the client connection, then the open file.
@@ -13,6 +15,12 @@
 //!
 //! So at no moment can two processes write to one connection: before `Go` only the worker
 //! may write (and it falls back to serving the request itself), after `Go` only the manager.
+//!
+//! Reusing a connection changes nothing in that argument: the manager closes a connection
+//! it no longer serves (idle too long, draining, restarted) only between handoffs, so a job
+//! sent on it meets end-of-file or a reset before any accept, and the worker, which still
+//! owns its request, may try a fresh connection within the same deadline. After a refusal
+//! or any error the worker closes the connection.
 //!
 //! Wire format of a job (all integers big-endian, every length checked against the
 //! message before anything is allocated):
@@ -232,6 +240,19 @@ impl ProtocolError {
     /// Whether the socket had nothing to read yet (non-blocking manager side).
     pub fn is_would_block(&self) -> bool {
         matches!(self, ProtocolError::WouldBlock)
+    }
+
+    /// Whether a reused connection turned out to be closed by the manager before it
+    /// accepted anything: the job was dropped unseen, and a fresh connection may be tried.
+    pub fn is_stale_connection(&self) -> bool {
+        matches!(
+            self,
+            ProtocolError::Closed
+                | ProtocolError::Io {
+                    errno: Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN,
+                    ..
+                }
+        )
     }
 }
 
@@ -592,7 +613,12 @@ impl Offer {
     /// Connects to the manager; the handshake up to the manager's answer takes at most
     /// `timeout` from now.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Offer, ProtocolError> {
-        let deadline = Instant::now() + timeout;
+        Offer::connect_until(path, Instant::now() + timeout)
+    }
+
+    /// Connects to the manager; the handshake up to the manager's answer ends by
+    /// `deadline`.
+    pub fn connect_until(path: &Path, deadline: Instant) -> Result<Offer, ProtocolError> {
         let sock = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -655,10 +681,21 @@ impl Offer {
         }
     }
 
-    /// Tells the manager to start writing, and closes the handoff socket. Never waits:
-    /// the socket's send buffer is empty at this point. An error means the manager did
-    /// not get the go (it went away, or its handshake limit ended the handshake first).
-    pub fn go(self) -> Result<(), ProtocolError> {
+    /// The next handoff on a connection that carried one before (returned by
+    /// [`Offer::go`]); the handshake up to the manager's answer ends by `deadline`.
+    ///
+    /// The manager may have closed it since (idle, restarted, draining): then `propose`
+    /// fails with [`ProtocolError::Closed`] or an I/O error before anything was accepted
+    /// ([`ProtocolError::is_stale_connection`]), and a fresh connection may be tried.
+    pub fn resume(sock: OwnedFd, deadline: Instant) -> Offer {
+        Offer { sock, deadline }
+    }
+
+    /// Tells the manager to start writing. Never waits: the socket's send buffer is empty
+    /// at this point. An error means the manager did not get the go (it went away, or its
+    /// handshake limit ended the handshake first). On success the connection is returned
+    /// for the next handoff ([`Offer::resume`]).
+    pub fn go(self) -> Result<OwnedFd, ProtocolError> {
         let bytes = Reply::Go.encode();
         sendmsg::<()>(
             self.sock.as_raw_fd(),
@@ -668,7 +705,7 @@ impl Offer {
             None,
         )
         .map_err(ProtocolError::io("send"))?;
-        Ok(())
+        Ok(self.sock)
     }
 }
 

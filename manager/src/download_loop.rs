@@ -37,6 +37,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Under a bandwidth cap, a download that has waited this long is served first whatever
 /// its size: the starvation bound of shortest-remaining-first.
 const STARVE: Duration = Duration::from_secs(1);
+/// The download loops' nice value, above the handshake thread's (which keeps the
+/// process's): a PHP worker waiting for its answer is served before bytes are moved.
+const LOOP_NICE: i32 = 5;
 
 /// What the handshake loop tells a download loop.
 pub enum Command {
@@ -211,6 +214,9 @@ struct Loop {
 
 impl Loop {
     fn run(&mut self) -> usize {
+        // The handshake thread answers PHP workers that wait for it; a loop only moves
+        // bytes. Under CPU contention the scheduler should run the handshake first.
+        crate::sys::lower_thread_priority(LOOP_NICE);
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         loop {

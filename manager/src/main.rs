@@ -55,7 +55,8 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     max_downloads: usize,
     /// Most handshakes held at once (each may hold a 64 KiB job for up to
-    /// --handshake-timeout); more connections are refused at once.
+    /// --handshake-timeout); more connections are refused at once. Connections idle
+    /// between handoffs do not count.
     #[arg(long, default_value_t = 1024)]
     max_handshakes: usize,
     /// Write one JSON line per finished download to this file (`-` = stderr).

@@ -3,6 +3,9 @@
 //! loaded download loop ([`crate::download_loop`], one thread per CPU by default).
 //!
 //! Guarantees:
+//! - A worker connection carries one handoff after another: after a go it waits for the
+//!   worker's next job (a PHP process keeps its connection between requests), and is closed
+//!   after a refusal, after `IDLE_TIMEOUT` without a job, or when the manager drains.
 //! - A malformed or unacceptable handoff is refused with a reason (logged, and told to the
 //!   worker, which then serves the request itself); its descriptors are closed; everyone
 //!   else keeps being served.
@@ -50,6 +53,9 @@ const SIGNALS: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// How often handshake timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// A worker connection with no handoff for this long is closed; the PHP process reconnects
+/// on its next handoff.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Everything the loop needs to know; `main` fills it from the command line.
 #[derive(Debug, Clone)]
@@ -130,13 +136,17 @@ struct Handshake {
     stage: Stage,
 }
 
-/// The states of one handshake. A refused or finished handshake is removed, not kept.
+/// The states of one worker connection. A connection carries one handoff after another (a
+/// PHP process keeps it open between requests); a refused one is closed.
 enum Stage {
-    /// Connected; the job has not arrived. `refuse` is set for a peer that may not hand
-    /// off: its job is still read (so that the refusal is not lost to a reset) and refused.
+    /// Connected; the first job has not arrived. `refuse` is set for a peer that may not
+    /// hand off: its job is still read (so that the refusal is not lost to a reset) and
+    /// refused.
     AwaitingJob { refuse: Option<String> },
     /// The job was accepted; the manager holds it and writes nothing until the worker's go.
     AwaitingGo(Received),
+    /// A handoff is done; the worker may send its next job on the same connection.
+    Idle,
 }
 
 pub struct Server {
@@ -343,7 +353,7 @@ impl Server {
             ) {
                 Ok(raw) => {
                     let sock = crate::sys::own_new_fd(raw);
-                    if self.conns.len() >= self.config.max_handshakes {
+                    if self.busy_handshakes() >= self.config.max_handshakes {
                         // Refused before anything is read: the job (if one was sent) and
                         // its descriptors are discarded by the kernel with the socket.
                         warn!(
@@ -433,6 +443,18 @@ impl Server {
         if self.draining_until.is_none() {
             self.draining_until = Some(now + self.config.grace);
             self.stop_listening();
+            // Idle worker connections are closed at once: their next handoff finds the
+            // connection gone before anything was accepted, and reconnects (to the new
+            // manager after a takeover).
+            let idle: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, h)| matches!(h.stage, Stage::Idle))
+                .map(|(&id, _)| id)
+                .collect();
+            for id in idle {
+                self.finish(id);
+            }
         }
     }
 
@@ -446,45 +468,54 @@ impl Server {
         }
     }
 
+    /// Reads what the worker sent, message by message until none is left (the socket is
+    /// edge-triggered, and a go may be followed by the next job at once).
     fn on_handshake(&mut self, id: usize) {
-        let Some(h) = self.conns.get_mut(&id) else {
-            return;
-        };
-        match &mut h.stage {
-            Stage::AwaitingJob { refuse } => {
-                let refuse = refuse.take();
-                match protocol::recv_job(h.sock.as_fd()) {
-                    Ok(Some(Incoming::Drain)) => self.on_drain_request(id),
-                    Ok(Some(Incoming::Job(rcv))) => self.on_job(id, rcv, refuse),
-                    Ok(None) => self.finish(id),
-                    Err(e) if e.is_would_block() => {
-                        if let Some(h) = self.conns.get_mut(&id) {
-                            h.stage = Stage::AwaitingJob { refuse };
-                        }
-                    }
-                    Err(e) => {
-                        warn!("rejected malformed handoff: {e}");
-                        self.refuse(id, e.to_string());
-                    }
-                }
-            }
-            Stage::AwaitingGo(_) => {
+        loop {
+            let Some(h) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if let Stage::AwaitingGo(_) = h.stage {
                 // Anything but go means the worker keeps the request.
                 match protocol::recv_reply(h.sock.as_fd(), MsgFlags::MSG_DONTWAIT) {
                     Ok(Reply::Go) => self.start_download(id),
-                    Err(e) if e.is_would_block() => {}
+                    Err(e) if e.is_would_block() => return,
                     Err(ProtocolError::Closed) => {
                         info!("worker went away before go; job dropped, nothing written");
-                        self.drop_before_go(id);
+                        return self.drop_before_go(id);
                     }
                     Ok(other) => {
                         warn!("expected go from worker, got {other:?}; job dropped");
-                        self.drop_before_go(id);
+                        return self.drop_before_go(id);
                     }
                     Err(e) => {
                         warn!("waiting for go: {e}; job dropped");
-                        self.drop_before_go(id);
+                        return self.drop_before_go(id);
                     }
+                }
+                continue;
+            }
+            let refuse = match &mut h.stage {
+                Stage::AwaitingJob { refuse } => refuse.take(),
+                _ => None,
+            };
+            match protocol::recv_job(h.sock.as_fd()) {
+                Ok(Some(Incoming::Drain)) => return self.on_drain_request(id),
+                Ok(Some(Incoming::Job(rcv))) => {
+                    h.since = Instant::now();
+                    self.on_job(id, rcv, refuse);
+                }
+                Ok(None) => return self.finish(id),
+                Err(e) if e.is_would_block() => {
+                    if let (Stage::AwaitingJob { refuse: slot }, Some(why)) = (&mut h.stage, refuse)
+                    {
+                        *slot = Some(why);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!("rejected malformed handoff: {e}");
+                    return self.refuse(id, e.to_string());
                 }
             }
         }
@@ -569,14 +600,21 @@ impl Server {
         self.finish(id);
     }
 
+    /// The worker said go: the job goes to a download loop, and the connection waits for
+    /// the worker's next job (or is closed, when the manager is draining).
     fn start_download(&mut self, id: usize) {
-        let Some(Handshake { sock, stage, .. }) = self.take(id) else {
+        let draining = self.draining_until.is_some();
+        let Some(h) = self.conns.get_mut(&id) else {
             return;
         };
-        drop(sock);
-        let Stage::AwaitingGo(rcv) = stage else {
+        let Stage::AwaitingGo(rcv) = std::mem::replace(&mut h.stage, Stage::Idle) else {
             return;
         };
+        h.since = Instant::now();
+        self.awaiting_go -= 1;
+        if draining {
+            self.finish(id);
+        }
         // Least loaded first; a loop that is gone (it can only have panicked: loops end
         // only when told to drain, after the last handshake) hands the job back.
         let mut order: Vec<&Handle> = self.loops.iter().collect();
@@ -603,21 +641,42 @@ impl Server {
         let expired: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, h)| now.duration_since(h.since) > self.config.handshake_timeout)
+            .filter(|(_, h)| {
+                let limit = match h.stage {
+                    Stage::Idle => IDLE_TIMEOUT,
+                    _ => self.config.handshake_timeout,
+                };
+                now.duration_since(h.since) > limit
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in expired {
             let Some(h) = self.conns.get(&id) else {
                 continue;
             };
+            if matches!(h.stage, Stage::Idle) {
+                debug!("closing a worker connection idle for {IDLE_TIMEOUT:?}");
+                self.finish(id);
+                continue;
+            }
             if matches!(h.stage, Stage::AwaitingGo(_)) && late_go(&h.sock) {
                 info!("go arrived as the handshake timed out; download started");
                 self.start_download(id);
+                // Shut for reading: it can carry no further handoff.
+                self.finish(id);
                 continue;
             }
             warn!("handshake timed out; job dropped, nothing written");
             self.drop_before_go(id);
         }
+    }
+
+    /// Connections in a handshake (idle ones between handoffs do not count).
+    fn busy_handshakes(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|h| !matches!(h.stage, Stage::Idle))
+            .count()
     }
 
     /// Removes a handshake from the loop and returns it.

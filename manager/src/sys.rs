@@ -1,8 +1,11 @@
 //! The crate's only `unsafe` code: taking ownership of descriptor numbers that `accept4`
-//! just created for this process, and two glibc memory tunables. (Descriptors received by
-//! `SCM_RIGHTS` are owned by `handoff_core`'s own `sys` module.)
+//! just created for this process, two glibc memory tunables, and a thread's nice value.
+//! (Descriptors received by `SCM_RIGHTS` are owned by `handoff_core`'s own `sys` module.)
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::libc;
 
 /// Wraps a descriptor that the kernel has just created for us and that nothing else owns.
 ///
@@ -36,5 +39,20 @@ pub(crate) fn single_malloc_arena() {
     // SAFETY: mallopt only sets a glibc tunable; called before any other thread starts.
     unsafe {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Raises the calling thread's nice value by `by` (Linux: per thread). Needs no privilege;
+/// failure (a sandbox that forbids it) only loses the preference, so it is logged.
+pub(crate) fn lower_thread_priority(by: i32) {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and a thread id
+    // changes only that thread's nice value.
+    let done = unsafe {
+        let tid = libc::gettid();
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + by)
+    };
+    if done != 0 {
+        log::debug!("cannot lower a download loop's priority: {}", Errno::last());
     }
 }

@@ -1247,3 +1247,62 @@ fn a_go_after_the_managers_handshake_limit_fails_and_nothing_is_written() {
     assert!(offer.go().is_err(), "a go after the limit was taken");
     assert!(read_all(client).is_empty(), "bytes were written");
 }
+
+/// A PHP process keeps its connection between requests: one connection carries one
+/// handoff after another, each byte-exact, with a go followed at once by the next job.
+#[test]
+fn one_connection_carries_one_handoff_after_another() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(100_000);
+    let file = file_with(dir.path(), &body);
+    let j = job(Framing::Http, body.len() as u64);
+    let first = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    let (ours, client) = UnixStream::pair().unwrap();
+    first.propose(&j, ours.as_fd(), file.as_fd()).unwrap();
+    drop(ours);
+    let mut sock = first.go().unwrap();
+    let mut clients = vec![client];
+    for _ in 0..20 {
+        let offer = Offer::resume(sock, Instant::now() + Duration::from_secs(5));
+        let (ours, client) = UnixStream::pair().unwrap();
+        offer.propose(&j, ours.as_fd(), file.as_fd()).unwrap();
+        drop(ours);
+        sock = offer.go().unwrap();
+        clients.push(client);
+    }
+    for client in clients {
+        assert!(read_all(client).ends_with(&body));
+    }
+}
+
+/// A draining manager closes the connections that wait between handoffs: the next job on
+/// one meets a closed connection before anything is accepted, which the worker may retry
+/// elsewhere (it still owns its request).
+#[test]
+fn a_draining_manager_closes_idle_connections_before_accepting_anything() {
+    let m = Manager::start(&["--grace", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"0123456789");
+    let j = job(Framing::Http, 10);
+    let offer = Offer::connect(&m.socket, Duration::from_secs(5)).unwrap();
+    let (ours, client) = UnixStream::pair().unwrap();
+    offer.propose(&j, ours.as_fd(), file.as_fd()).unwrap();
+    drop(ours);
+    let sock = offer.go().unwrap();
+    assert!(read_all(client).ends_with(b"0123456789"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    m.wait_log("no new handoffs");
+    let (ours, client) = UnixStream::pair().unwrap();
+    let again = Offer::resume(sock, Instant::now() + Duration::from_secs(5));
+    match again.propose(&j, ours.as_fd(), file.as_fd()) {
+        Err(e) => assert!(e.is_stale_connection(), "{e:?}"),
+        Ok(()) => panic!("a draining manager accepted a job on an idle connection"),
+    }
+    drop(ours);
+    assert!(read_all(client).is_empty(), "bytes were written");
+}

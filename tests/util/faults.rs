@@ -315,28 +315,19 @@ pub fn blocked_in_recv(pid: i32) -> bool {
         == Some(SYS_RECVFROM)
 }
 
-/// How many connections to the listening socket at `path` wait in its backlog, not yet
-/// accepted: in `/proc/net/unix` they carry the listener's path and no inode yet.
-pub fn unaccepted_connections(path: &Path) -> usize {
-    let want = path.to_string_lossy();
-    fs::read_to_string("/proc/net/unix")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() >= 8 && f[7] == want && f[6] == "0"
-        })
-        .count()
-}
-
-/// Waits until `worker` is blocked in the handshake with a stopped manager: its connection
-/// waits in the manager's backlog and it sits in `recv()` for the answer.
+/// Waits until `worker` is blocked in the handshake with a stopped manager: it has sent its
+/// job and sits in `recv()` for the answer. (A worker's first handoff connects, and its
+/// connection waits in the stopped manager's backlog; later ones reuse the connection the
+/// manager accepted before it stopped. PHP reads requests with `read()`, so a worker in
+/// `recv()` is in the handshake.)
 pub fn wait_worker_in_handshake(worker: i32, socket: &Path) {
     wait_until(
-        &format!("worker {worker} blocked in recv() on an unaccepted handoff connection"),
+        &format!(
+            "worker {worker} blocked in recv() for the answer of {}",
+            socket.display()
+        ),
         Duration::from_secs(20),
-        || unaccepted_connections(socket) >= 1 && blocked_in_recv(worker),
+        || blocked_in_recv(worker),
         || {
             if Path::new(&format!("/proc/{worker}")).exists() {
                 Ok(())
