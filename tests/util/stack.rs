@@ -670,41 +670,55 @@ impl Stack {
                  SetEnv HANDOFF_TEST_DIR \"{t}\"\n{tls}",
                 el = error_log.display(),
             );
-            let conf_path = tmp.join("apache.conf");
-            fs::write(&conf_path, conf).expect("write apache.conf");
-            let mut cmd = Command::new(find_program(&["apache2"]));
-            // On SIGTERM the prefork parent signals its whole process group: that must not
-            // be the test's.
-            cmd.arg("-f")
-                .arg(&conf_path)
-                .arg("-DFOREGROUND")
-                .process_group(0);
             let name = format!("apache2 (attempt {attempt})");
-            let log = tmp.join(format!("apache-{attempt}.out"));
-            let mut proc = Proc::spawn(&name, cmd, log, Signal::SIGTERM);
-            let ready = wait_until(
-                &name,
-                START_DEADLINE,
-                || TcpStream::connect(addr).is_ok(),
-                || proc.check_alive(),
-            );
-            let bind_clash = proc.log_text().contains("Address already in use")
-                || read_lossy(&error_log).contains("Address already in use");
-            self.procs.push(proc);
-            match ready {
-                Ok(()) => {
-                    self.endpoint = Endpoint::Tcp(addr);
-                    if let Some(tls_addr) = tls_addr {
-                        self.wait_ready(&name, move || TcpStream::connect(tls_addr).is_ok());
-                        self.tls_addr = Some(tls_addr);
-                    }
-                    return;
+            if self.spawn_apache(&name, attempt, conf, addr, &error_log) {
+                self.endpoint = Endpoint::Tcp(addr);
+                if let Some(tls_addr) = tls_addr {
+                    self.wait_ready(&name, move || TcpStream::connect(tls_addr).is_ok());
+                    self.tls_addr = Some(tls_addr);
                 }
-                Err(_) if bind_clash => continue,
-                Err(e) => panic!("{e}"),
+                return;
             }
         }
         panic!("apache2: no free port after 5 attempts");
+    }
+
+    /// Writes `conf` and starts apache2 with it in the foreground, in a process group of
+    /// its own (on SIGTERM the parent signals its whole group: that must not be the
+    /// test's), and waits until `addr` accepts. False when the port was taken meanwhile
+    /// (the caller tries another); any other failure panics with the logs.
+    fn spawn_apache(
+        &mut self,
+        name: &str,
+        attempt: usize,
+        conf: String,
+        addr: SocketAddr,
+        error_log: &Path,
+    ) -> bool {
+        let tmp = self.path().to_path_buf();
+        let conf_path = tmp.join("apache.conf");
+        fs::write(&conf_path, conf).expect("write apache.conf");
+        let mut cmd = Command::new(find_program(&["apache2"]));
+        cmd.arg("-f")
+            .arg(&conf_path)
+            .arg("-DFOREGROUND")
+            .process_group(0);
+        let log = tmp.join(format!("apache-{attempt}.out"));
+        let mut proc = Proc::spawn(name, cmd, log, Signal::SIGTERM);
+        let ready = wait_until(
+            name,
+            START_DEADLINE,
+            || TcpStream::connect(addr).is_ok(),
+            || proc.check_alive(),
+        );
+        let bind_clash = proc.log_text().contains("Address already in use")
+            || read_lossy(error_log).contains("Address already in use");
+        self.procs.push(proc);
+        match ready {
+            Ok(()) => true,
+            Err(_) if bind_clash => false,
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// A `deploy/` template with its `${HANDOFF_*}` placeholders filled in; panics if one is
@@ -845,34 +859,10 @@ impl Stack {
                  Include {t}/apache-handoff.conf\n",
                 el = error_log.display(),
             );
-            let conf_path = tmp.join("apache.conf");
-            fs::write(&conf_path, conf).expect("write apache.conf");
-            let mut cmd = Command::new(find_program(&["apache2"]));
-            // On SIGTERM the parent signals its whole process group: that must not be the
-            // test's.
-            cmd.arg("-f")
-                .arg(&conf_path)
-                .arg("-DFOREGROUND")
-                .process_group(0);
             let name = format!("apache2 event (attempt {attempt})");
-            let log = tmp.join(format!("apache-{attempt}.out"));
-            let mut proc = Proc::spawn(&name, cmd, log, Signal::SIGTERM);
-            let ready = wait_until(
-                &name,
-                START_DEADLINE,
-                || TcpStream::connect(addr).is_ok(),
-                || proc.check_alive(),
-            );
-            let bind_clash = proc.log_text().contains("Address already in use")
-                || read_lossy(&error_log).contains("Address already in use");
-            self.procs.push(proc);
-            match ready {
-                Ok(()) => {
-                    self.endpoint = Endpoint::Tcp(addr);
-                    return;
-                }
-                Err(_) if bind_clash => continue,
-                Err(e) => panic!("{e}"),
+            if self.spawn_apache(&name, attempt, conf, addr, &error_log) {
+                self.endpoint = Endpoint::Tcp(addr);
+                return;
             }
         }
         panic!("apache2 (event): no free port after 5 attempts");
