@@ -527,11 +527,7 @@ impl Stack {
             .arg(tmp.join("error.log"));
         self.extra_logs
             .push(("nginx error.log".into(), tmp.join("error.log")));
-        let proc = Proc::spawn("nginx", cmd, tmp.join("nginx.out"), Signal::SIGTERM);
-        self.procs.push(proc);
-        let sock = nginx_sock.clone();
-        self.wait_ready("nginx", move || UnixStream::connect(&sock).is_ok());
-        self.endpoint = Endpoint::Unix(nginx_sock);
+        self.serve_on_unix_socket("nginx", cmd, nginx_sock);
         if static_files {
             let sock = tmp.join("static.sock");
             let probe = sock.clone();
@@ -773,11 +769,7 @@ impl Stack {
             "lighttpd access.log".into(),
             tmp.join("lighttpd-access.log"),
         ));
-        let proc = Proc::spawn("lighttpd", cmd, tmp.join("lighttpd.out"), Signal::SIGTERM);
-        self.procs.push(proc);
-        let probe = sock.clone();
-        self.wait_ready("lighttpd", move || UnixStream::connect(&probe).is_ok());
-        self.endpoint = Endpoint::Unix(sock);
+        self.serve_on_unix_socket("lighttpd", cmd, sock);
     }
 
     /// Caddy 2 with `deploy/Caddyfile.template`, on a Unix socket; its admin API is off and
@@ -806,11 +798,7 @@ impl Stack {
             .env("HOME", &tmp)
             .env("XDG_DATA_HOME", tmp.join("caddy-data"))
             .env("XDG_CONFIG_HOME", tmp.join("caddy-config"));
-        let proc = Proc::spawn("caddy", cmd, tmp.join("caddy.out"), Signal::SIGTERM);
-        self.procs.push(proc);
-        let probe = sock.clone();
-        self.wait_ready("caddy", move || UnixStream::connect(&probe).is_ok());
-        self.endpoint = Endpoint::Unix(sock);
+        self.serve_on_unix_socket("caddy", cmd, sock);
     }
 
     /// Apache 2.4 with the event MPM and `deploy/apache-proxy-fcgi.conf.template`, from a
@@ -866,6 +854,17 @@ impl Stack {
             }
         }
         panic!("apache2 (event): no free port after 5 attempts");
+    }
+
+    /// Starts the front end `name` (its output in `NAME.out`), waits until it accepts on
+    /// `sock`, and makes `sock` the stack's endpoint.
+    fn serve_on_unix_socket(&mut self, name: &str, cmd: Command, sock: PathBuf) {
+        let out = self.path().join(format!("{name}.out"));
+        self.procs
+            .push(Proc::spawn(name, cmd, out, Signal::SIGTERM));
+        let probe = sock.clone();
+        self.wait_ready(name, move || UnixStream::connect(&probe).is_ok());
+        self.endpoint = Endpoint::Unix(sock);
     }
 
     fn wait_ready(&mut self, name: &str, ready: impl FnMut() -> bool) {
