@@ -1,4 +1,5 @@
-//! One client connection: connect, write the request, read the head, read the body.
+//! One client connection: connect, (TLS handshake,) write the request, read the head, read
+//! the body. With TLS the same states carry decrypted bytes: [`crate::tls`] does the I/O.
 //!
 //! The connection remembers readiness (mio is edge-triggered): `readable`/`writable` stay
 //! true until an operation returns `WouldBlock`, so a rate-limited connection that stopped
@@ -11,14 +12,18 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+use rustls::ClientConnection;
 
 use crate::http::{parse_head, Head, HeadError};
+use crate::tls;
 
 /// Where the connection is in its current request.
 #[derive(Debug)]
 pub enum State {
     /// Non-blocking connect in progress.
     Connecting,
+    /// TLS only: the handshake is in progress (the request is sent once it is done).
+    Handshake,
     /// `written` bytes of the request are out.
     Writing { written: usize },
     /// Collecting the response head.
@@ -85,6 +90,8 @@ pub struct Conn {
     /// `body_total` at the last progress sample.
     pub sampled_total: u64,
     budget: Option<Budget>,
+    /// The TLS session, for HTTPS; `None` = plain HTTP.
+    tls: Option<Box<ClientConnection>>,
 }
 
 /// Opens a non-blocking TCP connection to `addr` (IPv4), with `SO_RCVBUF` set before the
@@ -110,8 +117,25 @@ pub fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> io::Result<TcpStream>
     Ok(TcpStream::from_std(std_stream))
 }
 
+/// Reads response bytes: straight from the socket, or decrypted through the TLS session.
+fn read_from(
+    stream: &mut TcpStream,
+    session: Option<&mut ClientConnection>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    match session {
+        Some(session) => tls::read(stream, session, buf),
+        None => stream.read(buf),
+    }
+}
+
 impl Conn {
-    pub fn new(stream: TcpStream, rate: Option<u64>, now: Instant) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        rate: Option<u64>,
+        now: Instant,
+        tls: Option<ClientConnection>,
+    ) -> Self {
         Conn {
             stream,
             state: State::Connecting,
@@ -122,7 +146,13 @@ impl Conn {
             body_total: 0,
             sampled_total: 0,
             budget: rate.map(|r| Budget::new(r, now)),
+            tls: tls.map(Box::new),
         }
+    }
+
+    /// The TLS version and cipher suite agreed on, once the handshake is done.
+    pub fn tls_description(&self) -> Option<String> {
+        self.tls.as_deref().and_then(tls::describe)
     }
 
     /// Starts the next request on a kept-alive connection.
@@ -149,8 +179,14 @@ impl Conn {
                     }
                     match self.stream.peer_addr() {
                         Ok(_) => {
+                            // The request's latency starts here, so with TLS it includes
+                            // the handshake, as a client sees it.
                             self.request_start = now;
-                            self.state = State::Writing { written: 0 };
+                            self.state = if self.tls.is_some() {
+                                State::Handshake
+                            } else {
+                                State::Writing { written: 0 }
+                            };
                         }
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => {
                             self.writable = false;
@@ -159,17 +195,81 @@ impl Conn {
                         Err(e) => return Step::Failed(format!("connect: {}", e.kind())),
                     }
                 }
+                State::Handshake => {
+                    let Some(session) = self.tls.as_deref_mut() else {
+                        self.state = State::Writing { written: 0 };
+                        continue;
+                    };
+                    if session.wants_write() {
+                        if !self.writable {
+                            return Step::Pending;
+                        }
+                        match session.write_tls(&mut self.stream) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.writable = false;
+                                return Step::Pending;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Step::Failed(format!("tls write: {}", e.kind())),
+                        }
+                    } else if session.is_handshaking() {
+                        if !self.readable {
+                            return Step::Pending;
+                        }
+                        match session.read_tls(&mut self.stream) {
+                            Ok(0) => return Step::Failed("closed in the TLS handshake".into()),
+                            Ok(_) => {
+                                if let Err(e) = session.process_new_packets() {
+                                    return Step::Failed(format!("tls: {e}"));
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.readable = false;
+                                return Step::Pending;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Step::Failed(format!("tls read: {}", e.kind())),
+                        }
+                    } else {
+                        self.state = State::Writing { written: 0 };
+                    }
+                }
                 State::Writing { written } => {
+                    // TLS: the request is queued in rustls at once, then flushed below.
+                    if let (Some(session), true) =
+                        (self.tls.as_deref_mut(), *written < request.len())
+                    {
+                        match tls::queue(session, &request[*written..]) {
+                            Ok(0) => return Step::Failed("tls: request not queued".into()),
+                            Ok(n) => *written += n,
+                            Err(e) => return Step::Failed(format!("tls write: {}", e.kind())),
+                        }
+                        continue;
+                    }
+                    if *written == request.len() {
+                        if let Some(session) = self.tls.as_deref_mut() {
+                            if session.wants_write() && !self.writable {
+                                return Step::Pending;
+                            }
+                            match tls::flush(&mut self.stream, session) {
+                                Ok(()) => {}
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    self.writable = false;
+                                    return Step::Pending;
+                                }
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                                Err(e) => return Step::Failed(format!("write: {}", e.kind())),
+                            }
+                        }
+                        self.state = State::Head { buf: Vec::new() };
+                        continue;
+                    }
                     if !self.writable {
                         return Step::Pending;
                     }
                     match self.stream.write(&request[*written..]) {
-                        Ok(n) => {
-                            *written += n;
-                            if *written == request.len() {
-                                self.state = State::Head { buf: Vec::new() };
-                            }
-                        }
+                        Ok(n) => *written += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             self.writable = false;
                             return Step::Pending;
@@ -183,16 +283,18 @@ impl Conn {
                         return Step::Pending;
                     }
                     let cap = buf.len().min(16 * 1024);
-                    let n = match self.stream.read(&mut buf[..cap]) {
-                        Ok(0) => return Step::Failed("closed before the head".into()),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            self.readable = false;
-                            return Step::Pending;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Step::Failed(format!("read head: {}", e.kind())),
-                    };
+                    let n =
+                        match read_from(&mut self.stream, self.tls.as_deref_mut(), &mut buf[..cap])
+                        {
+                            Ok(0) => return Step::Failed("closed before the head".into()),
+                            Ok(n) => n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.readable = false;
+                                return Step::Pending;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Step::Failed(format!("read head: {}", e.kind())),
+                        };
                     head_buf.extend_from_slice(&buf[..n]);
                     match parse_head(head_buf) {
                         Ok(head) => {
@@ -230,7 +332,11 @@ impl Conn {
                             return Step::Pending;
                         }
                     }
-                    match self.stream.read(&mut buf[..cap as usize]) {
+                    match read_from(
+                        &mut self.stream,
+                        self.tls.as_deref_mut(),
+                        &mut buf[..cap as usize],
+                    ) {
                         Ok(0) if head.length.is_none() => {
                             return self.complete(now).unwrap_or(Step::Pending);
                         }

@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::conn::{connect, Conn, Step};
 use crate::http::get_request;
+use crate::tls::Tls;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -35,6 +36,8 @@ pub struct Config {
     pub close: bool,
     /// How often rate-limited connections are resumed (coarser = fewer, larger reads).
     pub tick: Duration,
+    /// Speak HTTPS (TLS 1.3) on every connection; `None` = plain HTTP.
+    pub tls: Option<Tls>,
 }
 
 /// What one engine saw.
@@ -53,6 +56,8 @@ pub struct Outcome {
     /// Per second after the ramp: connections whose body advanced in that second.
     pub progressing: Vec<u64>,
     pub elapsed: Duration,
+    /// TLS version and cipher suite of the first finished HTTPS handshake.
+    pub tls: Option<String>,
 }
 
 /// Slot table: a connection's token is its index.
@@ -101,9 +106,16 @@ pub fn run(cfg: &Config) -> io::Result<Outcome> {
 
     let open = |slots: &mut Slots, poll: &Poll, out: &mut Outcome, now: Instant| {
         out.opened += 1;
+        let session = match cfg.tls.as_ref().map(Tls::connection).transpose() {
+            Ok(session) => session,
+            Err(e) => {
+                record_failure(out, format!("tls: {e}"));
+                return;
+            }
+        };
         match connect(cfg.addr, cfg.rcvbuf) {
             Ok(stream) => {
-                let i = slots.insert(Conn::new(stream, cfg.rate, now));
+                let i = slots.insert(Conn::new(stream, cfg.rate, now, session));
                 let conn = slots.conns[i].as_mut().expect("just inserted");
                 if let Err(e) = poll.registry().register(
                     &mut conn.stream,
@@ -231,6 +243,9 @@ fn drive_slot(
         let before = conn.body_total;
         let step = conn.drive(request, buf, now);
         out.bytes += conn.body_total - before;
+        if cfg.tls.is_some() && out.tls.is_none() {
+            out.tls = conn.tls_description();
+        }
         match step {
             Step::Pending => return,
             Step::Completed {

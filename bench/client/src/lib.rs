@@ -12,6 +12,8 @@
 //! - [`procstat`]: samples `/proc` for peak RSS and CPU time of process groups (a root pid
 //!   and its descendants), machine-wide CPU time, and the size of a directory tree.
 //! - [`stats`]: percentiles and the JSON report helpers.
+//! - [`tls`]: HTTPS for the load connections (rustls, TLS 1.3 only, verified against the
+//!   run's own CA); the probe stays plain HTTP.
 //!
 //! Every loop is bounded: by a duration, a request count, or both.
 
@@ -21,3 +23,4 @@ pub mod http;
 pub mod probe;
 pub mod procstat;
 pub mod stats;
+pub mod tls;

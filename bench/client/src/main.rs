@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use handoff_bench::engine::{self, Outcome};
 use handoff_bench::stats::{median_u64, percentile, sorted};
+use handoff_bench::tls::Tls;
 use handoff_bench::{probe, procstat};
 use serde_json::json;
 
@@ -57,6 +58,13 @@ struct Args {
     /// Engine threads; connections are split between them.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Speak HTTPS (TLS 1.3 only) on the load connections, verifying the server against the
+    /// CA certificate(s) in this PEM file. The probe stays plain HTTP.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: --addr's IP address).
+    #[arg(long, requires = "tls_ca")]
+    tls_name: Option<String>,
     /// Probe: path of a tiny page requested every --probe-interval-ms.
     #[arg(long)]
     probe_path: Option<String>,
@@ -121,6 +129,17 @@ fn main() -> anyhow::Result<()> {
         std::thread::spawn(move || probe::run(addr, &path, interval, timeout, deadline, &stop))
     });
 
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let name = args
+                .tls_name
+                .clone()
+                .unwrap_or_else(|| args.addr.ip().to_string());
+            Some(Tls::new(ca, &name).context("TLS client configuration")?)
+        }
+        None => None,
+    };
+
     let threads = args.threads.clamp(1, 64);
     let mut engines = Vec::new();
     if args.conns > 0 {
@@ -144,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                 rcvbuf: args.rcvbuf,
                 close: args.close,
                 tick: Duration::from_millis(args.tick_ms.clamp(1, 1000)),
+                tls: tls.clone(),
             };
             engines.push(std::thread::spawn(move || engine::run(&cfg)));
         }
@@ -236,6 +256,7 @@ fn main() -> anyhow::Result<()> {
         "machine_cpu_s": proc_report.machine_cpu_s,
         "client_cpu_s": client_cpu,
         "dir_peak_bytes": proc_report.dir_peak_bytes,
+        "tls": total.tls,
     });
     println!("{report}");
     Ok(())
@@ -260,4 +281,7 @@ fn merge(total: &mut Outcome, o: Outcome) {
         }
     }
     total.elapsed = total.elapsed.max(o.elapsed);
+    if total.tls.is_none() {
+        total.tls = o.tls;
+    }
 }
