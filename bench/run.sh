@@ -4,17 +4,25 @@
 #
 #   bash bench/run.sh --quick     # < 5 minutes: every scenario at its smallest size, 3 runs
 #   bash bench/run.sh --full      # ~35 minutes: the sizes of issue 3, 3 runs
-#   bash bench/run.sh --smoke     # < 90 s, 1 run, tiny loads: checks that the harness works
+#   bash bench/run.sh --smoke     # ~2 minutes, 1 run, tiny loads: checks that the harness works
 #   bash bench/run.sh --scaling   # ~5 minutes (after waiting for a quiet machine): S2 and S5
 #                                 # with the manager at --threads 1 and 2, alternating
 #                                 # (t1, t2, t1, t2, ...), 5 runs each; CI does not run it
 #   ... --publish                 # also write the tables into docs/benchmarks.md and the
-#                                 # plot to docs/s1-probe-latency.png
+#                                 # plots to docs/s1-probe-latency.png and
+#                                 # docs/s1-probe-per-backend.png
 #
 # Starts its own handoff-manager, php-fpm (pm = static, 4 children, the shared pool file),
-# nginx (the shared site template plus two bench-only locations) and `php -S`, all in a
+# nginx (the shared site template plus three bench-only locations, once over plain HTTP and
+# once over HTTPS), a second nginx (the relay limit's upstream) and `php -S`, all in a
 # temporary directory, on 127.0.0.1 and Unix sockets only. The load client is
 # bench/client (handoff-bench); every run of it is bounded in time (and count).
+#
+# HTTPS: at start-up openssl makes a throwaway CA and a server certificate for 127.0.0.1
+# (ECDSA P-256, in the run's temp dir); nginx serves the same site on BENCH_PORT+4 with
+# `ssl_protocols TLSv1.3` (no session cache, no kTLS: nginx's defaults), and the load client
+# speaks TLS 1.3 with rustls, verifying nginx against that CA. The probe stays plain HTTP
+# on BENCH_PORT (the same nginx workers), so its figures compare across HTTP and HTTPS.
 #
 # Backends (what a download request hits):
 #   handoff-fpm     nginx -> php-fpm -> send_file()          (the manager streams)
@@ -26,10 +34,20 @@
 #   readfile-nobuf  the same with X-Accel-Buffering: no
 #   xaccel          nginx -> php-fpm -> X-Accel-Redirect -> nginx internal location
 #   static          nginx serves the file from a plain location
-# Scenarios: S1 slow-client storm + probe, S2 fast clients, S3 small files (and the
+#   relay           the nginx relay limit: nginx proxy_pass, proxy_buffering off,
+#                   proxy_buffer_size 128k (= the site's fastcgi_buffer_size), to a second
+#                   nginx (own config, one worker, a Unix socket) serving the data dir with
+#                   sendfile: the best any design in which nginx relays the bytes can do
+#   handoff-fpm-tls, xaccel-tls, relay-tls, static-tls
+#                   the same over HTTPS (TLS 1.3) to nginx (static-tls only when named in
+#                   BENCH_BACKENDS)
+# S1 and S2 run every backend above; S3 the plain-HTTP ones that existed before relay.
+# Scenarios: S1 slow-client storm + probe (the clients arrive over a ramp, scenario S1-N, and,
+# in --full, also as a 1 s burst, scenario S1-N-burst), S2 fast clients, S3 small files (and the
 # handoff.inline_below sweep), S4 worker hold time (php-fpm access log), S5 10,000 slow
 # connections. Output: $BENCH_OUT (default bench/results/MODE): results.jsonl (one line per
-# client run), probe-*.csv, fpm-*.log, report.md and s1-probe-latency.png (bench/report.py).
+# client run), probe-*.csv, fpm-*.log, report.md, s1-probe-latency.png and
+# s1-probe-per-backend.png (bench/report.py; --publish copies both plots into docs/).
 # Every line of results.jsonl also carries the manager's CPU time per thread during that
 # client run (bench/manager_cpu.py) and a threads=N label (its --threads).
 #
@@ -39,7 +57,8 @@
 # (the machine's ceiling, no manager), then S5 with many slow downloads. Scenario labels are
 # scale-S2-10m and scale-S5-N; bench/report.py prints them as one scaling table.
 #
-# Environment: BENCH_PORT (nginx port; php -S uses +1, manager metrics +2; default 18480),
+# Environment: BENCH_PORT (nginx port; php -S uses +1, manager metrics +2, the 4k server +3,
+# HTTPS +4; default 18480),
 # BENCH_DATA (test files, reused across runs; default /tmp/handoff-bench-data), BENCH_RUNS
 # (repetitions), BENCH_OUT, HANDOFF_SKIP_SETUP=1 (packages and build already done),
 # BENCH_QUIET_LOAD (wait, polling every 15 s for at most 10 min, until the 1-minute load
@@ -47,6 +66,13 @@
 # BENCH_THREADS (--scaling: the thread counts to alternate, default "1 2"), BENCH_REV (a
 # commit: export it to /tmp/handoff-bench-build-REV, build it there and measure those
 # binaries instead of target/release; the harness and bench/www stay the work tree's).
+#
+# Focused runs (any mode; the lead's quick subsets): BENCH_SCENARIOS (default "S1 S2 S3 S5"),
+# BENCH_BACKENDS (replaces the backend list of S1, S2 and S3; in S1 the idle baselines run
+# only when named: idle-fpm, idle-cli), BENCH_S1_NS (client counts, e.g. "1000"),
+# BENCH_S1_ARRIVALS ("ramp", "burst" or both; default both in --full, ramp otherwise), e.g.
+#   BENCH_SCENARIOS=S1 BENCH_S1_NS=1000 BENCH_S1_ARRIVALS=burst \
+#     BENCH_BACKENDS="idle-fpm handoff-fpm xaccel relay" bash bench/run.sh --full
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,7 +85,7 @@ for arg in "$@"; do
         --smoke) MODE=smoke ;;
         --scaling) MODE=scaling ;;
         --publish) PUBLISH=1 ;;
-        -h | --help) sed -n '2,49p' "$0"; exit 0 ;;
+        -h | --help) awk 'NR > 1 && /^set -euo/ { exit } NR > 1' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (--quick, --full, --smoke, --scaling, --publish)" >&2; exit 2 ;;
     esac
 done
@@ -80,27 +106,28 @@ S1_RATE=$((200 * KIB))
 case "$MODE" in
     smoke)
         RUNS=1
-        S1_NS=(20); S1_SECS=3; S1_RAMP=0.5
+        S1_NS=(20); S1_SECS=3; S1_RAMP=0.5; S1_ARRIVALS=(ramp)
         S2_CONNS=8; S2_SECS=1.5; S2_BIG=""; S2_BIG_REQUESTS=0
         S3_SIZES=(4k); S3_SECS=1
         S5_CONNS=100; S5_RATE=$((10 * KIB)); S5_SECS=4; S5_RAMP=1
         ;;
     quick)
         RUNS=3
-        S1_NS=(200); S1_SECS=3.5; S1_RAMP=1
+        S1_NS=(200); S1_SECS=3.5; S1_RAMP=1; S1_ARRIVALS=(ramp)
         S2_CONNS=64; S2_SECS=1; S2_BIG=f1g; S2_BIG_REQUESTS=1
         S3_SIZES=(4k 64k); S3_SECS=0.8
         S5_CONNS=2000; S5_RATE=$((10 * KIB)); S5_SECS=10; S5_RAMP=4
         ;;
     full)
         RUNS=3
-        S1_NS=(200 1000 2000); S1_SECS=15; S1_RAMP=3
+        S1_NS=(200 1000 2000); S1_SECS=15; S1_RAMP=3; S1_ARRIVALS=(ramp burst)
         S2_CONNS=64; S2_SECS=5; S2_BIG=f1g; S2_BIG_REQUESTS=2
         S3_SIZES=(4k 16k 64k 128k 256k); S3_SECS=3
         S5_CONNS=10000; S5_RATE=$((10 * KIB)); S5_SECS=45; S5_RAMP=25
         ;;
     scaling)
         RUNS=5
+        S1_NS=(); S1_SECS=0; S1_RAMP=0; S1_ARRIVALS=()
         S2_CONNS=64; S2_SECS=3; S2_BIG=""; S2_BIG_REQUESTS=0
         S5_CONNS=8000; S5_RATE=$((10 * KIB)); S5_SECS=16; S5_RAMP=8
         ;;
@@ -114,6 +141,14 @@ CLI_PORT=$((PORT + 1))
 METRICS_PORT=$((PORT + 2))
 DEFAULTS_PORT=$((PORT + 3))
 SCENARIOS="${BENCH_SCENARIOS:-S1 S2 S3 S5}"
+TLS_PORT=$((PORT + 4))
+# The 1 s burst: all S1 clients open their connections within one second.
+S1_BURST=1
+[ -n "${BENCH_S1_NS:-}" ] && read -r -a S1_NS <<<"$BENCH_S1_NS"
+[ -n "${BENCH_S1_ARRIVALS:-}" ] && read -r -a S1_ARRIVALS <<<"$BENCH_S1_ARRIVALS"
+for a in "${S1_ARRIVALS[@]}"; do
+    case "$a" in ramp | burst) ;; *) die "BENCH_S1_ARRIVALS: $a is neither ramp nor burst" ;; esac
+done
 DATA="${BENCH_DATA:-/tmp/handoff-bench-data}"
 OUT="${BENCH_OUT:-$REPO/bench/results/$MODE}"
 SO="$REPO/target/release/libhandoff.so"
@@ -230,16 +265,16 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Four consecutive ports from PORT must be free; without BENCH_PORT, try a few other bases.
+# Five consecutive ports from PORT must be free; without BENCH_PORT, try a few other bases.
 ports_free() {
     local p
-    for p in "$1" $(($1 + 1)) $(($1 + 2)) $(($1 + 3)); do
+    for p in "$1" $(($1 + 1)) $(($1 + 2)) $(($1 + 3)) $(($1 + 4)); do
         (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && return 1
     done
     return 0
 }
 if ! ports_free "$PORT"; then
-    [ -z "${BENCH_PORT:-}" ] || die "a port in 127.0.0.1:$PORT..$((PORT + 3)) is in use: change BENCH_PORT"
+    [ -z "${BENCH_PORT:-}" ] || die "a port in 127.0.0.1:$PORT..$((PORT + 4)) is in use: change BENCH_PORT"
     for base in 28480 38480 48480 19480 29480; do
         if ports_free "$base"; then PORT=$base; break; fi
     done
@@ -247,7 +282,8 @@ if ! ports_free "$PORT"; then
     CLI_PORT=$((PORT + 1))
     METRICS_PORT=$((PORT + 2))
     DEFAULTS_PORT=$((PORT + 3))
-    log "using ports $PORT..$DEFAULTS_PORT"
+    TLS_PORT=$((PORT + 4))
+    log "using ports $PORT..$TLS_PORT"
 fi
 
 wait_for() { # what pid check...
@@ -260,6 +296,61 @@ wait_for() { # what pid check...
         sleep 0.1
     done
 }
+
+# HTTPS: a throwaway CA and a server certificate for 127.0.0.1 (ECDSA P-256, valid 2 days),
+# made per run in the run's temp dir; the load client trusts only this CA.
+TLS_DIR="$RUN/tls"
+make_tls_certs() {
+    command -v openssl >/dev/null || die "openssl not found (scripts/setup.sh installs it)"
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj "/CN=handoff-bench throwaway CA" -keyout ca.key -out ca.pem \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign"
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj "/CN=127.0.0.1" -keyout server.key -out server.csr
+        printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+            "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+            "extendedKeyUsage=serverAuth" >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -set_serial 2 -days 2 \
+            -extfile server.ext -out server.pem
+        openssl verify -CAfile ca.pem server.pem
+    ) >"$LOGS/openssl.log" 2>&1 || die "openssl could not make the certificates (see $LOGS/openssl.log)"
+}
+make_tls_certs
+
+# The main nginx's extra pieces, included by its config below: the relay location (in both
+# servers, through bench-locations.conf) and the HTTPS server (the same site template on
+# TLS_PORT with TLS 1.3 only, plus the same bench locations).
+RELAY_SOCK="$RUN/relay-upstream.sock"
+write_relay_and_tls_conf() {
+    # proxy_buffer_size / proxy_buffers = the site's fastcgi_buffer_size / fastcgi_buffers
+    # (128k, 4 128k), so that the relay limit and send_file() behind nginx relay through one
+    # buffer of one size (unbuffered, nginx relays through proxy_buffer_size alone).
+    cat >"$RUN/bench-relay.conf" <<EOF
+location /relay/ {
+    proxy_pass http://unix:$RELAY_SOCK:/;
+    proxy_buffering off;
+    proxy_buffer_size 128k;
+    proxy_buffers 4 128k;
+    proxy_read_timeout 300s;
+}
+EOF
+    cat >"$RUN/bench-tls.conf" <<EOF
+ssl_certificate $TLS_DIR/server.pem;
+ssl_certificate_key $TLS_DIR/server.key;
+ssl_protocols TLSv1.3;
+EOF
+    # shellcheck disable=SC2016
+    HANDOFF_LISTEN="127.0.0.1:$TLS_PORT ssl" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
+        envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' <"$TEMPLATE" |
+        sed '$!b; /^}$/i\    include '"$RUN"'/bench-locations.conf;\n    include '"$RUN"'/bench-tls.conf;' \
+            >"$RUN/nginx-site-tls.conf"
+    grep -q bench-tls "$RUN/nginx-site-tls.conf" || die "could not add TLS to the site"
+}
+write_relay_and_tls_conf
 
 # handoff-manager: only this user may connect (0660; local benchmark, php-fpm runs as this user).
 # A copy of the binary: --scaling restarts the manager, and a rebuild of target/release
@@ -341,6 +432,7 @@ location /_protected/ {
 location /static/ {
     alias $DATA/;
 }
+include $RUN/bench-relay.conf;
 EOF
 nginx_user=""
 [ "$(id -u)" -eq 0 ] && nginx_user="user root;"
@@ -366,6 +458,7 @@ http {
     scgi_temp_path $TEMP/scgi;
     include $RUN/nginx-site.conf;
     include $RUN/nginx-site-4k.conf;
+    include $RUN/nginx-site-tls.conf;
 }
 EOF
 nginx -t -q -p "$RUN" -e "$LOGS/nginx-error.log" -c "$RUN/nginx.conf" || die "nginx rejected its config"
@@ -381,6 +474,44 @@ CLI_PID=$!
 PIDS+=("$CLI_PID")
 wait_for "php -S" "$CLI_PID" curl -sf "http://127.0.0.1:$CLI_PORT/probe.php"
 
+# The relay limit's upstream: a second nginx, its own config and one worker, serving the data
+# dir with sendfile on a Unix socket. The main nginx relays it (bench-relay.conf).
+start_relay_upstream() {
+    cat >"$RUN/relay-upstream.conf" <<EOF
+$nginx_user
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile $FD_LIMIT;
+pid $RUN/relay-upstream.pid;
+error_log $LOGS/relay-upstream-error.log error;
+events { worker_connections 32768; }
+http {
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    access_log off;
+    client_body_temp_path $TEMP/relay-client_body;
+    proxy_temp_path $TEMP/relay-proxy;
+    fastcgi_temp_path $TEMP/relay-fastcgi;
+    uwsgi_temp_path $TEMP/relay-uwsgi;
+    scgi_temp_path $TEMP/relay-scgi;
+    server {
+        listen unix:$RELAY_SOCK;
+        root $DATA;
+    }
+}
+EOF
+    nginx -t -q -p "$RUN" -e "$LOGS/relay-upstream-error.log" -c "$RUN/relay-upstream.conf" ||
+        die "nginx rejected the relay upstream's config"
+    nginx -p "$RUN" -e "$LOGS/relay-upstream-error.log" -c "$RUN/relay-upstream.conf" \
+        >"$LOGS/relay-upstream.stderr.log" 2>&1 &
+    RELAY_PID=$!
+    PIDS+=("$RELAY_PID")
+    wait_for "nginx (relay upstream)" "$RELAY_PID" test -S "$RELAY_SOCK"
+}
+start_relay_upstream
+
 # Every backend must deliver the right bytes before anything is measured (and again after
 # each restart of the manager in --scaling).
 check_stack() {
@@ -392,11 +523,27 @@ check_stack() {
         got="$(curl -sf --max-time 10 "http://127.0.0.1:$url" | sha256sum | cut -d' ' -f1)"
         [ "$got" = "$want" ] || die "http://127.0.0.1:$url did not return the file"
     done
+    check_relay_and_tls "$want"
     grep -q '"accepted":[1-9]' <(curl -s "http://127.0.0.1:$METRICS_PORT/status") ||
         die "the manager took no handoff: send_file() is not handing off"
 }
+# The relay limit and the HTTPS server: the right bytes, verified against the run's CA, and
+# TLS 1.2 refused.
+check_relay_and_tls() { # sha256 of f64k
+    local url got
+    for url in "http://127.0.0.1:$PORT/relay/f64k" "https://127.0.0.1:$TLS_PORT/relay/f64k" \
+        "https://127.0.0.1:$TLS_PORT/send.php?f=f64k&handoff=1" \
+        "https://127.0.0.1:$TLS_PORT/xaccel.php?f=f64k" "https://127.0.0.1:$TLS_PORT/static/f64k"; do
+        got="$(curl -sf --max-time 10 --cacert "$TLS_DIR/ca.pem" "$url" | sha256sum | cut -d' ' -f1)"
+        [ "$got" = "$1" ] || die "$url did not return the file"
+    done
+    if curl -sf --max-time 10 --cacert "$TLS_DIR/ca.pem" --tls-max 1.2 \
+        "https://127.0.0.1:$TLS_PORT/probe.php" >/dev/null 2>&1; then
+        die "nginx accepted TLS 1.2 on $TLS_PORT (TLS 1.3 only wanted)"
+    fi
+}
 check_stack
-log "stack up in $RUN (manager $MANAGER_PID, php-fpm $FPM_PID, nginx $NGINX_PID, php -S $CLI_PID)"
+log "stack up in $RUN (manager $MANAGER_PID, php-fpm $FPM_PID, nginx $NGINX_PID, php -S $CLI_PID, relay upstream $RELAY_PID; HTTPS on $TLS_PORT)"
 
 # --- running the client ----------------------------------------------------------------------
 url_of() { # backend file -> "port path"
@@ -410,6 +557,11 @@ url_of() { # backend file -> "port path"
         readfile-nobuf) echo "$PORT /readfile.php?f=$2&nobuf=1" ;;
         xaccel) echo "$PORT /xaccel.php?f=$2" ;;
         static) echo "$PORT /static/$2" ;;
+        relay) echo "$PORT /relay/$2" ;;
+        handoff-fpm-tls) echo "$TLS_PORT /send.php?f=$2&handoff=1" ;;
+        xaccel-tls) echo "$TLS_PORT /xaccel.php?f=$2" ;;
+        relay-tls) echo "$TLS_PORT /relay/$2" ;;
+        static-tls) echo "$TLS_PORT /static/$2" ;;
         idle-fpm | idle-cli) echo "$PORT /probe.php" ;;
         *) die "unknown backend $1" ;;
     esac
@@ -459,6 +611,9 @@ bench() {
     # nginx temp files matter in S1/S2; walking 20,000 descriptors in S5 would load the box.
     local watch=(--watch-dir "$TEMP")
     case "$scenario" in S5*) watch=() ;; esac
+    # HTTPS backends: the load connections speak TLS 1.3 (the probe stays plain HTTP).
+    local tls=()
+    case "$backend" in *-tls) tls=(--tls-ca "$TLS_DIR/ca.pem") ;; esac
     # Idle baselines: the probe alone, the same arguments with no load connections.
     local args=("$@") i
     case "$backend" in
@@ -468,7 +623,7 @@ bench() {
     cpu_before="$(python3 "$REPO/bench/manager_cpu.py" snapshot "$MANAGER_PID")"
     "$CLIENT" --addr "127.0.0.1:$port" --path "$path" \
         --group "nginx=$NGINX_PID" --group "php-fpm=$FPM_PID" --group "manager=$MANAGER_PID" \
-        --group "php-cli=$CLI_PID" "${watch[@]}" \
+        --group "php-cli=$CLI_PID" --group "relay-upstream=$RELAY_PID" "${watch[@]}" "${tls[@]}" \
         --label "scenario=$scenario" --label "backend=$backend" --label "run=$run" \
         --label "load1=$load1" --label "file=${FILE:-f20m}" --label "threads=$MANAGER_THREADS" \
         --probe-addr "127.0.0.1:$probe_port" "${args[@]}" >>"$OUT/results.jsonl" ||
@@ -489,7 +644,23 @@ print("req/s %.0f  GB/s %.2f  failed %d  starved %d  progressing %s  probe p50/p
     " ".join("%s %.2f" % (k, v) for k, v in m["threads"].items() if k.startswith("download-"))))')"
 }
 
-BACKENDS=(handoff-fpm handoff-fpm-4k handoff-cli readfile-fpm readfile-nobuf xaccel static)
+# S1 and S2 compare every backend, S3 the plain-HTTP ones (plus the inline variants);
+# BENCH_BACKENDS replaces all three lists (S1: the idle baselines too).
+BACKENDS=(handoff-fpm handoff-fpm-4k handoff-cli readfile-fpm readfile-nobuf xaccel static
+    relay handoff-fpm-tls xaccel-tls relay-tls)
+S1_BACKENDS=(idle-fpm idle-cli "${BACKENDS[@]}")
+S3_BACKENDS=(handoff-fpm handoff-fpm-4k handoff-cli readfile-fpm readfile-nobuf xaccel static
+    handoff-fpm-inline handoff-cli-inline)
+if [ -n "${BENCH_BACKENDS:-}" ]; then
+    read -r -a BACKENDS <<<"$BENCH_BACKENDS"
+    for b in "${BACKENDS[@]}"; do url_of "$b" f4k >/dev/null; done # dies on an unknown name
+    S1_BACKENDS=("${BACKENDS[@]}")
+    S3_BACKENDS=()
+    for b in "${BACKENDS[@]}"; do
+        case "$b" in idle-*) ;; *) S3_BACKENDS+=("$b") ;; esac
+    done
+    BACKENDS=("${S3_BACKENDS[@]}") # S2: the idle baselines are S1's only
+fi
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 # Another engineer's build or test run on the same cores would land in some runs and not
 # others: optionally wait until the machine is quiet before measuring.
@@ -532,12 +703,17 @@ fi
 
 for run in $(seq 1 "$RUNS"); do
     # S1: N slow readers of a 20 MiB file at 200 KiB/s each, a probe page every 100 ms.
+    # Arrivals: spread over S1_RAMP (scenario S1-N), or all within 1 s (S1-N-burst).
     wants S1 && for n in "${S1_NS[@]}"; do
-        log "S1 run $run: $n slow clients x 200 KiB/s, ${S1_SECS}s"
-        for backend in idle-fpm idle-cli "${BACKENDS[@]}"; do
-            FILE=f20m bench "S1-$n" "$backend" "$run" --conns "$n" --rate "$S1_RATE" \
-                --ramp "$S1_RAMP" --duration "$S1_SECS" --probe-path /probe.php \
-                --probe-csv "$OUT/probe-S1-$n-$backend-$run.csv"
+        for arrival in "${S1_ARRIVALS[@]}"; do
+            scn="S1-$n" ramp="$S1_RAMP"
+            [ "$arrival" = burst ] && scn="S1-$n-burst" ramp="$S1_BURST"
+            log "S1 run $run: $n slow clients x 200 KiB/s arriving over ${ramp}s ($arrival), ${S1_SECS}s"
+            for backend in "${S1_BACKENDS[@]}"; do
+                FILE=f20m bench "$scn" "$backend" "$run" --conns "$n" --rate "$S1_RATE" \
+                    --ramp "$ramp" --duration "$S1_SECS" --probe-path /probe.php \
+                    --probe-csv "$OUT/probe-$scn-$backend-$run.csv" --label "arrival=$arrival"
+            done
         done
     done
 
@@ -555,7 +731,7 @@ for run in $(seq 1 "$RUNS"); do
     # S3: small files, 64 keep-alive connections; send_file() also with inline forced.
     wants S3 && for size in "${S3_SIZES[@]}"; do
         log "S3 run $run: f$size x 64 connections"
-        for backend in "${BACKENDS[@]}" handoff-fpm-inline handoff-cli-inline; do
+        for backend in "${S3_BACKENDS[@]}"; do
             FILE="f$size" bench "S3-$size" "$backend" "$run" --conns 64 --duration "$S3_SECS" \
                 --read-buf $((256 * KIB)) --max-requests 1000000
         done
