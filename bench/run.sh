@@ -41,7 +41,8 @@
 #   handoff-fpm-tls, xaccel-tls, relay-tls, static-tls
 #                   the same over HTTPS (TLS 1.3) to nginx (static-tls only when named in
 #                   BENCH_BACKENDS)
-# S1 and S2 run every backend above; S3 the plain-HTTP ones that existed before relay.
+# S1 and S2 run every backend above; S3 (small files) the plain-HTTP ones except relay, plus
+# the *-inline variants.
 # Scenarios: S1 slow-client storm + probe (the clients arrive over a ramp, scenario S1-N, and,
 # in --full, also as a 1 s burst, scenario S1-N-burst), S2 fast clients, S3 small files (and the
 # handoff.inline_below sweep), S4 worker hold time (php-fpm access log), S5 10,000 slow
@@ -64,10 +65,11 @@
 # BENCH_QUIET_LOAD (wait, polling every 15 s for at most 10 min, until the 1-minute load
 # average is below it before measuring; default 0.8 in --scaling, off otherwise),
 # BENCH_THREADS (--scaling: the thread counts to alternate, default "1 2"), BENCH_REV (a
-# commit: export it to /tmp/handoff-bench-build-REV, build it there and measure those
-# binaries instead of target/release; the harness and bench/www stay the work tree's).
+# commit: export it to /tmp/handoff-bench-build-REV, build it there and measure its
+# extension and manager instead of target/release; the harness, the load client and bench/www
+# stay the work tree's).
 #
-# Focused runs (any mode; the lead's quick subsets): BENCH_SCENARIOS (default "S1 S2 S3 S5"),
+# Focused runs (any mode): BENCH_SCENARIOS (default "S1 S2 S3 S5"),
 # BENCH_BACKENDS (replaces the backend list of S1, S2 and S3; in S1 the idle baselines run
 # only when named: idle-fpm, idle-cli), BENCH_S1_NS (client counts, e.g. "1000"),
 # BENCH_S1_ARRIVALS ("ramp", "burst" or both; default both in --full, ramp otherwise), e.g.
@@ -181,7 +183,8 @@ if [ -n "${BENCH_REV:-}" ]; then
     fi
     SO="$build/src/target/release/libhandoff.so"
     MANAGER="$build/src/target/release/handoff-manager"
-    CLIENT="$build/src/target/release/handoff-bench"
+    # The load client stays the work tree's: it is part of the harness (an older one would
+    # not know --tls-ca), and both sides of an A/B are then measured by the same client.
 fi
 # The client is a workspace member: setup.sh's `cargo build --release --workspace` builds it.
 [ -x "$CLIENT" ] || (cd "$REPO" && cargo build --release -p handoff-bench)
