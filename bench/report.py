@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
-"""Turns one bench/run.sh output directory into report.md and s1-probe-latency.png.
+"""Turns one bench/run.sh output directory into report.md, s1-probe-latency.png and
+s1-probe-per-backend.png.
 
     python3 bench/report.py bench/results/full [--publish]
 
 With --publish, the tables replace the part of docs/benchmarks.md between the
-"<!-- results:begin -->" and "<!-- results:end -->" lines, and the plot is copied to
-docs/s1-probe-latency.png.
+"<!-- results:begin -->" and "<!-- results:end -->" lines, and the plots are copied to
+docs/s1-probe-latency.png (run 1 of every S1 scenario, one line per backend) and
+docs/s1-probe-per-backend.png (S1 at 1,000 clients, or the most clients measured: one panel
+per backend and arrival, every run).
+
+S1 scenarios are S1-N (clients arriving over a ramp) and S1-N-burst (all within 1 s).
+Backends ending in -tls are the same request over HTTPS (TLS 1.3 at nginx); "relay" is the
+nginx relay limit (proxy_pass, buffering off, to an nginx serving the file with sendfile).
 
 Reads results.jsonl (one JSON object per client run, see bench/client), the probe CSVs and
 the php-fpm access-log excerpts (fpm-<scenario>-<backend>-<run>.log, "%{micro}d %s %r%Q%q",
 packed by run.sh into fpm-logs.tar.xz).
-Every figure is given as min / median / max over the runs. Goals are those of issue 3.
+Every figure is given as min / median / max over the runs. Goals are those of issue 3, and
+the S2 goals of issue 10 (send_file() behind nginx against the relay limit, and against
+X-Accel-Redirect over HTTPS).
 Runs of `bench/run.sh --scaling` (scenarios scale-S2-10m and scale-S5-N, a threads=N label)
 are printed as one table per scenario, by backend and manager thread count, with the
 manager's CPU time per thread that run.sh adds to each line (bench/manager_cpu.py).
@@ -35,8 +44,9 @@ machine = open(os.path.join(OUT, "machine.txt")).read().strip() if os.path.exist
 
 # handoff-fpm-tuned: runs made before the shared site set fastcgi_buffer_size 128k itself
 # (then handoff-fpm had nginx's 4 KiB default); handoff-fpm-4k: runs made after.
-HANDOFFS = ["handoff-fpm", "handoff-fpm-4k", "handoff-fpm-tuned", "handoff-cli"]
-BACKENDS = ["handoff-fpm", "handoff-fpm-4k", "handoff-fpm-tuned", "handoff-cli", "readfile-fpm", "readfile-nobuf", "xaccel", "static"]
+HANDOFFS = ["handoff-fpm", "handoff-fpm-4k", "handoff-fpm-tuned", "handoff-cli", "handoff-fpm-tls"]
+BACKENDS = ["handoff-fpm", "handoff-fpm-4k", "handoff-fpm-tuned", "handoff-cli", "readfile-fpm", "readfile-nobuf", "xaccel", "static",
+            "relay", "handoff-fpm-tls", "xaccel-tls", "relay-tls", "static-tls"]
 NAMES = {
     "handoff-fpm": "send_file() nginx+fpm",
     "handoff-fpm-tuned": "send_file() nginx+fpm, fastcgi_buffer_size 128k",
@@ -46,6 +56,11 @@ NAMES = {
     "readfile-nobuf": "readfile() fpm, X-Accel-Buffering: no",
     "xaccel": "X-Accel-Redirect",
     "static": "nginx static",
+    "relay": "nginx relay limit",
+    "handoff-fpm-tls": "send_file() nginx+fpm, HTTPS",
+    "xaccel-tls": "X-Accel-Redirect, HTTPS",
+    "relay-tls": "nginx relay limit, HTTPS",
+    "static-tls": "nginx static, HTTPS",
     "handoff-fpm-inline": "send_file() nginx+fpm, inline forced",
     "handoff-cli-inline": "send_file() php -S, inline forced",
     "idle-fpm": "idle (probe only, nginx+fpm)",
@@ -53,10 +68,23 @@ NAMES = {
 }
 GB = 1e9
 
+
+def name(b):
+    return NAMES.get(b, b)
+
+
+def same_proto(base, b):
+    """The backend `base` over the same protocol as `b` (xaccel -> xaccel-tls for a -tls b)."""
+    return base + "-tls" if b.endswith("-tls") else base
+
+
+def arrival(scn):
+    return "burst" if scn.endswith("-burst") else "ramp"
+
 by = collections.defaultdict(list)
 for r in rows:
     by[(r["labels"]["scenario"], r["labels"]["backend"])].append(r)
-scenarios = sorted({s for s, _ in by}, key=lambda s: (s[:2], int(re.sub(r"\D", "", s.split("-")[1]) or 0) * (1024 if s.endswith("m") else 1)))
+scenarios = sorted({s for s, _ in by}, key=lambda s: (s[:2], int(re.sub(r"\D", "", s.split("-")[1]) or 0) * (1024 if s.endswith("m") else 1), s))
 
 
 def vals(scn, backend, f):
@@ -229,7 +257,12 @@ for scn in sorted({k[0] for k in scaled}):
 s1 = [s for s in scenarios if s.startswith("S1-")]
 for scn in s1:
     n = int(scn.split("-")[1])
-    w(f"\n### S1 — {n} slow clients (20 MiB at 200 KiB/s each) + probe every 100 ms\n")
+    burst = arrival(scn) == "burst"
+    tag = f"S1 {n}" + (" burst" if burst else "")
+    ramps = sorted({r["labels"]["ramp_s"] for b in BACKENDS for r in by.get((scn, b), []) if "ramp_s" in r["labels"]})
+    over = f"over {'/'.join(ramps)} s" if ramps else ("within 1 s" if burst else "over a ramp")
+    w(f"\n### S1 — {n} slow clients (20 MiB at 200 KiB/s each) + probe every 100 ms, "
+      f"arriving {'as a burst ' if burst else ''}{over}\n")
     w("| backend | probe p50 ms | probe p99 ms | probes failed | progressing at once | failed | starved | nginx temp MiB | peak RSS MiB nginx / fpm / manager / php -S | CPU s per GB nginx / fpm / manager / php -S |")
     w("|---|---|---|---|---|---|---|---|---|---|")
     for b in ["idle-fpm", "idle-cli"] + BACKENDS:
@@ -239,7 +272,7 @@ for scn in s1:
                          for g in ["nginx", "php-fpm", "manager", "php-cli"])
         cpu = "–" if b.startswith("idle") else " · ".join(
             mmm(vals(scn, b, cpu_per_gb(g)), 2) for g in ["nginx", "php-fpm", "manager", "php-cli"])
-        w(f"| {NAMES[b]} | {mmm(vals(scn, b, lambda r: r['probe_p50_ms']))} "
+        w(f"| {name(b)} | {mmm(vals(scn, b, lambda r: r['probe_p50_ms']))} "
           f"| {mmm(vals(scn, b, lambda r: r['probe_p99_ms']))} "
           f"| {mmm(vals(scn, b, lambda r: r['probe_failed']), 0)} "
           f"| {mmm(vals(scn, b, lambda r: r['progressing_median']), 0)} "
@@ -247,42 +280,70 @@ for scn in s1:
           f"| {mmm(vals(scn, b, lambda r: r['starved']), 0)} "
           f"| {mmm(vals(scn, b, lambda r: mib(r['dir_peak_bytes'])), 1)} | {rss} | {cpu} |")
     w("")
-    w("Probe p99 ratios (median of runs): " + ", ".join(
-        f"{NAMES[b]} {ratio(median(vals(scn, b, lambda r: r['probe_p99_ms'])), median(vals(scn, 'xaccel', lambda r: r['probe_p99_ms'])))} of X-Accel-Redirect, "
-        f"{ratio(median(vals(scn, b, lambda r: r['probe_p99_ms'])), median(vals(scn, 'readfile-fpm', lambda r: r['probe_p99_ms'])))} of readfile()"
-        for b in HANDOFFS if (scn, b) in by) + ".\n")
+    def p99_of(b):
+        return median(vals(scn, b, lambda r: r["probe_p99_ms"]))
+
+    def p99_ratios(b):
+        refs = [(same_proto("xaccel", b), "X-Accel-Redirect"), (same_proto("relay", b), "the relay limit"),
+                ("readfile-fpm", "readfile()")]
+        return f"{name(b)} " + ", ".join(f"{ratio(p99_of(b), p99_of(ref))} of {what}" for ref, what in refs if (scn, ref) in by)
+    w("Probe p99 ratios (median of runs; HTTPS rows against the HTTPS backends): "
+      + "; ".join(p99_ratios(b) for b in HANDOFFS if (scn, b) in by) + ".\n")
     for b in [h for h in HANDOFFS if (scn, h) in by]:
         idle = median(vals(scn, "idle-cli" if b == "handoff-cli" else "idle-fpm", lambda r: r["probe_p99_ms"]))
         p99 = median(vals(scn, b, lambda r: r["probe_p99_ms"]))
         prog = vals(scn, b, lambda r: r["progressing_median"] == r["conns"] and r["starved"] == 0 and r["failed"] == 0)
         temp = vals(scn, b, lambda r: r["dir_peak_bytes"] == 0)
         if n <= 200:
-            goals.append((f"S1 {n}: probe p99 ≤ 3 ms ({NAMES[b]})", p99 is not None and p99 <= 3, f"median p99 {fmt(p99)} ms"))
+            goals.append((f"{tag}: probe p99 ≤ 3 ms ({name(b)})", p99 is not None and p99 <= 3, f"median p99 {fmt(p99)} ms"))
         else:
-            goals.append((f"S1 {n}: probe p99 ≤ 1.5× idle p99 ({NAMES[b]})",
+            goals.append((f"{tag}: probe p99 ≤ 1.5× idle p99 ({name(b)})",
                           p99 is not None and idle is not None and p99 <= 1.5 * idle,
                           f"median p99 {fmt(p99)} ms vs idle {fmt(idle)} ms"))
-        goals.append((f"S1 {n}: every download progressing ({NAMES[b]})", all(prog), f"{sum(prog)}/{len(prog)} runs"))
-        goals.append((f"S1 {n}: no nginx temp files ({NAMES[b]})", all(temp), f"{sum(temp)}/{len(temp)} runs"))
+        goals.append((f"{tag}: every download progressing ({name(b)})", all(prog), f"{sum(prog)}/{len(prog)} runs"))
+        goals.append((f"{tag}: no nginx temp files ({name(b)})", all(temp), f"{sum(temp)}/{len(temp)} runs"))
 
 # ---------------------------------------------------------------- S2
 for scn in [s for s in scenarios if s.startswith("S2-")]:
     label = "64 × 10 MiB" if scn == "S2-10m" else "1 × 1 GiB"
     w(f"\n### S2 — fast clients, {label} (1 MiB reads)\n")
-    w("| backend | GB/s | req/s | machine CPU s/GB | client CPU s/GB | vs X-Accel | vs readfile() |")
-    w("|---|---|---|---|---|---|---|")
-    xa = median(vals(scn, "xaccel", lambda r: r["gb_per_s"]))
-    rf = median(vals(scn, "readfile-fpm", lambda r: r["gb_per_s"]))
-    st = median(vals(scn, "static", lambda r: r["gb_per_s"]))
+    w("HTTPS rows are compared with the HTTPS X-Accel-Redirect and relay limit; *client CPU* "
+      "includes the client's TLS decryption.\n")
+    w("| backend | GB/s | req/s | machine CPU s/GB | nginx CPU s/GB | client CPU s/GB | vs X-Accel | vs relay limit | vs readfile() |")
+    w("|---|---|---|---|---|---|---|---|---|")
+
+    def gbps(b):
+        return median(vals(scn, b, lambda r: r["gb_per_s"]))
+    xa = gbps("xaccel")
+    rf = gbps("readfile-fpm")
+    st = gbps("static")
     for b in [b for b in BACKENDS if (scn, b) in by]:
-        g = median(vals(scn, b, lambda r: r["gb_per_s"]))
-        w(f"| {NAMES[b]} | {mmm(vals(scn, b, lambda r: r['gb_per_s']))} | {mmm(vals(scn, b, lambda r: r['req_per_s']), 1)} "
+        g = gbps(b)
+        w(f"| {name(b)} | {mmm(vals(scn, b, lambda r: r['gb_per_s']))} | {mmm(vals(scn, b, lambda r: r['req_per_s']), 1)} "
           f"| {mmm(vals(scn, b, lambda r: r['machine_cpu_s'] / (r['bytes'] / GB)))} "
-          f"| {mmm(vals(scn, b, lambda r: r['client_cpu_s'] / (r['bytes'] / GB)))} | {ratio(g, xa)} | {ratio(g, rf)} |")
-    for b in [h for h in HANDOFFS[:3] if (scn, h) in by]:
-        g_b = median(vals(scn, b, lambda r: r["gb_per_s"]))
-        goals.append((f"S2 {label}: {NAMES[b]} ≥ 0.9× X-Accel-Redirect",
+          f"| {mmm(vals(scn, b, cpu_per_gb('nginx')))} "
+          f"| {mmm(vals(scn, b, lambda r: r['client_cpu_s'] / (r['bytes'] / GB)))} "
+          f"| {ratio(g, gbps(same_proto('xaccel', b)))} | {ratio(g, gbps(same_proto('relay', b)))} | {ratio(g, rf)} |")
+    for b in [h for h in ["handoff-fpm", "handoff-fpm-4k", "handoff-fpm-tuned"] if (scn, h) in by]:
+        g_b = gbps(b)
+        goals.append((f"S2 {label}: {name(b)} ≥ 0.9× X-Accel-Redirect",
                       g_b is not None and xa and g_b >= 0.9 * xa, f"{ratio(g_b, xa)}"))
+    # Issue 10: send_file() behind nginx against the relay limit (HTTP and HTTPS), and against
+    # X-Accel-Redirect where production runs, over HTTPS.
+    s2_goals = []
+    for b, ref, want, what in [("handoff-fpm", "relay", 0.95, "the nginx relay limit"),
+                               ("handoff-fpm-tls", "relay-tls", 0.95, "the nginx relay limit, HTTPS"),
+                               ("handoff-fpm-tls", "xaccel-tls", 0.9, "X-Accel-Redirect, HTTPS")]:
+        if (scn, b) in by and (scn, ref) in by:
+            g_b, g_r = gbps(b), gbps(ref)
+            per_run = [ratio(x, y) for x, y in zip(vals(scn, b, lambda r: r["gb_per_s"]), vals(scn, ref, lambda r: r["gb_per_s"]))]
+            s2_goals.append(f"{name(b)} / {what}: {ratio(g_b, g_r)} (per run: {', '.join(per_run)}; goal ≥ {want}×)")
+            goals.append((f"S2 {label}: {name(b)} ≥ {want}× {what} (issue 10)",
+                          g_b is not None and g_r and g_b >= want * g_r, f"{ratio(g_b, g_r)} of medians; runs {', '.join(per_run)}"))
+    if s2_goals:
+        w("")
+        w("Goal figures of issue 10 (median GB/s against median GB/s; per run: the two backends "
+          "of the same run): " + "; ".join(s2_goals) + ".\n")
     g_cli = median(vals(scn, "handoff-cli", lambda r: r["gb_per_s"]))
     goals.append((f"S2 {label}: php -S ≥ 0.95× nginx static", g_cli is not None and st and g_cli >= 0.95 * st,
                   f"{ratio(g_cli, st)}"))
@@ -301,7 +362,7 @@ for scn in s3:
         if (scn, b) not in by:
             continue
         q = median(vals(scn, b, lambda r: r["req_per_s"]))
-        w(f"| {NAMES[b]} | {mmm(vals(scn, b, lambda r: r['req_per_s']), 0)} | {mmm(vals(scn, b, lambda r: r['lat_p99_ms']))} "
+        w(f"| {name(b)} | {mmm(vals(scn, b, lambda r: r['req_per_s']), 0)} | {mmm(vals(scn, b, lambda r: r['lat_p99_ms']))} "
           f"| {ratio(q, xa)} | {ratio(q, rf)} |")
     h = median(vals(scn, "handoff-fpm", lambda r: r["req_per_s"]))
     hi = median(vals(scn, "handoff-fpm-inline", lambda r: r["req_per_s"]))
@@ -315,7 +376,7 @@ if inline_choice:
     w("\n### handoff.inline_below: handoff against inline, per file size (median req/s)\n")
     cols = [b for b in HANDOFFS + ["handoff-fpm-inline", "handoff-cli-inline", "readfile-fpm"]
             if any(b in d for _, d in inline_choice)]
-    w("| size | " + " | ".join(NAMES[b] for b in cols) + " | nginx+fpm handoff / inline | php -S handoff / inline |")
+    w("| size | " + " | ".join(name(b) for b in cols) + " | nginx+fpm handoff / inline | php -S handoff / inline |")
     w("|---|" + "---|" * (len(cols) + 2))
     for size, d in inline_choice:
         w(f"| {size.upper()}iB | " + " | ".join(fmt(d.get(b)) for b in cols)
@@ -336,9 +397,9 @@ def fpm_logs():
         yield os.path.basename(path), open(path).read().splitlines()
 
 
-for name, log_lines in fpm_logs():
-    tag = name[4:-4]
-    m = re.match(r"(S\d-[^-]+)-(.+)-(\d+)$", tag)
+for log_name, log_lines in fpm_logs():
+    tag = log_name[4:-4]
+    m = re.match(r"(S\d-[^-]+(?:-burst)?)-(.+)-(\d+)$", tag)
     if not m:
         continue
     scn, backend, run = m.groups()
@@ -357,6 +418,8 @@ for name, log_lines in fpm_logs():
             kind = "X-Accel-Redirect script"
         else:
             continue
+        if backend.endswith("-tls"):
+            kind += ", HTTPS"
         hold[(kind, scn)][run].append(us / 1000)
 
 
@@ -381,8 +444,8 @@ for (kind, scn) in sorted(hold):
     mx = [max(v) for v in runs.values()]
     n = [len(v) for v in runs.values()]
     w(f"| {kind} | {scn} | {mmm(n, 0)} | {mmm(p50, 3)} | {mmm(p99, 3)} | {mmm(mx, 3)} |")
-    if kind == "send_file() handoff":
-        s4_p99.append((scn, median(p99)))
+    if kind.startswith("send_file() handoff"):
+        s4_p99.append((f"{scn}{' HTTPS' if kind.endswith('HTTPS') else ''}", median(p99)))
 if s4_p99:
     worst = max(s4_p99, key=lambda x: x[1])
     goals.append(("S4: worker hold time p99 ≤ 0.2 ms (send_file() handoff, every scenario)",
@@ -414,11 +477,11 @@ for scn in [s for s in scenarios if s.startswith("S5-")]:
                   f"at most {fmt(b)} bytes (worst growth per download, or median whole RSS per download)"))
 
 if goals:
-    w("\n### Goals of issue 3\n")
+    w("\n### Goals (issue 3; the S2 relay-limit and HTTPS goals of issue 10)\n")
     w("| goal | met | measured |")
     w("|---|---|---|")
-    for name, ok, how in goals:
-        w(f"| {name} | {'yes' if ok else '**no**'} | {how} |")
+    for goal, ok, how in goals:
+        w(f"| {goal} | {'yes' if ok else '**no**'} | {how} |")
 
 report = "\n".join(lines) + "\n"
 open(os.path.join(OUT, "report.md"), "w").write(report)
@@ -443,28 +506,38 @@ except ImportError:
     print("matplotlib missing: no plot")
     sys.exit(0)
 
+COLORS = {"idle-fpm": "#999999", "handoff-fpm": "#d62728", "handoff-cli": "#ff7f0e",
+          "readfile-fpm": "#1f77b4", "readfile-nobuf": "#9467bd", "xaccel": "#2ca02c", "handoff-fpm-tuned": "#8c564b",
+          "handoff-fpm-4k": "#8c564b", "static": "#17becf", "idle-cli": "#cccccc", "relay": "#e377c2",
+          "handoff-fpm-tls": "#7f0000", "xaccel-tls": "#0b5d1e", "relay-tls": "#7b2463", "static-tls": "#0e6f7a"}
+
+
+def probe_series(scn, b, run):
+    """(t, latency with NaN for failures, times of failures) of one probe CSV, or None."""
+    f = os.path.join(OUT, f"probe-{scn}-{b}-{run}.csv")
+    if not os.path.exists(f):
+        return None
+    t, lat, tf = [], [], []
+    for row in csv.DictReader(open(f)):
+        # A failed probe breaks the line (NaN) and is drawn as an x at the top.
+        t.append(float(row["t_s"]))
+        lat.append(float(row["latency_ms"]) if row["latency_ms"] else float("nan"))
+        if not row["latency_ms"]:
+            tf.append(float(row["t_s"]))
+    return t, lat, tf
+
+
 if s1:
     fig, axes = plt.subplots(len(s1), 1, figsize=(11, 5.0 * len(s1)), squeeze=False)
-    colors = {"idle-fpm": "#999999", "handoff-fpm": "#d62728", "handoff-cli": "#ff7f0e",
-              "readfile-fpm": "#1f77b4", "readfile-nobuf": "#9467bd", "xaccel": "#2ca02c", "handoff-fpm-tuned": "#8c564b",
-              "handoff-fpm-4k": "#8c564b",
-              "static": "#17becf", "idle-cli": "#cccccc"}
     for ax, scn in zip(axes[:, 0], s1):
-        timeout = None
         for b in ["idle-fpm"] + BACKENDS:
-            f = os.path.join(OUT, f"probe-{scn}-{b}-1.csv")
-            if not os.path.exists(f):
+            series = probe_series(scn, b, 1)
+            if series is None:
                 continue
-            t, lat, tf = [], [], []
-            for row in csv.DictReader(open(f)):
-                # A failed probe breaks the line (NaN) and is drawn as an x at the top.
-                t.append(float(row["t_s"]))
-                lat.append(float(row["latency_ms"]) if row["latency_ms"] else float("nan"))
-                if not row["latency_ms"]:
-                    tf.append(float(row["t_s"]))
-            ax.plot(t, lat, ".-", ms=2.5, lw=0.7, alpha=0.85, color=colors[b], label=NAMES[b])
+            t, lat, tf = series
+            ax.plot(t, lat, ".-", ms=2.5, lw=0.7, alpha=0.85, color=COLORS.get(b), label=name(b))
             if tf:
-                ax.plot(tf, [1500] * len(tf), "x", color=colors[b], ms=7, mew=1.5)
+                ax.plot(tf, [1500] * len(tf), "x", color=COLORS.get(b), ms=7, mew=1.5)
         ax.set_yscale("log")
         ax.set_ylim(0.1, 3000)
         ax.axhline(3, color="black", lw=0.6, ls="--")
@@ -472,7 +545,8 @@ if s1:
         ax.set_xlabel("seconds since the clients started (run 1)")
         ax.set_ylabel("probe latency, ms (log scale)\n× at top = failed / timed out (1 s)")
         n = scn.split("-")[1]
-        ax.set_title(f"S1: probe page latency while {n} clients download 20 MiB at 200 KiB/s")
+        how = "arriving within 1 s" if arrival(scn) == "burst" else "arriving over a ramp"
+        ax.set_title(f"S1: probe page latency while {n} clients ({how}) download 20 MiB at 200 KiB/s")
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
     fig.tight_layout()
@@ -481,3 +555,54 @@ if s1:
     if PUBLISH:
         fig.savefig(os.path.join(DOCS, "s1-probe-latency.png"), dpi=90)
         print("updated docs/s1-probe-latency.png")
+    plt.close(fig)
+
+    # One panel per backend (rows) and arrival (columns), every run overlaid, at 1,000
+    # clients (or, in a run without them, the largest S1 measured): where in the run each
+    # backend's slow probes fall.
+    counts = sorted({int(scn.split("-")[1]) for scn in s1})
+    n = 1000 if 1000 in counts else counts[-1]
+    cols = [scn for scn in (f"S1-{n}", f"S1-{n}-burst") if scn in s1]
+    rows_b = [b for b in ["idle-fpm", "idle-cli"] + BACKENDS if any((scn, b) in by for scn in cols)]
+    runs = sorted({r["labels"]["run"] for scn in cols for b in rows_b for r in by.get((scn, b), [])}, key=int)
+    fig, axes = plt.subplots(len(rows_b), len(cols), figsize=(6.5 * len(cols), 1.9 * len(rows_b) + 0.8),
+                             squeeze=False, sharex=True, sharey=True)
+    styles = ["-", "--", ":", "-."]
+    for j, scn in enumerate(cols):
+        for i, b in enumerate(rows_b):
+            ax = axes[i, j]
+            for k, run in enumerate(runs):
+                series = probe_series(scn, b, run)
+                if series is None:
+                    continue
+                t, lat, tf = series
+                ax.plot(t, lat, styles[k % len(styles)], lw=0.8, alpha=0.85, color=COLORS.get(b, "#333333"),
+                        label=f"run {run}")
+                if tf:
+                    ax.plot(tf, [1500] * len(tf), "x", color=COLORS.get(b, "#333333"), ms=5, mew=1.2)
+            p99 = " / ".join(fmt(v) for v in vals(scn, b, lambda r: r["probe_p99_ms"]))
+            ax.set_title(f"{name(b)} — p99 by run: {p99 or '–'} ms", fontsize=8, loc="left")
+            ramps = {float(r["labels"]["ramp_s"]) for r in by.get((scn, b), []) if "ramp_s" in r["labels"]}
+            if ramps:
+                ax.axvspan(0, max(ramps), color="#000000", alpha=0.06, lw=0)
+            ax.set_yscale("log")
+            ax.set_ylim(0.1, 3000)
+            ax.axhline(3, color="black", lw=0.5, ls="--")
+            ax.grid(True, which="both", alpha=0.2)
+            ax.tick_params(labelsize=7)
+            if j == 0:
+                ax.set_ylabel("ms", fontsize=7)
+        how = "arriving within 1 s" if arrival(scn) == "burst" else "arriving over a ramp"
+        axes[0, j].annotate(f"{n} slow clients {how}", xy=(0.5, 1.35), xycoords="axes fraction",
+                            ha="center", fontsize=10, fontweight="bold")
+        axes[-1, j].set_xlabel("seconds since the clients started", fontsize=8)
+    if runs:
+        axes[0, 0].legend(fontsize=6, loc="upper right", ncol=len(runs), frameon=False)
+    fig.suptitle(f"S1: probe latency over time at {n} clients, one panel per backend "
+                 "(log scale; dashed line 3 ms; × = failed / > 1 s; shaded: clients arriving)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(os.path.join(OUT, "s1-probe-per-backend.png"), dpi=80)
+    print(f"wrote {os.path.join(OUT, 's1-probe-per-backend.png')}")
+    if PUBLISH:
+        fig.savefig(os.path.join(DOCS, "s1-probe-per-backend.png"), dpi=80)
+        print("updated docs/s1-probe-per-backend.png")

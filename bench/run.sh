@@ -715,7 +715,8 @@ for run in $(seq 1 "$RUNS"); do
             for backend in "${S1_BACKENDS[@]}"; do
                 FILE=f20m bench "$scn" "$backend" "$run" --conns "$n" --rate "$S1_RATE" \
                     --ramp "$ramp" --duration "$S1_SECS" --probe-path /probe.php \
-                    --probe-csv "$OUT/probe-$scn-$backend-$run.csv" --label "arrival=$arrival"
+                    --probe-csv "$OUT/probe-$scn-$backend-$run.csv" --label "arrival=$arrival" \
+                    --label "ramp_s=$ramp"
             done
         done
     done
