@@ -2,8 +2,10 @@
 # The handoff benchmark: send_file() against readfile(), X-Accel-Redirect and nginx static,
 # on one machine, in one run.
 #
-#   bash bench/run.sh --quick     # < 5 minutes: every scenario at its smallest size, 3 runs
-#   bash bench/run.sh --full      # ~35 minutes: the sizes of issue 3, 3 runs
+#   bash bench/run.sh --quick     # ~7 minutes: every scenario at its smallest size, 3 runs
+#   bash bench/run.sh --full      # ~80 minutes: the sizes of issue 3, S1 also as a burst, 3 runs
+#                                 # (both times estimated from --smoke and the last full run,
+#                                 # not measured since the HTTPS and relay backends came in)
 #   bash bench/run.sh --smoke     # ~2 minutes, 1 run, tiny loads: checks that the harness works
 #   bash bench/run.sh --scaling   # ~5 minutes (after waiting for a quiet machine): S2 and S5
 #                                 # with the manager at --threads 1 and 2, alternating
