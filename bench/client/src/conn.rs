@@ -85,6 +85,12 @@ pub struct Conn {
     pub writable: bool,
     pub opened: Instant,
     request_start: Instant,
+    /// Since when this connection has been waiting for its current response head: the
+    /// connect() call for its first request, the request's start for the next ones.
+    pub waiting_since: Instant,
+    /// Set when a response head arrives: how long it was waited for (see `waiting_since`).
+    /// The engine takes it.
+    pub head_wait: Option<Duration>,
     /// Body bytes over the connection's whole life.
     pub body_total: u64,
     /// `body_total` at the last progress sample.
@@ -143,6 +149,8 @@ impl Conn {
             writable: false,
             opened: now,
             request_start: now,
+            waiting_since: now,
+            head_wait: None,
             body_total: 0,
             sampled_total: 0,
             budget: rate.map(|r| Budget::new(r, now)),
@@ -159,6 +167,12 @@ impl Conn {
     pub fn restart(&mut self, now: Instant) {
         self.state = State::Writing { written: 0 };
         self.request_start = now;
+        self.waiting_since = now;
+    }
+
+    /// Whether the connection is still waiting for its current response head.
+    pub fn awaiting_head(&self) -> bool {
+        !matches!(self.state, State::Body { .. })
     }
 
     /// Whether the body is being read (the rate limiter's tick resumes only those).
@@ -301,6 +315,8 @@ impl Conn {
                             if head.status != 200 {
                                 return Step::Failed(format!("status {}", head.status));
                             }
+                            self.head_wait =
+                                Some(now.saturating_duration_since(self.waiting_since));
                             let extra = (head_buf.len() - head.head_len) as u64;
                             self.body_total += extra;
                             self.state = State::Body {

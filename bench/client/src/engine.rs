@@ -47,6 +47,14 @@ pub struct Outcome {
     pub requests: u64,
     pub bytes: u64,
     pub latencies_ms: Vec<f64>,
+    /// Per response head: ms from the connect() call (first request on a connection) or
+    /// from the request's start (later ones) to the head being parsed.
+    pub head_waits_ms: Vec<f64>,
+    /// Connections still waiting for a response head at the end, those of them that had
+    /// waited more than 100 ms, and the longest such wait.
+    pub heads_waiting: u64,
+    pub heads_waiting_over_100ms: u64,
+    pub heads_waiting_max_ms: f64,
     pub failed: u64,
     pub errors: BTreeMap<String, u64>,
     /// Connections still downloading at the end that got less than half their rate.
@@ -207,6 +215,12 @@ pub fn run(cfg: &Config) -> io::Result<Outcome> {
     let end = Instant::now();
     out.elapsed = end.duration_since(start);
     for conn in slots.conns.iter().flatten() {
+        if conn.awaiting_head() {
+            out.heads_waiting += 1;
+            let wait = end.duration_since(conn.waiting_since).as_secs_f64() * 1e3;
+            out.heads_waiting_max_ms = out.heads_waiting_max_ms.max(wait);
+            out.heads_waiting_over_100ms += u64::from(wait > 100.0);
+        }
         if conn.in_body() || !cfg.repeat {
             out.alive += 1;
             if let Some(rate) = cfg.rate {
@@ -243,6 +257,9 @@ fn drive_slot(
         let before = conn.body_total;
         let step = conn.drive(request, buf, now);
         out.bytes += conn.body_total - before;
+        if let Some(wait) = conn.head_wait.take() {
+            out.head_waits_ms.push(wait.as_secs_f64() * 1e3);
+        }
         if cfg.tls.is_some() && out.tls.is_none() {
             out.tls = conn.tls_description();
         }

@@ -203,6 +203,11 @@ fn main() -> anyhow::Result<()> {
 
     let secs = total.elapsed.as_secs_f64().max(1e-9);
     let lat = sorted(std::mem::take(&mut total.latencies_ms));
+    let heads = sorted(std::mem::take(&mut total.head_waits_ms));
+    // Waits for a response head over 100 ms (the goal of issue 10), counting connections
+    // still waiting at the end that had waited that long.
+    let heads_over_100ms =
+        heads.iter().filter(|&&ms| ms > 100.0).count() as u64 + total.heads_waiting_over_100ms;
     // Failed probes sort last (as +inf): a p99 that lands on one is reported as null.
     let probe_failed = probes.iter().filter(|s| s.latency_ms.is_none()).count();
     let probe_lat = sorted(
@@ -242,6 +247,13 @@ fn main() -> anyhow::Result<()> {
         "lat_p50_ms": percentile(&lat, 50.0),
         "lat_p99_ms": percentile(&lat, 99.0),
         "lat_max_ms": lat.last(),
+        "head_n": heads.len(),
+        "head_p50_ms": percentile(&heads, 50.0),
+        "head_p99_ms": percentile(&heads, 99.0),
+        "head_max_ms": heads.last(),
+        "heads_waiting": total.heads_waiting,
+        "heads_waiting_max_ms": total.heads_waiting_max_ms,
+        "heads_over_100ms": heads_over_100ms,
         "failed": total.failed,
         "errors": total.errors,
         "alive": total.alive,
@@ -267,6 +279,10 @@ fn merge(total: &mut Outcome, o: Outcome) {
     total.requests += o.requests;
     total.bytes += o.bytes;
     total.latencies_ms.extend(o.latencies_ms);
+    total.head_waits_ms.extend(o.head_waits_ms);
+    total.heads_waiting += o.heads_waiting;
+    total.heads_waiting_over_100ms += o.heads_waiting_over_100ms;
+    total.heads_waiting_max_ms = total.heads_waiting_max_ms.max(o.heads_waiting_max_ms);
     total.failed += o.failed;
     for (k, v) in o.errors {
         *total.errors.entry(k).or_default() += v;

@@ -1,7 +1,8 @@
 //! The load engine over HTTPS against a real TLS 1.3 server on a loopback socket: a rustls
 //! server thread with a certificate from a CA that openssl makes in a temp dir, as
 //! bench/run.sh does. Checks that fast and rate-limited readers receive every body byte,
-//! that keep-alive reuses the TLS session, and that a server the CA did not sign is refused.
+//! that keep-alive reuses the TLS session, that each response head's wait is recorded, and
+//! that a server the CA did not sign is refused.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -182,6 +183,8 @@ fn https_downloads_arrive_whole() {
     let out = engine::run(&config(addr, tls.clone())).unwrap();
     assert_eq!((out.requests, out.failed), (3, 0), "{:?}", out.errors);
     assert_eq!(out.bytes, 3 * BODY as u64);
+    // One head wait per response, none still waiting.
+    assert_eq!((out.head_waits_ms.len(), out.heads_waiting), (3, 0));
     assert!(
         out.tls.as_deref().is_some_and(|t| t.starts_with("TLSv1_3")),
         "{:?}",
