@@ -290,7 +290,269 @@ fn status_field(value: &str) -> Option<(u16, String)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use handoff_core::plan::Piece;
+
     use super::*;
+
+    const SIZE: u64 = 1000;
+
+    /// A GET of a 1000-byte file under php-fpm with a connection that can be handed off.
+    fn context() -> Context<Framing> {
+        Context {
+            sapi: Sapi::Fpm,
+            headers_only: false,
+            method: Some("GET".into()),
+            range: None,
+            conditions: Conditions::default(),
+            status_code: 200,
+            status_line: None,
+            header_lines: Vec::new(),
+            file: FileInfo {
+                size: SIZE,
+                modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+                inode: 7,
+            },
+            type_name: "report.pdf".into(),
+            content_etag: None,
+            inline_below: 0,
+            connection: Ok(Framing::FastCgi),
+        }
+    }
+
+    fn plan_of(decision: &Decision<Framing>) -> &Plan {
+        match decision {
+            Decision::Inline(plan)
+            | Decision::HandOff { plan, .. }
+            | Decision::Decline { plan, .. } => plan,
+        }
+    }
+
+    fn decide_with(f: impl FnOnce(&mut Context<Framing>)) -> Decision<Framing> {
+        let mut ctx = context();
+        f(&mut ctx);
+        decide(ctx, &Options::default())
+    }
+
+    fn handed_off(decision: &Decision<Framing>) -> bool {
+        matches!(decision, Decision::HandOff { .. })
+    }
+
+    #[test]
+    fn bodies_below_inline_below_are_streamed_here_the_rest_handed_off() {
+        let at = decide_with(|c| c.inline_below = SIZE);
+        assert!(handed_off(&at), "{at:?}");
+        // The handoff asks nginx not to spool; the inline plan lets it buffer.
+        assert_eq!(plan_of(&at).head.get("X-Accel-Buffering"), Some("no"));
+        let below = decide_with(|c| c.inline_below = SIZE + 1);
+        assert!(matches!(below, Decision::Inline(_)), "{below:?}");
+        assert_eq!(plan_of(&below).head.get("X-Accel-Buffering"), None);
+        // 0 turns inlining off, even for an empty file.
+        let empty = decide_with(|c| c.file.size = 0);
+        assert!(handed_off(&empty), "{empty:?}");
+    }
+
+    #[test]
+    fn inline_below_counts_the_body_to_send_not_the_file() {
+        let range = decide_with(|c| {
+            c.inline_below = 100;
+            c.range = Some("bytes=0-9".into());
+        });
+        assert!(matches!(range, Decision::Inline(_)), "{range:?}");
+        assert_eq!(plan_of(&range).head.status, 206);
+        let head = decide_with(|c| {
+            c.inline_below = 1;
+            c.method = Some("HEAD".into());
+        });
+        assert!(matches!(head, Decision::Inline(_)), "{head:?}");
+    }
+
+    #[test]
+    fn head_gets_the_head_of_get_and_no_body() {
+        let get = plan_of(&decide_with(|_| {})).clone();
+        assert_eq!(
+            get.body,
+            vec![Piece::File {
+                offset: 0,
+                length: SIZE
+            }]
+        );
+        for head in [
+            decide_with(|c| c.method = Some("HEAD".into())),
+            // PHP's own HEAD flag wins over the method it reports.
+            decide_with(|c| c.headers_only = true),
+        ] {
+            let plan = plan_of(&head);
+            assert!(plan.body.is_empty());
+            assert_eq!(plan.head, get.head);
+        }
+    }
+
+    #[test]
+    fn range_and_preconditions_reach_the_planner() {
+        let range = decide_with(|c| c.range = Some("bytes=0-9".into()));
+        let plan = plan_of(&range);
+        assert_eq!(plan.head.status, 206);
+        assert_eq!(plan.head.get("Content-Range"), Some("bytes 0-9/1000"));
+        assert_eq!(plan.body_len(), 10);
+        let beyond = decide_with(|c| c.range = Some("bytes=5000-".into()));
+        assert_eq!(plan_of(&beyond).head.status, 416);
+        let etag = plan_of(&range).head.get("ETag").unwrap().to_string();
+        let cached = decide_with(|c| c.conditions.if_none_match = Some(etag.clone()));
+        assert_eq!(plan_of(&cached).head.status, 304);
+        let changed = decide_with(|c| c.conditions.if_match = Some("\"other\"".into()));
+        assert_eq!(plan_of(&changed).head.status, 412);
+        let stale = decide_with(|c| {
+            c.range = Some("bytes=0-9".into());
+            c.conditions.if_range = Some("\"other\"".into());
+        });
+        assert_eq!(plan_of(&stale).head.status, 200);
+        // Only GET gets a range; a script's error page is sent whole.
+        let post = decide_with(|c| {
+            c.method = Some("POST".into());
+            c.range = Some("bytes=0-9".into());
+        });
+        assert_eq!(plan_of(&post).head.status, 200);
+        assert_eq!(plan_of(&post).body_len(), SIZE);
+        let error_page = decide_with(|c| {
+            c.status_code = 404;
+            c.range = Some("bytes=0-9".into());
+        });
+        assert_eq!(plan_of(&error_page).head.status, 404);
+        assert_eq!(plan_of(&error_page).body_len(), SIZE);
+    }
+
+    #[test]
+    fn a_head_already_sent_throws_before_the_file_is_opened_except_on_the_command_line() {
+        for sapi in [Sapi::Fpm, Sapi::CliServer, Sapi::Apache, Sapi::Other] {
+            assert!(matches!(
+                check_head_not_sent(sapi, true),
+                Err(SendFileError::HeadersSent)
+            ));
+            assert!(check_head_not_sent(sapi, false).is_ok());
+        }
+        assert!(check_head_not_sent(Sapi::CommandLine, true).is_ok());
+        for name in ["cli", "phpdbg", "embed"] {
+            assert_eq!(Sapi::from_name(name), Sapi::CommandLine);
+        }
+    }
+
+    #[test]
+    fn without_a_connection_it_declines_framed_as_the_sapi_answers() {
+        let reason = "fcgi_request layout not recognised (fd)";
+        let fpm = decide_with(|c| {
+            c.connection = Err(reason.into());
+            // Small, but inlining is only instead of a handoff.
+            c.inline_below = u64::MAX;
+        });
+        let Decision::Decline { plan, declined } = fpm else {
+            panic!("{fpm:?}");
+        };
+        assert_eq!(declined, Declined::new(FallbackCause::NoConnection, reason));
+        assert_eq!(plan.head.get("X-Accel-Buffering"), Some("no"));
+        let cli = decide_with(|c| {
+            c.sapi = Sapi::CliServer;
+            c.connection = Err("no client".into());
+        });
+        assert!(matches!(cli, Decision::Decline { .. }));
+        assert_eq!(plan_of(&cli).head.get("X-Accel-Buffering"), None);
+        // With a connection, its framing counts, not the SAPI's.
+        let http = decide_with(|c| c.connection = Ok(Framing::Http));
+        assert_eq!(plan_of(&http).head.get("X-Accel-Buffering"), None);
+    }
+
+    #[test]
+    fn a_decline_streams_unless_fallback_is_off() {
+        let plan = plan_of(&decide_with(|_| {})).clone();
+        let declined = Declined::new(FallbackCause::Refused, "handoff not accepted: busy");
+        assert_eq!(
+            fall_back(Fallback::Stream, plan.clone(), declined.clone()).unwrap(),
+            plan
+        );
+        match fall_back(Fallback::Off, plan, declined) {
+            Err(e @ SendFileError::NoFallback { .. }) => {
+                assert!(e.to_string().contains("handoff not accepted: busy"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn lines(fields: &[&str]) -> Vec<Vec<u8>> {
+        fields.iter().map(|f| f.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_status_field_is_the_status_under_php_fpm_only_and_never_sent() {
+        let fields = lines(&["Status: 410 Gone Fishing", "Set-Cookie: a=b"]);
+        let fpm = script_response(Sapi::Fpm, 200, None, &fields);
+        assert_eq!((fpm.status, fpm.reason.as_str()), (410, "Gone Fishing"));
+        for sapi in [Sapi::CliServer, Sapi::Apache] {
+            let r = script_response(sapi, 200, None, &fields);
+            assert_eq!((r.status, r.reason.as_str()), (200, ""), "{sapi:?}");
+            assert_eq!(r.headers, fpm.headers);
+        }
+        assert_eq!(fpm.headers, vec![Header::new("Set-Cookie", "a=b")]);
+        // A bad value is dropped too, and a later good one counts.
+        let fields = lines(&["status: nope", "Status: 404"]);
+        let r = script_response(Sapi::Fpm, 200, None, &fields);
+        assert_eq!((r.status, r.reason.as_str(), r.headers.len()), (404, "", 0));
+        // The whole decision carries it into the head.
+        let plan = plan_of(&decide_with(|c| c.header_lines = lines(&["Status: 404"]))).clone();
+        assert_eq!(plan.head.status, 404);
+        assert_eq!(plan.head.get("Status"), None);
+    }
+
+    #[test]
+    fn the_scripts_status_and_reason() {
+        let custom = script_response(Sapi::Fpm, 299, Some("HTTP/1.1 299 Custom Reason"), &[]);
+        assert_eq!(
+            (custom.status, custom.reason.as_str()),
+            (299, "Custom Reason")
+        );
+        // A reason for another code than the response's is not ours.
+        let other = script_response(Sapi::Fpm, 404, Some("HTTP/1.1 299 Custom Reason"), &[]);
+        assert_eq!((other.status, other.reason.as_str()), (404, ""));
+        for bad in [0, 99, 600, -1] {
+            assert_eq!(script_response(Sapi::Apache, bad, None, &[]).status, 200);
+        }
+        // Field values are kept byte for byte.
+        let r = script_response(Sapi::Fpm, 200, None, &[b"X-Raw:  \xff\x01 ".to_vec()]);
+        assert_eq!(r.headers, vec![Header::new("X-Raw", b"\xff\x01".to_vec())]);
+    }
+
+    #[test]
+    fn copied_content_gets_its_hash_as_etag_unless_the_script_set_one() {
+        let tag = "\"c0000000000000abc-a\"";
+        let copied = decide_with(|c| c.content_etag = Some(tag.into()));
+        assert_eq!(plan_of(&copied).head.get("ETag"), Some(tag));
+        let own = decide_with(|c| {
+            c.content_etag = Some(tag.into());
+            c.header_lines = lines(&["ETag: \"v2\""]);
+        });
+        assert_eq!(plan_of(&own).head.get("ETag"), Some("\"v2\""));
+    }
+
+    #[test]
+    fn no_decision_error_shows_a_path() {
+        // What a path could leak through: the type name (its last component) and the
+        // reasons for declining.
+        let plan = plan_of(&decide_with(|c| c.type_name = "secret-plans.pdf".into())).clone();
+        let Decision::Decline { declined, .. } = decide_with(|c| {
+            c.type_name = "secret-plans.pdf".into();
+            c.connection = Err("FastCGI request already ended".into());
+        }) else {
+            panic!("no decline");
+        };
+        let errors = [
+            check_head_not_sent(Sapi::Fpm, true).unwrap_err(),
+            fall_back(Fallback::Off, plan, declined).unwrap_err(),
+        ];
+        for e in errors {
+            let text = e.to_string();
+            assert!(!text.contains("secret") && !text.contains('/'), "{text}");
+        }
+    }
 
     #[test]
     fn cgi_status_field_as_php_fpm_passes_it() {
