@@ -1,4 +1,4 @@
-//! One child process of a test: output in a log file, stopped in `Drop`.
+//! One child process of a stack or a test: output in a log file, stopped in `Drop`.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::read_lossy;
+use crate::read_lossy;
 
 /// One child process: stdout and stderr go to `log`; stopped (signal, then SIGKILL) in Drop.
 pub struct Proc {
@@ -67,6 +67,12 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// SIGKILL, and waits until it is gone (reaped).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn log_text(&self) -> String {
