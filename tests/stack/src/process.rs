@@ -23,7 +23,13 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf, stop_signal: Signal) -> Proc {
         let cmdline = describe(&cmd);
-        let out = File::create(&log).expect("create log file");
+        // Appended to: a restarted daemon (the benchmark's manager, a demo run again in the
+        // same directory) keeps the earlier runs' lines.
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log file");
         let err = out.try_clone().expect("dup log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd
