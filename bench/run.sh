@@ -11,11 +11,10 @@
 #   ... --publish                 # also write the tables into docs/benchmarks.md and the
 #                                 # plot to docs/s1-probe-latency.png
 #
-# Starts its own handoff-manager, php-fpm (pm = static, 4 children, the shared pool file),
-# nginx (the shared site template plus two bench-only locations) and `php -S`, all in a
-# temporary directory, on 127.0.0.1 and Unix sockets only; the first three through
-# target/release/handoff-stack (tests/stack), the starter the tests and the demo use. The load client is
-# bench/client (handoff-bench); every run of it is bounded in time (and count).
+# Starts its own handoff-manager, php-fpm (pm = static, 4 children, the shared pool file) and
+# nginx (the shared site plus two bench-only locations) through handoff-stack (tests/stack),
+# and `php -S`, in a temporary directory, on 127.0.0.1 and Unix sockets only. The load
+# client is bench/client (handoff-bench); every run of it is bounded in time (and count).
 #
 # Backends (what a download request hits):
 #   handoff-fpm     nginx -> php-fpm -> send_file()          (the manager streams)
