@@ -8,6 +8,7 @@
 //!
 //!   handoff-stack up --dir DIR [--port N] [--docroot DIR] [--fpm-children 4] [-- MANAGER ARGS]
 //!   handoff-stack manager --dir DIR [-- MANAGER ARGS]      (the manager alone)
+//!   handoff-stack down --dir DIR                           (stops what runs from DIR)
 
 use std::fmt::Write as _;
 use std::fs;
@@ -38,6 +39,11 @@ enum Command {
     Up(Box<Up>),
     /// handoff-manager alone (bench/run.sh restarts it with other flags).
     Manager(Common),
+    /// Stops the starters running from DIR (SIGTERM) and waits until they are gone.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -110,6 +116,9 @@ struct Up {
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Down { dir } = &cli.command {
+        std::process::exit(down(dir));
+    }
     // Blocked before any child starts, and taken with sigwait below: the children get an
     // empty mask (std resets it in the child).
     let mut signals = SigSet::empty();
@@ -127,12 +136,15 @@ fn main() {
     }
     let (procs, env_file, env) = match cli.command {
         Command::Up(up) => up_stack(&up),
+        Command::Down { .. } => unreachable!("handled above"),
         Command::Manager(common) => {
             let place = place(&common);
             let (proc, env) = manager(&place, &common);
             (vec![proc], place.dir.join("manager.env"), env)
         }
     };
+    // The starter's own pid, for `down`.
+    let env = format!("STACK_PID={}\n{env}", std::process::id());
     let tmp = env_file.with_extension("env.tmp");
     if let Err(e) = fs::write(&tmp, &env).and_then(|()| fs::rename(&tmp, &env_file)) {
         eprintln!("handoff-stack: write {}: {e}", env_file.display());
@@ -298,6 +310,44 @@ fn serve(mut procs: Vec<Proc>, signals: &SigSet) -> i32 {
     progress(&format!("stopping {}", names.join(", ")));
     while let Some(p) = procs.pop() {
         drop(p);
+    }
+    status
+}
+
+/// SIGTERM to the starters whose `stack.env` / `manager.env` are in `dir` (nginx and php-fpm
+/// first, as the starters stop their children in reverse order), then waits for each to
+/// exit (they remove their file), at most 30 s each.
+fn down(dir: &Path) -> i32 {
+    let mut status = 0;
+    for name in ["stack.env", "manager.env"] {
+        let file = dir.join(name);
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        let pid = text
+            .lines()
+            .find_map(|l| l.strip_prefix("STACK_PID=")?.parse::<i32>().ok());
+        let Some(pid) = pid.map(nix::unistd::Pid::from_raw) else {
+            eprintln!("handoff-stack: {} names no STACK_PID", file.display());
+            status = 1;
+            continue;
+        };
+        progress(&format!("stopping the starter {pid} ({name})"));
+        if nix::sys::signal::kill(pid, Signal::SIGTERM).is_err() {
+            // Gone already (killed without cleaning up): its file is stale.
+            let _ = fs::remove_file(&file);
+            continue;
+        }
+        let gone = handoff_stack::wait_until(
+            &format!("the starter {pid}"),
+            std::time::Duration::from_secs(30),
+            || nix::sys::signal::kill(pid, None).is_err(),
+            || Ok(()),
+        );
+        if let Err(e) = gone {
+            eprintln!("handoff-stack: {e}");
+            status = 1;
+        }
     }
     status
 }

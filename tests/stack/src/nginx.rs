@@ -156,19 +156,8 @@ impl Nginx {
             "off".into()
         };
         let mut http = String::new();
-        for line in self
-            .http_lines
-            .iter()
-            .chain(
-                upstream
-                    .lines()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-                    .iter(),
-            )
-            .map(String::as_str)
-            .chain(includes.lines())
-        {
+        let extra = self.http_lines.iter().map(String::as_str);
+        for line in extra.chain(upstream.lines()).chain(includes.lines()) {
             let _ = writeln!(http, "    {line}");
         }
         let main = format!(
