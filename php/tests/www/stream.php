@@ -6,6 +6,12 @@
 //            memory:  written into php://memory;
 //            fopen:   the data file itself, opened with fopen();
 //            filter:  the data file read through a no-op stream filter (string.rot13 twice)
+//            spl:     the data file as new SplFileObject()
+//            spltemp: written into new SplTempFileObject() (in memory up to 2 MiB)
+//            spltemp0: written into new SplTempFileObject(0) (a temp file at once)
+//            spl-noctor:   a subclass of SplFileObject whose constructor skips the parent's
+//            spl-failctor: a subclass that swallows the parent constructor's exception
+//            splinfo: new SplFileInfo() of the data file (not a stream: refused)
 //   seek=N   leave the stream at position N before send_file() (the body is still all of it)
 //   read=N   then fread() N bytes (PHP reads ahead into the stream's buffer)
 //   filename / content_type   the send_file() options of the same name
@@ -15,7 +21,42 @@ $dir = getenv('HANDOFF_TEST_DIR');
 $path = $dir . '/data/' . basename($_GET['f'] ?? '');
 $kind = $_GET['kind'] ?? 'tmpfile';
 
+class NoParentConstructor extends SplFileObject
+{
+    public function __construct()
+    {
+    }
+}
+
+class FailedParentConstructor extends SplFileObject
+{
+    public function __construct(string $path)
+    {
+        try {
+            parent::__construct($path);
+        } catch (RuntimeException) {
+        }
+    }
+}
+
 switch ($kind) {
+    case 'spl':
+        $stream = new SplFileObject($path, 'rb');
+        break;
+    case 'spltemp':
+    case 'spltemp0':
+        $stream = $kind === 'spltemp' ? new SplTempFileObject() : new SplTempFileObject(0);
+        $stream->fwrite(file_get_contents($path));
+        break;
+    case 'spl-noctor':
+        $stream = new NoParentConstructor();
+        break;
+    case 'spl-failctor':
+        $stream = new FailedParentConstructor($path . '.missing');
+        break;
+    case 'splinfo':
+        $stream = new SplFileInfo($path);
+        break;
     case 'fopen':
         $stream = fopen($path, 'rb');
         break;
@@ -35,10 +76,10 @@ switch ($kind) {
         fclose($in);
 }
 if (isset($_GET['seek'])) {
-    fseek($stream, (int) $_GET['seek']);
+    is_resource($stream) ? fseek($stream, (int) $_GET['seek']) : $stream->fseek((int) $_GET['seek']);
 }
 if (isset($_GET['read'])) {
-    fread($stream, (int) $_GET['read']);
+    is_resource($stream) ? fread($stream, (int) $_GET['read']) : $stream->fread((int) $_GET['read']);
 }
 
 $options = [];
