@@ -297,15 +297,17 @@ fn spl_file_objects(stack: &Stack, handed_off: bool) {
     let (_, returned) = get_whole(stack, "spltemp0", "spl.bin", "spltemp0", "", &data);
     assert_eq!(returned, expect, "send_file(new SplTempFileObject(0))");
 
-    for (kind, says) in [
-        ("spl-noctor", "no open stream"),
-        ("spl-failctor", "no open stream"),
-        ("splinfo", "an SplFileObject"),
+    for (name, query, says) in [
+        ("spl-noctor", "kind=spl-noctor", "no open stream"),
+        ("spl-failctor", "kind=spl-failctor", "no open stream"),
+        ("splinfo", "kind=splinfo", "an SplFileObject"),
+        ("spl-delete", "kind=spl&delete=1", "\"delete\""),
     ] {
-        let result = format!("{kind}.result");
+        let kind = name;
+        let result = format!("{name}.result");
         let refused = stack.get(
-            kind,
-            &format!("/stream.php?f=spl.bin&kind={kind}&result={result}"),
+            name,
+            &format!("/stream.php?f=spl.bin&{query}&result={result}"),
         );
         assert_eq!(refused.status, 500, "{kind}:\n{}", refused.head_text);
         assert_eq!(
