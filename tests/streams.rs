@@ -248,7 +248,8 @@ fn cli_server_streams_handed_off() {
 /// An `SplFileObject` is its stream: a file's is handed off through its own descriptor
 /// (whatever its position), an `SplTempFileObject` in memory is copied, one that lives in
 /// a temp file goes by descriptor; objects without a stream of their own (a subclass that
-/// skipped or swallowed the parent constructor, a bare SplFileInfo) throw before a byte.
+/// skipped or swallowed the parent constructor, one whose stream PHP's shutdown already
+/// closed, a bare SplFileInfo) throw before a byte.
 fn spl_file_objects(stack: &Stack, handed_off: bool) {
     let expect = if handed_off { "true" } else { "false" };
     // A size no other request of this stack sends, so the log lines are ours.
@@ -300,6 +301,7 @@ fn spl_file_objects(stack: &Stack, handed_off: bool) {
     for (name, query, says) in [
         ("spl-noctor", "kind=spl-noctor", "no open stream"),
         ("spl-failctor", "kind=spl-failctor", "no open stream"),
+        ("spl-closed", "kind=spl-closed", "no open stream"),
         ("splinfo", "kind=splinfo", "an SplFileObject"),
         ("spl-delete", "kind=spl&delete=1", "\"delete\""),
     ] {

@@ -12,6 +12,8 @@
 //            spl-noctor:   a subclass of SplFileObject whose constructor skips the parent's
 //            spl-failctor: a subclass that swallows the parent constructor's exception
 //            splinfo: new SplFileInfo() of the data file (not a stream: refused)
+//            spl-closed:   an SplFileObject sent from a destructor that PHP's shutdown runs
+//                          after it destroyed the SplFileObject (its stream is closed)
 //   seek=N   leave the stream at position N before send_file() (the body is still all of it)
 //   read=N   then fread() N bytes (PHP reads ahead into the stream's buffer)
 //   filename / content_type   the send_file() options of the same name
@@ -41,6 +43,7 @@ class FailedParentConstructor extends SplFileObject
 
 switch ($kind) {
     case 'spl':
+    case 'spl-closed':
         $stream = new SplFileObject($path, 'rb');
         break;
     case 'spltemp':
@@ -92,13 +95,39 @@ if (isset($_GET['delete'])) {
     $options['delete'] = true;
 }
 
-try {
-    $returned = var_export(send_file($stream, $options), true);
-} catch (HandoffException $e) {
-    $returned = 'HandoffException: ' . $e->getMessage();
-    http_response_code(500);
-    echo "refused\n";
+function send($stream, array $options): void
+{
+    try {
+        $returned = var_export(send_file($stream, $options), true);
+    } catch (HandoffException $e) {
+        $returned = 'HandoffException: ' . $e->getMessage();
+        http_response_code(500);
+        echo "refused\n";
+    }
+    if (isset($_GET['result'])) {
+        file_put_contents(getenv('HANDOFF_TEST_DIR') . '/results/' . basename($_GET['result']), $returned);
+    }
 }
-if (isset($_GET['result'])) {
-    file_put_contents($dir . '/results/' . basename($_GET['result']), $returned);
+
+/** Sends from its destructor; a cycle keeps it alive until PHP's shutdown destroys every
+ * object in creation order, the SplFileObject (created first) before this one. */
+class SendAtShutdown
+{
+    public ?SendAtShutdown $self = null;
+
+    public function __construct(public SplFileObject $file, public array $options)
+    {
+        $this->self = $this;
+    }
+
+    public function __destruct()
+    {
+        send($this->file, $this->options);
+    }
+}
+
+if ($kind === 'spl-closed') {
+    new SendAtShutdown($stream, $options);
+} else {
+    send($stream, $options);
 }
