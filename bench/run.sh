@@ -14,10 +14,10 @@
 #                                 # plots to docs/s1-probe-latency.png and
 #                                 # docs/s1-probe-per-backend.png
 #
-# Starts its own handoff-manager, php-fpm (pm = static, 4 children, the shared pool file),
-# nginx (the shared site template plus three bench-only locations, once over plain HTTP and
-# once over HTTPS), a second nginx (the relay limit's upstream) and `php -S`, all in a
-# temporary directory, on 127.0.0.1 and Unix sockets only. The load client is
+# Starts its own handoff-manager, php-fpm (pm = static, 4 children, the shared pool file) and
+# nginx (the shared site plus three bench-only locations, over plain HTTP and over HTTPS)
+# through handoff-stack (tests/stack), a second nginx (the relay limit's upstream) and
+# `php -S`, in a temporary directory, on 127.0.0.1 and Unix sockets only. The load client is
 # bench/client (handoff-bench); every run of it is bounded in time (and count).
 #
 # HTTPS: at start-up openssl makes a throwaway CA and a server certificate for 127.0.0.1
@@ -158,9 +158,8 @@ OUT="${BENCH_OUT:-$REPO/bench/results/$MODE}"
 SO="$REPO/target/release/libhandoff.so"
 MANAGER="$REPO/target/release/handoff-manager"
 CLIENT="$REPO/target/release/handoff-bench"
+STACK="$REPO/target/release/handoff-stack"
 DOCROOT="$REPO/bench/www"
-TEMPLATE="$REPO/deploy/nginx-site.conf.template"
-POOL="$REPO/deploy/php-fpm-pool.conf"
 
 # --- setup: packages, build, limits ----------------------------------------------------------
 if [ "${HANDOFF_SKIP_SETUP:-0}" != "1" ]; then
@@ -190,11 +189,10 @@ if [ -n "${BENCH_REV:-}" ]; then
 fi
 # The client is a workspace member: setup.sh's `cargo build --release --workspace` builds it.
 [ -x "$CLIENT" ] || (cd "$REPO" && cargo build --release -p handoff-bench)
-for f in "$SO" "$MANAGER" "$CLIENT"; do [ -e "$f" ] || die "$f is missing"; done
-PHP_FPM="$(command -v php-fpm8.2 || command -v php-fpm || true)"
-[ -n "$PHP_FPM" ] || die "php-fpm not found"
+[ -x "$STACK" ] || (cd "$REPO" && cargo build --release -p handoff-stack)
+for f in "$SO" "$MANAGER" "$CLIENT" "$STACK"; do [ -e "$f" ] || die "$f is missing"; done
+command -v php-fpm8.2 >/dev/null || command -v php-fpm >/dev/null || die "php-fpm not found"
 command -v nginx >/dev/null || die "nginx not found"
-command -v envsubst >/dev/null || die "envsubst not found (gettext-base)"
 # Bench-only dependency: matplotlib for the plot (not needed by --smoke).
 if [ "$MODE" != smoke ] && ! python3 -c 'import matplotlib' 2>/dev/null; then
     log "installing matplotlib (pip) for the plot"
@@ -348,9 +346,13 @@ ssl_certificate $TLS_DIR/server.pem;
 ssl_certificate_key $TLS_DIR/server.key;
 ssl_protocols TLSv1.3;
 EOF
+    # The site template as handoff-stack fills it for the plain servers (php-fpm listens on
+    # $RUN/php-fpm.sock there), listening with ssl.
+    command -v envsubst >/dev/null || die "envsubst not found (gettext-base)"
     # shellcheck disable=SC2016
     HANDOFF_LISTEN="127.0.0.1:$TLS_PORT ssl" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
-        envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' <"$TEMPLATE" |
+        envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' \
+        <"$REPO/deploy/nginx-site.conf.template" |
         sed '$!b; /^}$/i\    include '"$RUN"'/bench-locations.conf;\n    include '"$RUN"'/bench-tls.conf;' \
             >"$RUN/nginx-site-tls.conf"
     grep -q bench-tls "$RUN/nginx-site-tls.conf" || die "could not add TLS to the site"
@@ -362,73 +364,46 @@ write_relay_and_tls_conf
 # during the run must not change what the later rounds measure.
 cp "$MANAGER" "$RUN/handoff-manager"
 MANAGER_SHA="$(sha256sum "$RUN/handoff-manager" | cut -c1-12)"
+# handoff-stack runs it (on $RUN/manager.sock, its log $LOGS/manager.log) and writes its pid
+# to $RUN/manager.env; MANAGER_PID is the manager's own (CPU sampling), MANAGER_STARTER_PID
+# the starter's (stopping it stops the manager).
 start_manager() { # threads
     MANAGER_THREADS="$1"
-    RUST_LOG=warn "$RUN/handoff-manager" --socket "$RUN/manager.sock" --socket-mode 0660 \
+    rm -f "$RUN/manager.env"
+    "$STACK" manager --dir "$RUN" --logs "$LOGS" --manager-bin "$RUN/handoff-manager" \
+        --manager-log-level warn -- --socket-mode 0660 \
         --threads "$MANAGER_THREADS" --metrics "127.0.0.1:$METRICS_PORT" \
         --access-log "$LOGS/manager-access.log" --send-timeout 60 --grace 1 \
-        >>"$LOGS/manager.log" 2>&1 &
-    MANAGER_PID=$!
-    PIDS+=("$MANAGER_PID")
-    wait_for handoff-manager "$MANAGER_PID" curl -sf "http://127.0.0.1:$METRICS_PORT/status"
+        >/dev/null 2>>"$LOGS/stack.log" &
+    MANAGER_STARTER_PID=$!
+    PIDS+=("$MANAGER_STARTER_PID")
+    wait_for handoff-manager "$MANAGER_STARTER_PID" test -f "$RUN/manager.env"
+    MANAGER_PID="$(sed -n 's/^STACK_MANAGER_PID=//p' "$RUN/manager.env")"
+    wait_for handoff-manager "$MANAGER_STARTER_PID" curl -sf "http://127.0.0.1:$METRICS_PORT/status"
 }
 stop_manager() { # SIGTERM, wait for it to exit (it drains for --grace 1 s at most)
-    kill -TERM "$MANAGER_PID" 2>/dev/null || true
-    wait "$MANAGER_PID" 2>/dev/null || true
+    kill -TERM "$MANAGER_STARTER_PID" 2>/dev/null || true
+    wait "$MANAGER_STARTER_PID" 2>/dev/null || true
     local keep=() p
-    for p in "${PIDS[@]}"; do [ "$p" = "$MANAGER_PID" ] || keep+=("$p"); done
+    for p in "${PIDS[@]}"; do [ "$p" = "$MANAGER_STARTER_PID" ] || keep+=("$p"); done
     PIDS=("${keep[@]}")
 }
 start_manager 2
 
-# php-fpm: the shared pool file unchanged; the same pool section reopened afterwards only to
-# add an access log with the request duration in microseconds (S4).
+# php-fpm and nginx, started by handoff-stack (which stops them when it is stopped):
+# - php-fpm: the shared pool file unchanged; the same pool section reopened afterwards only
+#   to add an access log with the request duration in microseconds (S4).
+# - nginx: the shared site template with one include added before its closing brace for the
+#   bench-only locations (X-Accel-Redirect needs an internal location in the same server;
+#   nginx static needs a location serving the data; /relay/ is the relay limit). The PHP
+#   location is the shared one, byte for byte. An http-level include adds the HTTPS server
+#   (write_relay_and_tls_conf above).
+# - A second server on DEFAULTS_PORT: the same site *without* its fastcgi_buffer_size and
+#   fastcgi_buffers lines, i.e. nginx's defaults (a 4 KiB relay buffer). With
+#   X-Accel-Buffering: no, which send_file() sends, nginx relays a response through that one
+#   buffer: the handoff-fpm-4k backend shows what the shared site's 128k buffer is worth.
 FPM_LOG="$LOGS/fpm-access.log"
-cat >"$RUN/php-fpm.conf" <<EOF
-[global]
-pid = $RUN/php-fpm.pid
-error_log = $LOGS/php-fpm.log
-daemonize = no
-include = $POOL
-
-[handoff]
-access.log = $FPM_LOG
-access.format = "%{micro}d %s %r%Q%q"
-EOF
-export HANDOFF_FPM_LISTEN="$RUN/php-fpm.sock"
-HANDOFF_FPM_USER="$(id -un)"
-export HANDOFF_FPM_USER
-# php-fpm.sock is 0660: nginx runs as this same user here.
-HANDOFF_FPM_LISTEN_OWNER="$(id -u)"
-HANDOFF_FPM_LISTEN_GROUP="$(id -g)"
-export HANDOFF_FPM_LISTEN_OWNER HANDOFF_FPM_LISTEN_GROUP
-export HANDOFF_FPM_CHILDREN=4
-export HANDOFF_SOCKET="$RUN/manager.sock"
 export HANDOFF_BENCH_DATA="$DATA"
-fpm_args=(-F -y "$RUN/php-fpm.conf" -d "extension=$SO")
-[ "$(id -u)" -eq 0 ] && fpm_args=(-R "${fpm_args[@]}")
-"$PHP_FPM" "${fpm_args[@]}" >"$LOGS/php-fpm.stderr.log" 2>&1 &
-FPM_PID=$!
-PIDS+=("$FPM_PID")
-wait_for php-fpm "$FPM_PID" test -S "$RUN/php-fpm.sock"
-
-# nginx: the shared site template, substituted, with one include added before its closing
-# brace for the two bench-only locations (X-Accel-Redirect needs an internal location in the
-# same server; nginx static needs a location serving the data). The PHP location is the
-# shared one, byte for byte.
-# shellcheck disable=SC2016
-HANDOFF_LISTEN="127.0.0.1:$PORT" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
-    envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' <"$TEMPLATE" |
-    sed '$!b; /^}$/i\    include '"$RUN"'/bench-locations.conf;' >"$RUN/nginx-site.conf"
-grep -q bench-locations "$RUN/nginx-site.conf" || die "could not add the bench locations to the site"
-# A second server on DEFAULTS_PORT: the same site *without* its fastcgi_buffer_size and
-# fastcgi_buffers lines, i.e. nginx's defaults (a 4 KiB relay buffer). With
-# X-Accel-Buffering: no, which send_file() sends, nginx relays a response through that one
-# buffer: the handoff-fpm-4k backend shows what the shared site's 128k buffer is worth.
-# shellcheck disable=SC2016
-HANDOFF_LISTEN="127.0.0.1:$DEFAULTS_PORT" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
-    envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' <"$TEMPLATE" |
-    sed '/^ *fastcgi_buffer_size /d; /^ *fastcgi_buffers /d' >"$RUN/nginx-site-4k.conf"
 cat >"$RUN/bench-locations.conf" <<EOF
 location /_protected/ {
     internal;
@@ -439,38 +414,23 @@ location /static/ {
 }
 include $RUN/bench-relay.conf;
 EOF
-nginx_user=""
-[ "$(id -u)" -eq 0 ] && nginx_user="user root;"
-cat >"$RUN/nginx.conf" <<EOF
-$nginx_user
-daemon off;
-worker_processes auto;
-worker_rlimit_nofile $FD_LIMIT;
-pid $RUN/nginx.pid;
-error_log $LOGS/nginx-error.log error;
-events { worker_connections 32768; }
-http {
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    access_log off;
-    client_body_temp_path $TEMP/client_body;
-    fastcgi_temp_path $TEMP/fastcgi;
-    proxy_temp_path $TEMP/proxy;
-    uwsgi_temp_path $TEMP/uwsgi;
-    scgi_temp_path $TEMP/scgi;
-    include $RUN/nginx-site.conf;
-    include $RUN/nginx-site-4k.conf;
-    include $RUN/nginx-site-tls.conf;
-}
-EOF
-nginx -t -q -p "$RUN" -e "$LOGS/nginx-error.log" -c "$RUN/nginx.conf" || die "nginx rejected its config"
-nginx -p "$RUN" -e "$LOGS/nginx-error.log" -c "$RUN/nginx.conf" >"$LOGS/nginx.stderr.log" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-wait_for nginx "$NGINX_PID" curl -sf "http://127.0.0.1:$PORT/probe.php"
+rm -f "$RUN/stack.env"
+"$STACK" up --no-manager --dir "$RUN" --logs "$LOGS" --port "$PORT" --docroot "$DOCROOT" \
+    --extension "$SO" --fpm-children 4 \
+    --fpm-pool-line "access.log = $FPM_LOG" --fpm-pool-line 'access.format = "%{micro}d %s %r%Q%q"' \
+    --nginx-workers auto --nginx-rlimit-nofile "$FD_LIMIT" --nginx-connections 32768 \
+    --nginx-error-level error --nginx-no-access-log \
+    --nginx-http-line "sendfile on;" --nginx-http-line "tcp_nopush on;" \
+    --nginx-http-line "keepalive_requests 1000000;" \
+    --nginx-server-line "include $RUN/bench-locations.conf;" \
+    --nginx-http-line "include $RUN/nginx-site-tls.conf;" \
+    --default-buffers-port "$DEFAULTS_PORT" >/dev/null 2>>"$LOGS/stack.log" &
+STACK_PID=$!
+PIDS+=("$STACK_PID")
+wait_for "php-fpm and nginx" "$STACK_PID" test -f "$RUN/stack.env"
+FPM_PID="$(sed -n 's/^STACK_FPM_PID=//p' "$RUN/stack.env")"
+NGINX_PID="$(sed -n 's/^STACK_NGINX_PID=//p' "$RUN/stack.env")"
+wait_for nginx "$STACK_PID" curl -sf "http://127.0.0.1:$PORT/probe.php"
 
 # php -S: one process (its default), the extension loaded, the same docroot.
 php -S "127.0.0.1:$CLI_PORT" -t "$DOCROOT" -d "extension=$SO" \
@@ -482,8 +442,10 @@ wait_for "php -S" "$CLI_PID" curl -sf "http://127.0.0.1:$CLI_PORT/probe.php"
 # The relay limit's upstream: a second nginx, its own config and one worker, serving the data
 # dir with sendfile on a Unix socket. The main nginx relays it (bench-relay.conf).
 start_relay_upstream() {
+    local user=""
+    [ "$(id -u)" -eq 0 ] && user="user root;"
     cat >"$RUN/relay-upstream.conf" <<EOF
-$nginx_user
+$user
 daemon off;
 worker_processes 1;
 worker_rlimit_nofile $FD_LIMIT;

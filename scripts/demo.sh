@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the handoff demo: handoff-manager + php-fpm + nginx, all in the foreground of this
-# script (Ctrl-C stops everything), serving php/demo/ on http://127.0.0.1:8080/.
+# script (Ctrl-C stops everything), serving php/demo/ on http://127.0.0.1:8080/. They are
+# started by target/release/handoff-stack (tests/stack), as in the tests and the benchmark.
 #
 #   bash scripts/demo.sh
 #
@@ -22,9 +23,7 @@ LOGS="$RUN/logs"
 DOCROOT="$REPO/php/demo"
 SO="$REPO/target/release/libhandoff.so"
 MANAGER="$REPO/target/release/handoff-manager"
-TEMPLATE="$REPO/deploy/nginx-site.conf.template"
-POOL="$REPO/deploy/php-fpm-pool.conf"
-START_TIMEOUT=20 # seconds each service gets to come up
+STACK="$REPO/target/release/handoff-stack"
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -40,12 +39,11 @@ if [ "${HANDOFF_SKIP_SETUP:-0}" != "1" ]; then
 fi
 [ -f "$SO" ] || die "$SO is missing: run scripts/setup.sh"
 [ -x "$MANAGER" ] || die "$MANAGER is missing: run scripts/setup.sh"
+[ -x "$STACK" ] || die "$STACK is missing: run scripts/setup.sh"
 
-PHP_FPM="$(command -v php-fpm8.2 || command -v php-fpm || true)"
-[ -n "$PHP_FPM" ] || die "php-fpm not found (apt-get install php-fpm)"
-NGINX="$(command -v nginx || true)"
-[ -n "$NGINX" ] || die "nginx not found (apt-get install nginx)"
-command -v envsubst >/dev/null || die "envsubst not found (apt-get install gettext-base)"
+command -v php-fpm8.2 >/dev/null || command -v php-fpm >/dev/null ||
+    die "php-fpm not found (apt-get install php-fpm)"
+command -v nginx >/dev/null || die "nginx not found (apt-get install nginx)"
 command -v curl >/dev/null || die "curl not found (apt-get install curl)"
 
 if curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/"; then
@@ -53,9 +51,8 @@ if curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/"; then
 fi
 
 # --- runtime dir -------------------------------------------------------------------------
-mkdir -p "$RUN" "$DATA" "$LOGS" "$RUN/nginx-temp"
+mkdir -p "$RUN" "$DATA" "$LOGS"
 chmod 0755 "$RUN" "$DATA"
-rm -f "$RUN/manager.sock" "$RUN/php-fpm.sock" "$RUN"/*.pid
 
 # Demo data lives outside the docroot: nginx never serves it, only send_file() does.
 big="$DATA/big.bin"
@@ -70,9 +67,14 @@ chmod 0644 "$DATA"/*
 log "computing checksums of the demo files"
 (cd "$DATA" && sha256sum big.bin hello.txt >"$RUN/SHA256SUMS")
 
-# --- processes -----------------------------------------------------------------------------
-PIDS=()
-NAMES=()
+# --- the stack -----------------------------------------------------------------------------
+# handoff-stack (tests/stack) starts handoff-manager, php-fpm (deploy/php-fpm-pool.conf) and
+# nginx (deploy/nginx-site.conf.template) the way the integration tests do, each in its own
+# process group, and stops them in reverse order on SIGTERM. The manager's socket is 0660:
+# only the invoking user may connect; this local demo runs php-fpm as that user too (see
+# README "Running in production"). The workers find the demo data through HANDOFF_DEMO_DATA
+# (the pool keeps the environment).
+stack_pid=""
 cleaning=0
 # shellcheck disable=SC2317 # invoked by the traps below
 cleanup() {
@@ -80,17 +82,10 @@ cleanup() {
     [ "$cleaning" = 1 ] && return
     cleaning=1
     trap - INT TERM EXIT
-    if [ "${#PIDS[@]}" -gt 0 ]; then
-        log "stopping ${NAMES[*]}"
-        # Stop in reverse order: nginx, php-fpm, then the manager (it lets downloads finish
-        # for --grace seconds).
-        local i
-        for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-            kill -TERM "${PIDS[$i]}" 2>/dev/null || true
-        done
-        for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-            wait "${PIDS[$i]}" 2>/dev/null || true
-        done
+    if [ -n "$stack_pid" ]; then
+        # It stops nginx, php-fpm, then the manager (which lets downloads finish for --grace).
+        kill -TERM "$stack_pid" 2>/dev/null || true
+        wait "$stack_pid" 2>/dev/null || true
     fi
     log "stopped; logs are in $LOGS"
     exit "$status"
@@ -99,110 +94,22 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-start() { # name logfile cmd...
-    local name="$1" logfile="$2"
-    shift 2
-    "$@" >>"$logfile" 2>&1 </dev/null &
-    PIDS+=("$!")
-    NAMES+=("$name")
-}
-
-# Wait until CHECK succeeds, while process PID is alive, for at most START_TIMEOUT seconds.
-wait_for() { # name pid logfile check...
-    local name="$1" pid="$2" logfile="$3"
-    shift 3
-    local deadline=$((SECONDS + START_TIMEOUT))
-    until "$@"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            printf '%s exited during start-up; last lines of %s:\n' "$name" "$logfile" >&2
-            tail -n 20 "$logfile" >&2 || true
-            exit 1
-        fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            printf '%s did not come up within %ss; last lines of %s:\n' \
-                "$name" "$START_TIMEOUT" "$logfile" >&2
-            tail -n 20 "$logfile" >&2 || true
-            exit 1
-        fi
-        sleep 0.1
-    done
-}
-
-# 1. handoff-manager. Only the invoking user may connect (0660): this local demo runs
-#    php-fpm as that user too; see README "Running in production".
-log "starting handoff-manager on $RUN/manager.sock"
-export RUST_LOG="${RUST_LOG:-info}"
-start handoff-manager "$LOGS/manager.log" \
-    "$MANAGER" --socket "$RUN/manager.sock" --socket-mode 0660 --grace 5
-wait_for handoff-manager "${PIDS[-1]}" "$LOGS/manager.log" test -S "$RUN/manager.sock"
-
-# 2. php-fpm with the shared pool file (deploy/php-fpm-pool.conf, unchanged): php-fpm
-#    expands the HANDOFF_* variables itself; clear_env = no passes HANDOFF_DEMO_DATA on.
-cat >"$RUN/php-fpm.conf" <<EOF
-; generated by scripts/demo.sh
-[global]
-pid = $RUN/php-fpm.pid
-error_log = $LOGS/php-fpm.log
-daemonize = no
-include = $POOL
-EOF
-export HANDOFF_FPM_LISTEN="$RUN/php-fpm.sock"
-HANDOFF_FPM_USER="$(id -un)"
-export HANDOFF_FPM_USER
-# php-fpm.sock is 0660: nginx runs as this same user here.
-HANDOFF_FPM_LISTEN_OWNER="$(id -u)"
-HANDOFF_FPM_LISTEN_GROUP="$(id -g)"
-export HANDOFF_FPM_LISTEN_OWNER HANDOFF_FPM_LISTEN_GROUP
-export HANDOFF_FPM_CHILDREN=4
-export HANDOFF_SOCKET="$RUN/manager.sock"
-export HANDOFF_DEMO_DATA="$DATA"
-fpm_args=(-F -y "$RUN/php-fpm.conf" -d "extension=$SO")
-# As root php-fpm needs -R to run its workers as root (this is a local demo).
-[ "$(id -u)" -eq 0 ] && fpm_args=(-R "${fpm_args[@]}")
-log "starting $(basename "$PHP_FPM") on $RUN/php-fpm.sock"
-start php-fpm "$LOGS/php-fpm.stderr.log" "$PHP_FPM" "${fpm_args[@]}"
-wait_for php-fpm "${PIDS[-1]}" "$LOGS/php-fpm.log" test -S "$RUN/php-fpm.sock"
-
-# 3. nginx: a minimal main config that includes the shared site template, substituted.
-# Only our three placeholders: nginx's own $variables stay as they are.
-# shellcheck disable=SC2016
-HANDOFF_LISTEN="127.0.0.1:$PORT" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
-    envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' <"$TEMPLATE" >"$RUN/nginx-site.conf"
-nginx_user=""
-# Started as root, nginx would run its workers as "nobody", who may not be able to reach the
-# docroot inside a checkout under /root: run them as the invoking user in this local demo.
-[ "$(id -u)" -eq 0 ] && nginx_user="user root;"
-cat >"$RUN/nginx.conf" <<EOF
-# generated by scripts/demo.sh
-$nginx_user
-daemon off;
-worker_processes 1;
-pid $RUN/nginx.pid;
-error_log $LOGS/nginx-error.log info;
-events { worker_connections 256; }
-http {
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    access_log $LOGS/nginx-access.log;
-    client_body_temp_path $RUN/nginx-temp/client_body;
-    fastcgi_temp_path $RUN/nginx-temp/fastcgi;
-    proxy_temp_path $RUN/nginx-temp/proxy;
-    uwsgi_temp_path $RUN/nginx-temp/uwsgi;
-    scgi_temp_path $RUN/nginx-temp/scgi;
-    include $RUN/nginx-site.conf;
-}
-EOF
-"$NGINX" -t -q -p "$RUN" -e "$LOGS/nginx-error.log" -c "$RUN/nginx.conf" ||
-    die "nginx rejected $RUN/nginx.conf (see above)"
-log "starting nginx on 127.0.0.1:$PORT"
-start nginx "$LOGS/nginx.stderr.log" "$NGINX" -p "$RUN" -e "$LOGS/nginx-error.log" -c "$RUN/nginx.conf"
-wait_for nginx "${PIDS[-1]}" "$LOGS/nginx-error.log" \
-    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/"
+rm -f "$RUN/stack.env"
+HANDOFF_DEMO_DATA="$DATA" RUST_LOG="${RUST_LOG:-info}" \
+    "$STACK" up --dir "$RUN" --logs "$LOGS" --port "$PORT" --docroot "$DOCROOT" \
+    --fpm-children 4 --nginx-connections 256 -- --socket-mode 0660 --grace 5 >/dev/null &
+stack_pid=$!
+until [ -f "$RUN/stack.env" ]; do
+    kill -0 "$stack_pid" 2>/dev/null || die "the stack did not start (see above)"
+    sleep 0.1
+done
+# shellcheck disable=SC1091 # written by handoff-stack
+. "$RUN/stack.env"
 
 URL="http://127.0.0.1:$PORT/"
 cat <<EOF
 
-handoff demo is running (pids: manager ${PIDS[0]}, php-fpm ${PIDS[1]}, nginx ${PIDS[2]}).
+handoff demo is running (pids: manager $STACK_MANAGER_PID, php-fpm $STACK_FPM_PID, nginx $STACK_NGINX_PID).
 
   Open:        $URL
   Try:         curl -o big.bin '${URL}download.php?name=big.bin'
@@ -215,14 +122,12 @@ handoff demo is running (pids: manager ${PIDS[0]}, php-fpm ${PIDS[1]}, nginx ${P
 Press Ctrl-C to stop.
 EOF
 
-# Wait until Ctrl-C / SIGTERM, or until one of the services dies.
+# Wait until Ctrl-C / SIGTERM, or until one of the services dies (handoff-stack then stops
+# the others, says which one died, and exits).
 set +e
-wait -n "${PIDS[@]}"
+wait "$stack_pid"
 status=$?
 set -e
-for i in "${!PIDS[@]}"; do
-    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
-        printf 'demo.sh: %s exited (status %s); stopping the others\n' "${NAMES[$i]}" "$status" >&2
-    fi
-done
+stack_pid=""
+printf 'demo.sh: the stack exited (status %s)\n' "$status" >&2
 exit 1

@@ -6,6 +6,7 @@
 #
 #   bash scripts/php84.sh               as root: make the root if needed, build, test
 #   bash scripts/php84.sh --root-only   only make (or check) the cached root
+#   bash scripts/php84.sh FILTER...     run only the tests these libtest filters select
 #
 # The root is made once with debootstrap and cached in /var/cache/handoff/ under a name that
 # carries its version ($ROOT_VERSION: raise it when the package list changes). Each run
@@ -28,7 +29,7 @@ PACKAGES=(
     clang libclang-dev gcc libc6-dev   # bindgen (ext-php-rs) and the linker
 )
 # What the tests run under PHP 8.4 (libtest filters); Apache's are skipped.
-TESTS=(fpm:: cli_server:: php_level:: differential:: faults::)
+TESTS=(fpm:: cli_server:: php_level:: differential:: faults:: streams::)
 
 log() { printf '==> php84: %s\n' "$*"; }
 die() { printf 'php84.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -89,6 +90,10 @@ make_root
 if [ "${1:-}" = "--root-only" ]; then
     chroot "$ROOT" php -v | head -n1
     exit 0
+fi
+
+if [ "$#" -gt 0 ]; then
+    TESTS=("$@")
 fi
 
 CARGO_DIR="${CARGO_HOME:-$HOME/.cargo}"

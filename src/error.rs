@@ -36,10 +36,15 @@ pub enum SendFileError {
     UnknownOption { name: String },
     #[error("send_file(): option \"rate_group\" needs \"rate\" (the group's bytes per second)")]
     RateGroupWithoutRate,
-    #[error("send_file(): the first argument must be a path or an open stream")]
+    #[error("send_file(): the first argument must be a path, an open stream or an SplFileObject")]
     NotPathOrStream,
     #[error("send_file(): the resource is not an open stream")]
     NotAStream,
+    #[error(
+        "send_file(): the SplFileObject has no open stream (was its constructor called and \
+         did it succeed?)"
+    )]
+    SplNoStream,
     #[error("send_file(): option \"delete\" only applies to a path, not to a stream")]
     DeleteStream,
     #[error("send_file(): cannot delete the file after opening it: {kind}")]

@@ -1,7 +1,10 @@
 //! handoff: a PHP extension whose `send_file()` hands the request's connection and the open
 //! file to `handoff-manager`, so that the PHP worker is free at once.
 //!
-//! - [`send`]: `send_file()` in plain Rust: open, plan, hand off or stream in-process.
+//! - [`send`]: `send_file()`: reads the request context from PHP, then opens the file and
+//!   hands off or streams in-process as [`decision`] decides.
+//! - [`decision`]: what to do with a request (throw, stream inline, hand off, fall back),
+//!   in plain Rust over a request context, unit-tested without PHP.
 //! - [`connection`]: finds the request's connection for php-fpm and `php -S`, validates
 //!   it, and makes the worker forget it after a handoff.
 //! - [`source`]: what is sent: a path (optionally deleted at once) or a PHP stream (its
@@ -20,6 +23,7 @@
 #![cfg_attr(windows, feature(abi_vectorcall))]
 
 pub mod connection;
+pub mod decision;
 pub mod error;
 pub mod fallback;
 pub mod ffi;

@@ -1,5 +1,7 @@
-//! `send_file()` itself, in plain Rust: open and check the file, plan the response, hand
-//! the connection and the file to the manager, or stream in-process.
+//! `send_file()` itself, the side that acts: read the request, the script's response so far
+//! and the settings from PHP into a [`Context`], let [`crate::decision`] decide, then
+//! carry it out: stream in-process, or hand the connection and the file to the manager
+//! (the two-phase handshake, the kept manager connection, the fallback counters).
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -12,14 +14,14 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use handoff_core::conditional::Conditions;
-use handoff_core::head::Header;
-use handoff_core::plan::{self, FileInfo, Method, Options, Plan, Request, ScriptResponse};
-use handoff_core::protocol::{FallbackCause, Fallbacks, Framing, Job, Offer, ProtocolError};
+use handoff_core::plan::{FileInfo, Options, Plan};
+use handoff_core::protocol::{FallbackCause, Fallbacks, Job, Offer, ProtocolError};
 
 use crate::connection::{self, Connection, Neutered};
+use crate::decision::{self, Context, Decision, Declined, Sapi};
 use crate::error::SendFileError;
 use crate::ffi::{self, Bailout};
-use crate::settings::{self, Fallback, Settings};
+use crate::settings::{self, Settings};
 use crate::source::{Opened, Source};
 
 /// Why the last `send_file()` of this process did not hand off (shown by phpinfo()).
@@ -30,22 +32,6 @@ pub static LAST_FALLBACK: Mutex<String> = Mutex::new(String::new());
 /// once it is back (those of a worker that exits before its next handoff are lost).
 static UNREPORTED: [AtomicU32; FallbackCause::COUNT] =
     [const { AtomicU32::new(0) }; FallbackCause::COUNT];
-
-/// Why a request is not handed off: the cause for the manager's metrics, and the reason
-/// for the exception, the log and phpinfo().
-struct Declined {
-    cause: FallbackCause,
-    reason: String,
-}
-
-impl Declined {
-    fn new(cause: FallbackCause, reason: impl Into<String>) -> Declined {
-        Declined {
-            cause,
-            reason: reason.into(),
-        }
-    }
-}
 
 /// How the file went out.
 pub enum Sent {
@@ -72,28 +58,22 @@ impl From<Bailout> for Failure {
     }
 }
 
-/// Whether earlier output already committed a response head. Command-line SAPIs write no
-/// head, so earlier output there does not stop a file from following it.
-fn head_already_sent() -> bool {
-    ffi::headers_sent() && !matches!(ffi::sapi_name().as_str(), "cli" | "phpdbg" | "embed")
-}
-
 pub fn send_file(source: Source<'_>, options: &Options) -> Result<Sent, Failure> {
     ffi::Request::within_call(|request| send_file_in(request, source, options))
 }
 
-/// `send_file()` inside the current request, which lends out its connection.
+/// `send_file()` inside the current request, which lends out its connection: reads what
+/// the decisions need from PHP, and carries out what [`crate::decision`] decides.
 fn send_file_in(
     php_request: &ffi::Request,
     source: Source<'_>,
     options: &Options,
 ) -> Result<Sent, Failure> {
-    if head_already_sent() {
-        return Err(SendFileError::HeadersSent.into());
-    }
+    let sapi = Sapi::from_name(&ffi::sapi_name());
+    decision::check_head_not_sent(sapi, ffi::headers_sent())?;
     let Opened {
         file,
-        type_name: name,
+        type_name,
         log_name,
         etag,
         dated,
@@ -106,55 +86,56 @@ fn send_file_in(
         modified: meta.modified().ok().filter(|_| dated),
         inode: std::os::unix::fs::MetadataExt::ino(&meta),
     };
-    let request = request();
-    let mut script = script_response();
-    if let Some(etag) = etag {
-        // Content without an identity of its own: its hash is the validator, unless the
-        // script set one (the planner prefers the script's).
-        if !script.headers.iter().any(|h| h.is("ETag")) {
-            script.headers.push(Header::new("ETag", etag));
-        }
-    }
     let settings = settings::current();
-
-    let conn = connection::find(php_request);
-    // Without a connection to hand off, php-fpm still answers in FastCGI records.
-    let framing = match &conn {
-        Ok(c) => c.framing,
-        Err(_) if ffi::sapi_name() == "fpm-fcgi" => Framing::FastCgi,
-        Err(_) => Framing::Http,
+    let (status_code, status_line) = ffi::response_status();
+    let context = Context {
+        sapi,
+        headers_only: ffi::headers_only(),
+        method: ffi::request_method(),
+        range: ffi::server_var("HTTP_RANGE"),
+        conditions: Conditions {
+            if_match: ffi::server_var("HTTP_IF_MATCH"),
+            if_none_match: ffi::server_var("HTTP_IF_NONE_MATCH"),
+            if_modified_since: ffi::server_var("HTTP_IF_MODIFIED_SINCE"),
+            if_unmodified_since: ffi::server_var("HTTP_IF_UNMODIFIED_SINCE"),
+            if_range: ffi::server_var("HTTP_IF_RANGE"),
+        },
+        status_code,
+        status_line,
+        header_lines: ffi::script_header_lines(),
+        file: info,
+        type_name,
+        content_etag: etag,
+        inline_below: settings.inline_below,
+        connection: connection::find(php_request),
     };
-    let plan = plan::plan(info, &request, &script, options, &name, framing);
 
-    let declined = match conn {
-        // Small enough that serving it here is cheaper than a handoff: not a fallback,
-        // so handoff.fallback=off does not apply.
-        Ok(_) if plan.body_len() < settings.inline_below => {
-            crate::fallback::stream(&plan::for_inline(plan), &file, options.rate)?;
+    let (plan, declined) = match decision::decide(context, options) {
+        Decision::Inline(plan) => {
+            crate::fallback::stream(&plan, &file, options.rate)?;
             return Ok(Sent::Streamed);
         }
-        Ok(conn) => match hand_off(&conn, &plan, options, &file, &settings, log_name) {
-            Ok(()) => {
-                ffi::disable_output();
-                return Ok(Sent::HandedOff);
+        Decision::HandOff { conn, plan } => {
+            match hand_off(&conn, &plan, options, &file, &settings, log_name) {
+                Ok(()) => {
+                    ffi::disable_output();
+                    return Ok(Sent::HandedOff);
+                }
+                Err(declined) => (plan, declined),
             }
-            Err(reason) => reason,
-        },
-        Err(reason) => Declined::new(FallbackCause::NoConnection, reason),
+        }
+        Decision::Decline { plan, declined } => (plan, declined),
     };
-    let Declined { cause, reason } = declined;
-    note_fallback(cause, &reason);
-    if settings.fallback == Fallback::Off {
-        return Err(SendFileError::NoFallback { reason }.into());
-    }
+    note_fallback(&declined);
+    let plan = decision::fall_back(settings.fallback, plan, declined)?;
     crate::fallback::stream(&plan, &file, options.rate)?;
     Ok(Sent::Streamed)
 }
 
-fn note_fallback(cause: FallbackCause, reason: &str) {
-    UNREPORTED[cause.index()].fetch_add(1, Ordering::Relaxed);
+fn note_fallback(declined: &Declined) {
+    UNREPORTED[declined.cause.index()].fetch_add(1, Ordering::Relaxed);
     if let Ok(mut last) = LAST_FALLBACK.lock() {
-        reason.clone_into(&mut last);
+        declined.reason.clone_into(&mut last);
     }
 }
 
@@ -206,94 +187,6 @@ pub(crate) fn open(path: &[u8]) -> Result<File, SendFileError> {
         return Err(SendFileError::NotRegular);
     }
     Ok(file)
-}
-
-/// The request as the planner needs it: method, `Range` and the conditional fields.
-fn request() -> Request {
-    let method = if ffi::headers_only() {
-        Method::Head
-    } else {
-        match ffi::request_method().as_deref() {
-            None | Some("GET") => Method::Get,
-            Some("HEAD") => Method::Head,
-            Some(_) => Method::Other,
-        }
-    };
-    Request {
-        method,
-        range: ffi::server_var("HTTP_RANGE"),
-        conditions: Conditions {
-            if_match: ffi::server_var("HTTP_IF_MATCH"),
-            if_none_match: ffi::server_var("HTTP_IF_NONE_MATCH"),
-            if_modified_since: ffi::server_var("HTTP_IF_MODIFIED_SINCE"),
-            if_unmodified_since: ffi::server_var("HTTP_IF_UNMODIFIED_SINCE"),
-            if_range: ffi::server_var("HTTP_IF_RANGE"),
-        },
-    }
-}
-
-/// The status and header fields the script set so far.
-///
-/// A `Status:` field (the CGI idiom `header('Status: 404')`) is taken as PHP's SAPI takes
-/// it, so that the handoff answers as the fallback does: php-fpm passes it to the web
-/// server as the CGI status, which wins over the response code (`sapi_cgi_send_headers`
-/// then writes no status of its own), so under `fpm-fcgi` it becomes the status and reason.
-/// `php -S` and mod_php send it as an ordinary field and keep their status. It is never
-/// kept as a field: it is a CGI control field, and the manager writes none on either
-/// framing, so the fallback must not either.
-fn script_response() -> ScriptResponse {
-    let (code, status_line) = ffi::response_status();
-    let status = u16::try_from(code)
-        .ok()
-        .filter(|c| (100..=599).contains(c))
-        .unwrap_or(200);
-    // "HTTP/1.1 299 Custom Reason" set by header(): keep the reason if its code is ours.
-    let reason = status_line
-        .as_deref()
-        .and_then(|l| l.split_once(' '))
-        .and_then(|(_, rest)| rest.split_once(' '))
-        .filter(|(c, _)| c.parse::<u16>().ok() == Some(status))
-        .map(|(_, r)| r.trim().to_string())
-        .unwrap_or_default();
-    let mut cgi_status = None;
-    let headers = ffi::script_header_lines()
-        .iter()
-        .filter_map(|line| {
-            // The value is kept byte for byte (it need not be UTF-8); a name that is not a
-            // token, whatever its bytes, is refused by the head's validation.
-            let colon = line.iter().position(|&b| b == b':')?;
-            let name = String::from_utf8_lossy(&line[..colon]);
-            let value = line[colon + 1..].trim_ascii();
-            if name.trim().eq_ignore_ascii_case("Status") {
-                if cgi_status.is_none() {
-                    cgi_status = status_field(&String::from_utf8_lossy(value));
-                }
-                return None;
-            }
-            Some(Header::new(name.trim(), value))
-        })
-        .collect();
-    let (status, reason) = match cgi_status {
-        Some(taken) if ffi::sapi_name() == "fpm-fcgi" => taken,
-        _ => (status, reason),
-    };
-    ScriptResponse {
-        status,
-        reason,
-        headers,
-    }
-}
-
-/// A CGI `Status` field's value (`404`, `410 Gone Fishing`): the code and the reason, if
-/// any (empty: the standard one).
-fn status_field(value: &str) -> Option<(u16, String)> {
-    let value = value.trim();
-    let (code, reason) = value.split_once(' ').unwrap_or((value, ""));
-    let code = code
-        .parse::<u16>()
-        .ok()
-        .filter(|c| code.len() == 3 && (100..=599).contains(c))?;
-    Some((code, reason.trim().to_string()))
 }
 
 /// The client's address for the manager's log: the web server's `REMOTE_ADDR` under
@@ -416,21 +309,4 @@ pub fn manager_answers(settings: &Settings) -> Result<(), String> {
     Offer::connect(&settings.socket, settings.timeout)
         .map(drop)
         .map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cgi_status_field_as_php_fpm_passes_it() {
-        assert_eq!(status_field(" 404"), Some((404, String::new())));
-        assert_eq!(
-            status_field("410 Gone Fishing "),
-            Some((410, "Gone Fishing".to_string()))
-        );
-        for bad in ["", "abc", "99", "600", "4040", "+404", "404x"] {
-            assert_eq!(status_field(bad), None, "{bad:?}");
-        }
-    }
 }

@@ -7,11 +7,15 @@
 //!   open, before a byte is sent, and the open descriptor keeps the data alive until the
 //!   download ends, whichever process ends it;
 //! - a **stream with a descriptor of a regular file** (`fopen()`, `tmpfile()`, a
-//!   `php://temp` that already spilled to its temp file) is sent through a duplicate of
-//!   that descriptor: no copy, no reopening by path;
+//!   `php://temp` that already spilled to its temp file, an `SplFileObject` of a file) is
+//!   sent through a duplicate of that descriptor: no copy, no reopening by path;
 //! - **any other stream** (`php://memory`, `php://temp` still in memory, filtered,
 //!   user-space, pipes, sockets) is read from offset 0 to its end into an anonymous,
 //!   sealed memory file (`memfd_create`), which is then sent like a file.
+//!
+//! An `SplFileObject` (or `SplTempFileObject`) is its stream: [`crate::ffi`] finds it
+//! without reading SPL's private struct by layout, and from there it is a stream like any
+//! other.
 //!
 //! The body is always the whole stream from offset 0, whatever the stream's position.
 
@@ -25,7 +29,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 
 use crate::error::SendFileError;
-use crate::ffi::{Bailout, PhpStream};
+use crate::ffi::{Bailout, PhpStream, SplLookup};
 use crate::send::Failure;
 
 /// The `'delete'` option of `send_file()`.
@@ -50,10 +54,16 @@ impl<'a> Source<'a> {
                 delete,
             });
         }
-        if file.resource().is_none() {
+        let stream = if file.resource().is_some() {
+            crate::ffi::stream_from_zval(file).ok_or(SendFileError::NotAStream)?
+        } else if file.is_object() {
+            crate::ffi::stream_from_spl_file_object(file).map_err(|e| match e {
+                SplLookup::NotSplFileObject => SendFileError::NotPathOrStream,
+                SplLookup::NoStream => SendFileError::SplNoStream,
+            })?
+        } else {
             return Err(SendFileError::NotPathOrStream);
-        }
-        let stream = crate::ffi::stream_from_zval(file).ok_or(SendFileError::NotAStream)?;
+        };
         if delete {
             return Err(SendFileError::DeleteStream);
         }

@@ -96,6 +96,29 @@ fn deleted_after_fallback() {
     stack.assert_clean_logs();
 }
 
+/// `handoff.fallback = off` and no manager: send_file() throws before any byte, and the
+/// file is already gone (it was unlinked right after the open; README, "Temp files that
+/// delete themselves", says why this is kept). Pins the documented behaviour: nothing
+/// sent, nothing left, no descriptor held.
+#[test]
+fn deleted_when_fallback_off_throws() {
+    let stack = Stack::start(
+        Config::new(Kind::Fpm)
+            .without_manager()
+            .ini("handoff.fallback", "off"),
+    );
+    let name = "refused.bin";
+    stack.data_file(name, 4 * MIB, 9);
+    let path = stack.data().join(name);
+    let result = format!("{name}.result");
+    let r = stack.get(name, &format!("/delete.php?f={name}&result={result}"));
+    assert_eq!(r.status, 503, "{}", r.head_text);
+    assert_eq!(r.body(), b"try again later\n", "only the script's own page");
+    assert_eq!(stack.wait_result(&result), "HandoffException exists=false");
+    assert_gone_and_closed(&path, "fallback off");
+    stack.assert_clean_logs();
+}
+
 /// The client reads 1 MiB of 64 MiB and closes: with the manager (logged as aborted) and
 /// without it (the worker's write fails).
 #[test]

@@ -247,7 +247,7 @@ fn killed_mid_stream(kind: Kind, rounds: usize, per_round: usize) {
         if kind == Kind::Fpm {
             // nginx must have finished each request (its access log line) before the
             // clients are judged: then nothing more can arrive.
-            let access_log = stack.path().join("access.log");
+            let access_log = stack.path().join("nginx-access.log");
             let logged = |name: &str| {
                 read_lossy(&access_log)
                     .lines()
@@ -334,7 +334,7 @@ fn killed_mid_stream(kind: Kind, rounds: usize, per_round: usize) {
         );
         panic!("{note}");
     }
-    let fpm_log = read_lossy(&stack.path().join("fpm.log"));
+    let fpm_log = read_lossy(&stack.path().join("php-fpm.log"));
     assert!(
         !fpm_log.contains("exited on signal"),
         "a php-fpm worker crashed:\n{fpm_log}"
@@ -530,8 +530,8 @@ fn closes_client_when_manager_dies(
         "curl {status:?} 20 s after the manager died, {} of {size} bytes received;\n\
          nginx access.log:\n{}\nnginx error.log:\n{}",
         r.body_len(),
-        read_lossy(&stack.path().join("access.log")),
-        read_lossy(&stack.path().join("error.log")),
+        read_lossy(&stack.path().join("nginx-access.log")),
+        read_lossy(&stack.path().join("nginx-error.log")),
     );
     assert_eq!(r.head_text.matches("HTTP/").count(), 1, "{}", r.head_text);
     assert!(r.body_len() < size, "the body cannot be complete");

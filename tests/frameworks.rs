@@ -191,6 +191,31 @@ fn symfony_scenario(stack: &Stack) {
     assert_eq!(r.status, 206, "{}", r.head_text);
     assert_eq!(r.body(), &data[size - 100_000..]);
 
+    // An SplFileObject or SplFileInfo in place of the path, as BinaryFileResponse takes
+    // them: the file at its path, with ranges.
+    for input in ["spl", "splinfo"] {
+        let r = stack.get(
+            &format!("sf-{input}"),
+            &format!("/symfony.php?f=sf.bin&input={input}"),
+        );
+        assert_eq!(r.status, 200, "{input}:\n{}", r.head_text);
+        assert_eq!(r.body_sha(), sha256_bytes(&data), "{input}: full body");
+        let r = stack
+            .curl(
+                &format!("sf-{input}-range"),
+                &format!("/symfony.php?f=sf.bin&input={input}"),
+            )
+            .args(&["-H", "Range: bytes=5-104"])
+            .run();
+        assert_eq!(r.status, 206, "{input}:\n{}", r.head_text);
+        assert_eq!(r.body(), &data[5..105], "{input}: the range's bytes");
+    }
+    wait_handed_off(stack, "sf.bin", 206, 100);
+    stack.wait_manager(
+        "two more whole downloads of sf.bin (SplFileObject, SplFileInfo)",
+        |s| handed_off(s, "sf.bin", 200, size as u64) >= 3,
+    );
+
     // deleteFileAfterSend(): handed off, and the file is gone.
     let sha = stack.data_file("sf-temp.bin", 2 * MIB, 52);
     let r = stack.get(

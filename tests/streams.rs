@@ -244,3 +244,120 @@ fn cli_server_streams_handed_off() {
     let stack = Stack::start(all_handed_off(Kind::CliServer));
     streams_like_files(&stack, true);
 }
+
+/// An `SplFileObject` is its stream: a file's is handed off through its own descriptor
+/// (whatever its position), an `SplTempFileObject` in memory is copied, one that lives in
+/// a temp file goes by descriptor; objects without a stream of their own (a subclass that
+/// skipped or swallowed the parent constructor, one whose stream PHP's shutdown already
+/// closed, a bare SplFileInfo) throw before a byte.
+fn spl_file_objects(stack: &Stack, handed_off: bool) {
+    let expect = if handed_off { "true" } else { "false" };
+    // A size no other request of this stack sends, so the log lines are ours.
+    let size = MIB + 4099;
+    stack.data_file("spl.bin", size, 133);
+    let data = std::fs::read(stack.data().join("spl.bin")).expect("read spl.bin");
+
+    let (r, returned) = get_whole(stack, "spl", "spl.bin", "spl", "&seek=1000&read=5", &data);
+    assert_eq!(returned, expect, "send_file(new SplFileObject())");
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("application/octet-stream"),
+        "{}",
+        r.head_text
+    );
+    assert!(r.header("Content-Disposition").is_none(), "{}", r.head_text);
+    assert!(r.header("Last-Modified").is_some(), "{}", r.head_text);
+
+    let ranged = stack
+        .curl("spl-range", "/stream.php?f=spl.bin&kind=spl&seek=9")
+        .args(&["-H", "Range: bytes=100-199"])
+        .run();
+    assert_eq!(ranged.status, 206, "{}", ranged.head_text);
+    assert_eq!(
+        ranged.header("Content-Range"),
+        Some(format!("bytes 100-199/{size}").as_str()),
+        "{}",
+        ranged.head_text
+    );
+    assert_eq!(ranged.body(), &data[100..200], "the range's bytes");
+
+    let named = "&filename=report.pdf";
+    let (r, returned) = get_whole(stack, "spltemp", "spl.bin", "spltemp", named, &data);
+    assert_eq!(returned, expect, "send_file(new SplTempFileObject())");
+    assert_eq!(
+        r.header("Content-Disposition"),
+        Some("attachment; filename=\"report.pdf\""),
+        "{}",
+        r.head_text
+    );
+    assert!(
+        r.header("Last-Modified").is_none() && r.header("ETag").is_some(),
+        "a copy: content ETag, no date:\n{}",
+        r.head_text
+    );
+    let (_, returned) = get_whole(stack, "spltemp0", "spl.bin", "spltemp0", "", &data);
+    assert_eq!(returned, expect, "send_file(new SplTempFileObject(0))");
+
+    for (name, query, says) in [
+        ("spl-noctor", "kind=spl-noctor", "no open stream"),
+        ("spl-failctor", "kind=spl-failctor", "no open stream"),
+        ("spl-closed", "kind=spl-closed", "no open stream"),
+        ("splinfo", "kind=splinfo", "an SplFileObject"),
+        ("spl-delete", "kind=spl&delete=1", "\"delete\""),
+    ] {
+        let kind = name;
+        let result = format!("{name}.result");
+        let refused = stack.get(
+            name,
+            &format!("/stream.php?f=spl.bin&{query}&result={result}"),
+        );
+        assert_eq!(refused.status, 500, "{kind}:\n{}", refused.head_text);
+        assert_eq!(
+            refused.body(),
+            b"refused\n",
+            "{kind}: nothing sent before the throw"
+        );
+        let message = stack.wait_result(&result);
+        assert!(
+            message.starts_with("HandoffException: ") && message.contains(says),
+            "{kind}: {message}"
+        );
+        assert!(
+            !message.contains("/data/"),
+            "{kind}: no path shown: {message}"
+        );
+    }
+
+    if handed_off {
+        // SplFileObject and SplTempFileObject(0): their own descriptor; the range too.
+        wait_stream_download(stack, size, false, 2);
+        wait_stream_download(stack, 100, false, 1);
+        // SplTempFileObject() in memory: copied.
+        wait_stream_download(stack, size, true, 1);
+    }
+}
+
+#[test]
+fn fpm_spl_file_objects_handed_off() {
+    let stack = Stack::start(all_handed_off(Kind::Fpm));
+    spl_file_objects(&stack, true);
+    stack.assert_clean_logs();
+}
+
+#[test]
+fn fpm_spl_file_objects_without_manager() {
+    let stack = Stack::start(
+        Config::new(Kind::Fpm)
+            .without_manager()
+            .ini("display_errors", "1")
+            .ini("output_buffering", "0"),
+    );
+    spl_file_objects(&stack, false);
+    stack.assert_clean_logs();
+}
+
+#[test]
+fn cli_server_spl_file_objects_handed_off() {
+    let stack = Stack::start(all_handed_off(Kind::CliServer));
+    spl_file_objects(&stack, true);
+}

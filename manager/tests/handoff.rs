@@ -5,22 +5,25 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use handoff_core::head::{Head, Header};
 use handoff_core::plan::Piece;
 use handoff_core::protocol::{Framing, Job, Offer, ProtocolError};
+use handoff_stack::{wait_until, Place, Proc};
+use nix::sys::signal::Signal;
 use nix::sys::socket::{
     connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 
+/// The manager under test, started by the shared starter (`tests/stack`, crate
+/// handoff-stack) as the integration tests, the demo and the benchmark start it.
 struct Manager {
-    child: Child,
+    proc: Proc,
     socket: PathBuf,
-    log: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -42,51 +45,55 @@ impl Manager {
             || env!("CARGO_BIN_EXE_handoff-manager").into(),
             PathBuf::from,
         );
-        let child = Command::new(bin)
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn handoff-manager");
-        let m = Manager {
-            child,
+        let place = Place::flat(log.parent().expect("the log is in a directory"));
+        let proc = handoff_stack::spawn_manager(
+            &place,
+            &bin,
+            &socket,
+            &log,
+            extra,
+            "debug",
+            Signal::SIGKILL,
+        );
+        Manager {
+            proc: handoff_stack::start_manager(proc, &socket),
             socket,
-            log,
             _dir: None,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Offer::connect(&m.socket, Duration::from_secs(1)).is_err() {
-            assert!(Instant::now() < deadline, "manager did not start listening");
-            std::thread::sleep(Duration::from_millis(5));
         }
-        m
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// SIGKILL, and waits until it is gone.
+    fn kill(&mut self) {
+        self.proc.kill();
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log_text()
     }
 
     /// Waits (bounded) until the log contains `needle`.
     fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(Instant::now() < deadline, "log never showed {needle:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut log = String::new();
+        wait_until(
+            &format!("log showing {needle:?}"),
+            Duration::from_secs(10),
+            || {
+                log = self.log();
+                log.contains(needle)
+            },
+            || Ok(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        log
     }
 }
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("--- manager log ---\n{}", self.log());
         }
@@ -261,8 +268,7 @@ fn a_killed_manager_leaves_the_web_server_a_reset_not_an_end_of_file() {
         assert!(n > 0, "end of file before the manager was killed");
         got += n;
     }
-    m.child.kill().unwrap();
-    m.child.wait().unwrap();
+    m.kill();
     let end = loop {
         match client.read(&mut buf) {
             Ok(0) => break Ok(got),
@@ -366,12 +372,12 @@ fn fd_list(pid: u32) -> Vec<String> {
 /// Waits (bounded) until the manager holds no more descriptors than `before`.
 fn wait_fds_back_to(m: &Manager, before: usize, before_list: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while fd_count(m.child.id()) > before {
+    while fd_count(m.pid()) > before {
         assert!(
             Instant::now() < deadline,
             "manager kept {} fds: before {before_list:?}, now {:?}",
-            fd_count(m.child.id()) - before,
-            fd_list(m.child.id())
+            fd_count(m.pid()) - before,
+            fd_list(m.pid())
         );
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -435,8 +441,8 @@ fn malformed_handoffs_are_refused_and_the_manager_keeps_serving() {
             vec![&conn, &file],
         ),
     ];
-    let before = fd_count(m.child.id());
-    let before_list = fd_list(m.child.id());
+    let before = fd_count(m.pid());
+    let before_list = fd_list(m.pid());
     for (what, bytes, fds) in cases {
         let reply = raw_send(&m.socket, &bytes, &fds);
         assert_eq!(
@@ -473,7 +479,7 @@ fn sigterm_lets_1000_running_downloads_finish_and_removes_the_socket() {
     }
     // Nobody reads yet: the downloads are stuck in their socket buffers at SIGTERM.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.child.id() as i32),
+        nix::unistd::Pid::from_raw(m.pid() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -832,8 +838,7 @@ fn a_manager_killed_between_accept_and_go_writes_nothing_and_go_fails() {
         offer
             .propose(&job(Framing::Http, 10), ours.as_fd(), file.as_fd())
             .unwrap();
-        m.child.kill().unwrap();
-        m.child.wait().unwrap();
+        m.kill();
         assert!(
             offer.go().is_err(),
             "round {round}: go to a dead manager succeeded"
@@ -914,14 +919,14 @@ fn clients_that_never_read_are_closed_after_the_send_timeout() {
     // Warm up allocator and loops, then take the baseline.
     let client = hand_over(&m.socket, &job(Framing::Http, 1 << 20), &file);
     read_all(client);
-    let baseline = rss_kib(m.child.id());
+    let baseline = rss_kib(m.pid());
 
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
         let client = hand_over(&m.socket, &job(Framing::Http, 1 << 20), &file);
         clients.push(client);
     }
-    let peak = rss_kib(m.child.id());
+    let peak = rss_kib(m.pid());
     // All of them time out (bounded wait: 2 s timeout, checked every 250 ms).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -945,7 +950,7 @@ fn clients_that_never_read_are_closed_after_the_send_timeout() {
     // The loops give memory back on a tick after the burst (bounded wait).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let after = rss_kib(m.child.id());
+        let after = rss_kib(m.pid());
         if after <= baseline + 2 * 1024 {
             eprintln!(
                 "manager RSS: baseline {baseline} KiB, {n} stuck clients {peak} KiB, after {after} KiB"
@@ -1017,8 +1022,8 @@ fn descriptors_of_oversized_messages_are_all_closed() {
     let dir = tempfile::tempdir().unwrap();
     let file: OwnedFd = file_with(dir.path(), b"0123456789").into();
     let good = job(Framing::Http, 10).encode().unwrap();
-    let before = fd_count(m.child.id());
-    let before_list = fd_list(m.child.id());
+    let before = fd_count(m.pid());
+    let before_list = fd_list(m.pid());
     let twenty: Vec<&OwnedFd> = std::iter::repeat_n(&file, 20).collect();
     for round in 0..200 {
         let reply = raw_send(&m.socket, &good, &twenty);
@@ -1052,7 +1057,7 @@ fn a_handshake_accepted_before_sigterm_is_finished_after_it() {
     let file = file_with(dir.path(), &body);
     let (offer, client) = propose(&m.socket, &job(Framing::Http, body.len() as u64), &file);
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.child.id() as i32),
+        nix::unistd::Pid::from_raw(m.pid() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -1292,7 +1297,7 @@ fn a_draining_manager_closes_idle_connections_before_accepting_anything() {
     let sock = offer.go().unwrap();
     assert!(read_all(client).ends_with(b"0123456789"));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.child.id() as i32),
+        nix::unistd::Pid::from_raw(m.pid() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

@@ -2,12 +2,13 @@
 //! stand-in that accepts and never answers.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+pub use handoff_stack::seqpacket_accepts;
+use handoff_stack::Place;
 use nix::sys::signal::Signal;
 
-use super::{manager_binary, wait_until, Proc, START_DEADLINE};
+use super::{manager_binary, Proc};
 
 /// A non-blocking listening SOCK_SEQPACKET socket at `path`, for the test stand-ins that
 /// play a misbehaving manager; `who` names it in a failure.
@@ -38,25 +39,6 @@ pub fn listen_seqpacket(path: &Path, who: &str) -> std::os::fd::OwnedFd {
     listener
 }
 
-/// Whether a SOCK_SEQPACKET listener at `path` accepts (the manager's socket type: a stream
-/// connect would be refused).
-pub fn seqpacket_accepts(path: &Path) -> bool {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let Ok(addr) = UnixAddr::new(path) else {
-        return false;
-    };
-    let Ok(fd) = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    ) else {
-        return false;
-    };
-    use std::os::fd::AsRawFd;
-    connect(fd.as_raw_fd(), &addr).is_ok()
-}
-
 /// Starts handoff-manager on `socket` with debug logging into `log`; does not wait.
 pub fn spawn_manager(socket: &Path, log: &Path) -> Proc {
     spawn_manager_with(socket, log, &[])
@@ -64,26 +46,20 @@ pub fn spawn_manager(socket: &Path, log: &Path) -> Proc {
 
 /// [`spawn_manager`] with extra command-line arguments.
 pub fn spawn_manager_with(socket: &Path, log: &Path, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(manager_binary());
-    cmd.arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env("RUST_LOG", "debug");
-    Proc::spawn("handoff-manager", cmd, log.to_path_buf(), Signal::SIGKILL)
+    handoff_stack::spawn_manager(
+        &Place::flat(log.parent().unwrap_or(Path::new("."))),
+        &manager_binary(),
+        socket,
+        log,
+        args,
+        "debug",
+        Signal::SIGKILL,
+    )
 }
 
 /// Starts handoff-manager and waits until its socket accepts; panics with its log if not.
 pub fn start_manager(socket: &Path, log: &Path) -> Proc {
-    let mut proc = spawn_manager(socket, log);
-    if let Err(e) = wait_until(
-        "handoff-manager",
-        START_DEADLINE,
-        || seqpacket_accepts(socket),
-        || proc.check_alive(),
-    ) {
-        panic!("{e}\n{}: {}\n{}", proc.name, proc.cmdline, proc.log_text());
-    }
-    proc
+    handoff_stack::start_manager(spawn_manager(socket, log), socket)
 }
 
 /// A stand-in for a hung manager: it accepts on the manager's socket and keeps every

@@ -1,6 +1,8 @@
 //! One serving stack per test: handoff-manager (optional), then php-fpm behind nginx, the
 //! PHP built-in server, or Apache with mod_php, configured from the shared files in
-//! `deploy/` (Apache from a minimal config of its own).
+//! `deploy/` (Apache from a minimal config of its own). Manager, php-fpm and nginx start
+//! through the shared starter (`tests/stack`, crate handoff-stack), as in the demo and the
+//! benchmark.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -14,10 +16,14 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use handoff_stack::fpm::Fpm;
+use handoff_stack::nginx::{Nginx, Site};
+use handoff_stack::{fill_template, Listen, Place};
+
 use super::{
     curl, curl_target, docroot, extension, find_program, free_local_addr, is_root, read_lossy,
-    repo_root, seqpacket_accepts, spawn_manager_with, tail, wait_until, write_random_file, Curl,
-    Endpoint, Proc, Response, LOG_TAIL_LINES, START_DEADLINE,
+    seqpacket_accepts, spawn_manager_with, tail, wait_until, write_random_file, Curl, Endpoint,
+    Proc, Response, LOG_TAIL_LINES, START_DEADLINE,
 };
 
 /// Which server runs PHP.
@@ -397,142 +403,64 @@ impl Stack {
         self.wait_ready("handoff-manager", move || seqpacket_accepts(&sock));
     }
 
-    /// Starts php-fpm; returns the address for nginx's `fastcgi_pass`.
-    fn start_fpm(&mut self, config: &Config) -> String {
-        let tmp = self.path().to_path_buf();
-        let fpm_sock = tmp.join("php-fpm.sock");
-        // A port the kernel just handed out and nobody holds (php-fpm binds it at once).
-        let tcp: Option<SocketAddr> = config.fpm_tcp.then(free_local_addr);
-        let listen = match tcp {
-            Some(addr) => addr.to_string(),
-            None => fpm_sock.display().to_string(),
-        };
-        let fpm_log = tmp.join("fpm.log");
-        let conf = tmp.join("php-fpm.conf");
-        fs::write(
-            &conf,
-            format!(
-                "[global]\npid = {}\nerror_log = {}\ndaemonize = no\ninclude = {}\n",
-                tmp.join("php-fpm.pid").display(),
-                fpm_log.display(),
-                repo_root().join("deploy/php-fpm-pool.conf").display()
-            ),
-        )
-        .expect("write php-fpm.conf");
-        let user = if is_root() {
-            "root".to_string()
-        } else {
-            std::env::var("USER").unwrap_or_else(|_| "nobody".into())
-        };
-        let mut cmd = Command::new(find_program(&["php-fpm8.2", "php-fpm8.4", "php-fpm"]));
-        cmd.args(["-F", "-R", "-y"])
-            .arg(&conf)
-            .arg("-d")
-            .arg(format!("extension={}", extension().display()));
-        for (k, v) in &config.ini {
-            cmd.arg("-d").arg(format!("{k}={v}"));
-        }
-        // php-fpm.sock is 0660 (deploy/php-fpm-pool.conf): nginx, lighttpd and Caddy run as
-        // this same user; Apache's children (mod_proxy_fcgi) as www-data, when root starts it.
-        let listen_group = if config.kind == Kind::ApacheFcgi && is_root() {
-            "www-data".to_string()
-        } else {
-            nix::unistd::getgid().as_raw().to_string()
-        };
-        cmd.env("HANDOFF_FPM_LISTEN", &listen)
-            .env("HANDOFF_FPM_USER", user)
-            .env(
-                "HANDOFF_FPM_LISTEN_OWNER",
-                nix::unistd::getuid().as_raw().to_string(),
-            )
-            .env("HANDOFF_FPM_LISTEN_GROUP", listen_group)
-            .env("HANDOFF_FPM_CHILDREN", config.fpm_children.to_string())
-            .env("HANDOFF_SOCKET", &self.manager_socket);
-        self.env_for_php(&mut cmd);
-        self.extra_logs.push(("php-fpm log".into(), fpm_log));
-        let proc = Proc::spawn("php-fpm", cmd, tmp.join("fpm.out"), Signal::SIGTERM);
-        self.procs.push(proc);
-        match tcp {
-            Some(addr) => {
-                self.wait_ready("php-fpm", move || TcpStream::connect(addr).is_ok());
-                addr.to_string()
-            }
-            None => {
-                let sock = fpm_sock.clone();
-                self.wait_ready("php-fpm", move || UnixStream::connect(&sock).is_ok());
-                format!("unix:{}", fpm_sock.display())
-            }
-        }
+    /// The stack's files and logs, all in its temporary directory.
+    fn place(&self) -> Place {
+        Place::flat(self.path())
     }
 
+    /// Starts php-fpm (the shared starter, `tests/stack`); returns the address for the
+    /// front end's `fastcgi_pass`.
+    fn start_fpm(&mut self, config: &Config) -> String {
+        let mut fpm = Fpm::new(extension(), self.manager_socket.clone());
+        fpm.children = config.fpm_children;
+        fpm.tcp = config.fpm_tcp;
+        fpm.ini = config.ini.clone();
+        // php-fpm.sock is 0660 (deploy/php-fpm-pool.conf): nginx, lighttpd and Caddy run as
+        // this same user; Apache's children (mod_proxy_fcgi) as www-data, when root starts it.
+        if config.kind == Kind::ApacheFcgi && is_root() {
+            fpm.listen_group = Some("www-data".into());
+        }
+        fpm.env = vec![("HANDOFF_TEST_DIR".into(), self.path().into())];
+        let place = self.place();
+        self.extra_logs
+            .push(("php-fpm log".into(), place.log("php-fpm.log")));
+        let started = fpm.start(&place);
+        let pass = started.fastcgi_pass();
+        self.procs.push(started.proc);
+        pass
+    }
+
+    /// nginx with the shared site (the shared starter, `tests/stack`) on `nginx.sock`.
     fn start_nginx(&mut self, fpm: &str, config: &Config) {
-        let static_files = config.static_files;
         let tmp = self.path().to_path_buf();
-        let nginx_sock = tmp.join("nginx.sock");
-        let template = fs::read_to_string(repo_root().join("deploy/nginx-site.conf.template"))
-            .expect("read deploy/nginx-site.conf.template");
-        let site = template
-            .replace(
-                "${HANDOFF_LISTEN}",
-                &format!("unix:{}", nginx_sock.display()),
-            )
-            .replace("${HANDOFF_DOCROOT}", &docroot().display().to_string())
-            .replace("${HANDOFF_FPM}", fpm);
         let t = tmp.display();
-        let (site, upstream) = if config.fpm_keepalive {
-            let pass = format!("fastcgi_pass {fpm};");
-            assert!(
-                site.contains(&pass),
-                "the site template's fastcgi_pass line moved"
-            );
-            (
-                site.replace(
-                    &pass,
-                    "fastcgi_pass php_keep;\n        fastcgi_keep_conn on;",
-                ),
-                format!("  upstream php_keep {{ server {fpm}; keepalive 8; }}\n"),
-            )
-        } else {
-            (site, String::new())
-        };
-        fs::write(tmp.join("site.conf"), site).expect("write site.conf");
+        let nginx_sock = tmp.join("nginx.sock");
+        let mut site = Site::new(Listen::Unix(nginx_sock.clone()), docroot(), fpm.to_string());
+        site.fpm_keepalive = config.fpm_keepalive;
+        let mut nginx = Nginx::new(vec![site]);
+        // The unread-POST test sends more than nginx's default 1 MiB.
+        nginx.http_lines.push("client_max_body_size 64m;".into());
         // nginx's defaults for a static file (etag on, if_modified_since exact, no
         // max_ranges): what users get from X-Accel-Redirect or a plain location.
-        let static_server = if static_files {
-            format!("  server {{ listen unix:{t}/static.sock; root {t}/data; }}\n")
-        } else {
-            String::new()
-        };
-        let user = if is_root() { "user root;\n" } else { "" };
-        // client_max_body_size: the unread-POST test sends more than nginx's default 1 MiB.
-        let main = format!(
-            "{user}daemon off;\nmaster_process on;\nworker_processes 1;\npid {t}/nginx.pid;\n\
-             error_log {t}/error.log info;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  include /etc/nginx/mime.types;\n  default_type application/octet-stream;\n\
-             \x20 client_max_body_size 64m;\n\
-             \x20 access_log {t}/access.log;\n  client_body_temp_path {t}/client_body;\n\
-             \x20 fastcgi_temp_path {t}/fastcgi_temp;\n  proxy_temp_path {t}/proxy_temp;\n\
-             \x20 uwsgi_temp_path {t}/uwsgi_temp;\n  scgi_temp_path {t}/scgi_temp;\n\
-             {upstream}\x20 include {t}/site.conf;\n{static_server}}}\n"
-        );
-        let conf = tmp.join("nginx.conf");
-        fs::write(&conf, main).expect("write nginx.conf");
-        let mut cmd = Command::new(find_program(&["nginx"]));
-        cmd.arg("-p")
-            .arg(format!("{t}/"))
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(tmp.join("error.log"));
+        let static_sock = tmp.join("static.sock");
+        if config.static_files {
+            nginx.http_lines.push(format!(
+                "server {{ listen unix:{}; root {t}/data; }}",
+                static_sock.display()
+            ));
+        }
+        let place = self.place();
         self.extra_logs
-            .push(("nginx error.log".into(), tmp.join("error.log")));
-        self.serve_on_unix_socket("nginx", cmd, nginx_sock);
-        if static_files {
-            let sock = tmp.join("static.sock");
-            let probe = sock.clone();
-            self.wait_ready("nginx", move || UnixStream::connect(&probe).is_ok());
-            self.static_endpoint = Some(Endpoint::Unix(sock));
+            .push(("nginx error.log".into(), Nginx::error_log(&place)));
+        let also_wait = if config.static_files {
+            vec![Listen::Unix(static_sock.clone())]
+        } else {
+            Vec::new()
+        };
+        self.procs.push(nginx.start(&place, &also_wait));
+        self.endpoint = Endpoint::Unix(nginx_sock);
+        if config.static_files {
+            self.static_endpoint = Some(Endpoint::Unix(static_sock));
         }
     }
 
@@ -717,31 +645,12 @@ impl Stack {
         }
     }
 
-    /// A `deploy/` template with its `${HANDOFF_*}` placeholders filled in; panics if one is
-    /// left (a renamed placeholder must not pass silently).
-    fn fill_template(name: &str, values: &[(&str, &str)]) -> String {
-        let mut text = fs::read_to_string(repo_root().join("deploy").join(name))
-            .unwrap_or_else(|e| panic!("read deploy/{name}: {e}"));
-        for (key, value) in values {
-            text = text.replace(&format!("${{{key}}}"), value);
-        }
-        let unfilled = text
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#') && l.contains("${HANDOFF_"))
-            .collect::<Vec<_>>();
-        assert!(
-            unfilled.is_empty(),
-            "deploy/{name}: unfilled placeholders: {unfilled:?}"
-        );
-        text
-    }
-
     /// lighttpd 1.4 with `deploy/lighttpd-handoff.conf.template`, on a Unix socket.
     fn start_lighttpd(&mut self, fpm_socket: &str) {
         let tmp = self.path().to_path_buf();
         let t = tmp.display();
         let sock = tmp.join("lighttpd.sock");
-        let handoff = Self::fill_template(
+        let handoff = fill_template(
             "lighttpd-handoff.conf.template",
             &[
                 ("HANDOFF_DOCROOT", &docroot().display().to_string()),
@@ -777,7 +686,7 @@ impl Stack {
     fn start_caddy(&mut self, fpm_socket: &str) {
         let tmp = self.path().to_path_buf();
         let sock = tmp.join("caddy.sock");
-        let site = Self::fill_template(
+        let site = fill_template(
             "Caddyfile.template",
             &[
                 ("HANDOFF_ADDRESS", "http://"),
@@ -807,7 +716,7 @@ impl Stack {
     fn start_apache_fcgi(&mut self, fpm_socket: &str) {
         let tmp = self.path().to_path_buf();
         let t = tmp.display();
-        let handoff = Self::fill_template(
+        let handoff = fill_template(
             "apache-proxy-fcgi.conf.template",
             &[
                 ("HANDOFF_DOCROOT", &docroot().display().to_string()),

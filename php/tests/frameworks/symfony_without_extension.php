@@ -29,7 +29,7 @@ file_put_contents($file, random_bytes(100000));
 $lastModified = gmdate('D, d M Y H:i:s', filemtime($file)) . ' GMT';
 
 /** @return array{int, array<string, list<string|null>>, string} */
-function run(string $class, Request $request, string $path, callable $setup): array
+function run(string $class, Request $request, string|\SplFileInfo $path, callable $setup): array
 {
     $response = new $class($path, 200, ['X-App' => 'test']);
     $setup($response);
@@ -67,6 +67,29 @@ foreach ($setups as $setupName => $setup) {
         check("$setupName, $name: same as BinaryFileResponse", $a === $b,
             '  BinaryFileResponse: ' . json_encode([$a[0], $a[1], strlen($a[2])]) . "\n"
             . '  HandoffFileResponse: ' . json_encode([$b[0], $b[1], strlen($b[2])]) . "\n");
+    }
+}
+
+// An \SplFileInfo in place of the path (BinaryFileResponse keeps its path name): the same
+// response, or the same exception (SplTempFileObject: php://temp is not a file).
+$inputs = [
+    'SplFileObject' => fn () => new \SplFileObject($file),
+    'SplFileInfo' => fn () => new \SplFileInfo($file),
+    'SplTempFileObject' => fn () => new \SplTempFileObject(),
+];
+foreach ($inputs as $inputName => $input) {
+    foreach (['GET' => [], 'Range 100-199' => ['HTTP_RANGE' => 'bytes=100-199']] as $name => $server) {
+        $outcomes = [];
+        foreach ([BinaryFileResponse::class, HandoffFileResponse::class] as $class) {
+            $request = Request::create('/download', 'GET', [], [], [], $server);
+            try {
+                $outcomes[] = run($class, $request, $input(), fn ($r) => null);
+            } catch (\Throwable $e) {
+                $outcomes[] = get_class($e);
+            }
+        }
+        check("$inputName, $name: same as BinaryFileResponse", $outcomes[0] === $outcomes[1],
+            '  ' . json_encode(array_map(fn ($o) => is_array($o) ? [$o[0], strlen($o[2])] : $o, $outcomes)) . "\n");
     }
 }
 

@@ -4,17 +4,24 @@
 //   f        file name inside data/ (required)
 //   rate     the send_file() option of the same name (a slow download to interrupt)
 //   result=NAME   write var_export(send_file(...)) and whether the path still exists
-//            (after send_file() returned) to results/NAME
+//            (after send_file() returned) to results/NAME; a HandoffException is written
+//            as "HandoffException" and answered with a 503 page of the script's own
 $dir = getenv('HANDOFF_TEST_DIR');
 $path = $dir . '/data/' . basename($_GET['f'] ?? '');
 $options = ['delete' => true];
 if (isset($_GET['rate'])) {
     $options['rate'] = (int) $_GET['rate'];
 }
-$returned = send_file($path, $options);
+try {
+    $returned = send_file($path, $options);
+} catch (HandoffException $e) {
+    $returned = 'HandoffException';
+    http_response_code(503);
+    echo "try again later\n";
+}
 if (isset($_GET['result'])) {
     file_put_contents(
         $dir . '/results/' . basename($_GET['result']),
-        var_export($returned, true) . ' exists=' . var_export(file_exists($path), true)
+        (is_bool($returned) ? var_export($returned, true) : $returned) . ' exists=' . var_export(file_exists($path), true)
     );
 }

@@ -7,6 +7,8 @@
 //   name     setContentDisposition('attachment', name)
 //   etag=1   setAutoEtag()
 //   delete=1 deleteFileAfterSend()
+//   input=spl / splinfo   pass the file as new SplFileObject() / new SplFileInfo()
+//            (BinaryFileResponse accepts any \SplFileInfo and keeps its path)
 //   result=NAME   write "sent" to results/NAME once send() returned
 require '/usr/share/php/Symfony/Component/HttpFoundation/autoload.php';
 require __DIR__ . '/../../autoload.php';
@@ -18,7 +20,12 @@ $dir = getenv('HANDOFF_TEST_DIR');
 $request = Request::createFromGlobals();
 $path = $dir . '/data/' . basename($request->query->get('f', ''));
 
-$response = new HandoffFileResponse($path, 200, ['X-Framework' => 'symfony']);
+$file = match ($request->query->get('input')) {
+    'spl' => new SplFileObject($path),
+    'splinfo' => new SplFileInfo($path),
+    default => $path,
+};
+$response = new HandoffFileResponse($file, 200, ['X-Framework' => 'symfony']);
 if ($request->query->has('name')) {
     $response->setContentDisposition('attachment', $request->query->get('name'));
 }

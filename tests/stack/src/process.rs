@@ -1,4 +1,4 @@
-//! One child process of a test: output in a log file, stopped in `Drop`.
+//! One child process of a stack or a test: output in a log file, stopped in `Drop`.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::read_lossy;
+use crate::read_lossy;
 
 /// One child process: stdout and stderr go to `log`; stopped (signal, then SIGKILL) in Drop.
 pub struct Proc {
@@ -23,7 +23,13 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf, stop_signal: Signal) -> Proc {
         let cmdline = describe(&cmd);
-        let out = File::create(&log).expect("create log file");
+        // Appended to: a restarted daemon (the benchmark's manager, a demo run again in the
+        // same directory) keeps the earlier runs' lines.
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log file");
         let err = out.try_clone().expect("dup log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd
@@ -67,6 +73,12 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// SIGKILL, and waits until it is gone (reaped).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn log_text(&self) -> String {
