@@ -275,6 +275,12 @@ impl Download {
         self.planned.saturating_sub(self.sent)
     }
 
+    /// Whether a web server relays this download (FastCGI) rather than the manager
+    /// writing to the client itself.
+    pub fn is_relayed(&self) -> bool {
+        self.framer.is_some()
+    }
+
     /// Bytes written to the connection so far, framing included.
     pub fn written(&self) -> u64 {
         self.written

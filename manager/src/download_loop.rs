@@ -23,6 +23,7 @@ use nix::errno::Errno;
 use crate::access_log::{AccessLog, Entry};
 use crate::completion::{Completions, Record};
 use crate::download::{Download, Outcome, Step};
+use crate::pacing::{PaceConfig, Pacer};
 use crate::rate_group::Groups;
 use crate::stats::{Board, Counters, Snapshot};
 use handoff_core::io_class::{classify_io, IoClass};
@@ -67,6 +68,8 @@ pub struct LoopConfig {
     /// This loop's share of the global bandwidth cap, bytes/s (0: none).
     pub max_rate: u64,
     pub schedule: Schedule,
+    /// Start pacing of relayed downloads ([`crate::pacing`]); `rate` is this loop's share.
+    pub pacing: PaceConfig,
 }
 
 /// A token bucket for the loop's bandwidth cap.
@@ -168,6 +171,10 @@ pub fn spawn(
         sleepers: BinaryHeap::new(),
         cap: (config.max_rate > 0).then(|| Bucket::new(config.max_rate, Instant::now())),
         wanting: HashSet::new(),
+        pacer: config
+            .pacing
+            .enabled()
+            .then(|| Pacer::new(config.pacing, Instant::now())),
         scratch: vec![0u8; 64 * 1024],
         drain_until: None,
         trimmed_idle: true,
@@ -206,6 +213,8 @@ struct Loop {
     /// [`Loop::schedule`] decides who writes.
     cap: Option<Bucket>,
     wanting: HashSet<usize>,
+    /// Start pacing, if on.
+    pacer: Option<Pacer>,
     scratch: Vec<u8>,
     drain_until: Option<Instant>,
     /// Memory was given back since the loop last fell idle.
@@ -250,6 +259,7 @@ impl Loop {
                 self.sleepers.pop();
                 self.on_event(id, false, true, now);
             }
+            self.pace(now);
             self.schedule(now);
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
@@ -286,7 +296,60 @@ impl Loop {
         if let (Some(cap), false) = (&self.cap, self.wanting.is_empty()) {
             timeout = timeout.min(cap.wait());
         }
+        if let Some(at) = self.pacer.as_ref().and_then(Pacer::wake_at) {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
         timeout
+    }
+
+    /// The length of the start phase; 0 while start pacing is off.
+    fn start_bytes(&self) -> u64 {
+        self.pacer.as_ref().map_or(0, Pacer::start_bytes)
+    }
+
+    /// Whether download `id` is in its start phase.
+    fn in_start(&self, id: usize) -> bool {
+        let start_bytes = self.start_bytes();
+        self.downloads
+            .get(&id)
+            .is_some_and(|d| in_start_phase(d, start_bytes))
+    }
+
+    /// Start pacing: when a round begins, the downloads that waited for it write, in turn.
+    fn pace(&mut self, now: Instant) {
+        let Some(waiting) = self.pacer.as_mut().and_then(|p| p.begin_round(now)) else {
+            return;
+        };
+        for id in waiting {
+            self.write_starting(id, now);
+        }
+    }
+
+    /// A writable download in its start phase writes what its share of the round allows,
+    /// or waits for the next round. One that has left its start phase is back on the
+    /// ordinary path.
+    fn write_starting(&mut self, id: usize, now: Instant) {
+        let start_bytes = self.start_bytes();
+        let (Some(pacer), Some(d)) = (self.pacer.as_mut(), self.downloads.get_mut(&id)) else {
+            return;
+        };
+        if !in_start_phase(d, start_bytes) {
+            self.on_event(id, false, true, now);
+            return;
+        }
+        let Some(allowed) = pacer.allowance(id) else {
+            pacer.defer(id);
+            return;
+        };
+        let budget = allowed.min(start_bytes - d.written()).min(BUDGET as u64);
+        let before = d.written();
+        let step = d.on_writable(budget as usize, now);
+        let spent = d.written() - before;
+        pacer.charge(id, spent);
+        if let Some(cap) = &mut self.cap {
+            cap.tokens -= spent as f64;
+        }
+        self.apply(id, step);
     }
 
     /// Under a bandwidth cap: gives the available bytes to the waiting downloads, the
@@ -344,6 +407,9 @@ impl Loop {
         if shrunk || fell_idle {
             self.downloads.shrink_to_fit();
             self.wanting.shrink_to_fit();
+            if let Some(pacer) = &mut self.pacer {
+                pacer.shrink();
+            }
             self.sleepers.shrink_to_fit();
             self.ready.shrink_to_fit();
             crate::sys::release_free_memory();
@@ -400,6 +466,7 @@ impl Loop {
     }
 
     fn on_event(&mut self, id: usize, readable: bool, writable: bool, now: Instant) {
+        let start_bytes = self.start_bytes();
         let Some(d) = self.downloads.get_mut(&id) else {
             return;
         };
@@ -408,6 +475,10 @@ impl Loop {
             step = d.on_readable(&mut self.scratch);
         }
         if writable && step == Step::Wait {
+            if in_start_phase(d, start_bytes) {
+                self.write_starting(id, now);
+                return;
+            }
             if self.cap.is_some() {
                 // The scheduler decides when it writes.
                 self.wanting.insert(id);
@@ -421,6 +492,9 @@ impl Loop {
     fn apply(&mut self, id: usize, step: Step) {
         match step {
             Step::Wait => {}
+            // Its share, its start phase or the byte budget ran out: write_starting
+            // decides which (a later turn, or the ordinary path).
+            Step::Yield if self.in_start(id) => self.ready.push(id),
             Step::Yield if self.cap.is_some() => {
                 self.wanting.insert(id);
             }
@@ -467,6 +541,9 @@ impl Loop {
             return;
         };
         self.wanting.remove(&id);
+        if let Some(pacer) = &mut self.pacer {
+            pacer.forget(id);
+        }
         let _ = self
             .poll
             .registry()
@@ -528,6 +605,12 @@ impl Loop {
             completions.report(record, d.file_id, &d.file_ranges);
         }
     }
+}
+
+/// Whether a download is in the start phase that start pacing governs: relayed by a web
+/// server, still sending, and fewer than `start_bytes` written (0 while pacing is off).
+fn in_start_phase(d: &Download, start_bytes: u64) -> bool {
+    d.is_relayed() && !d.is_lingering() && d.written() < start_bytes
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {

@@ -81,6 +81,15 @@ struct Args {
     /// with a 1 s starvation bound) or `fair` (round robin).
     #[arg(long, default_value = "srpt", value_parser = parse_schedule)]
     schedule: Schedule,
+    /// Start pacing behind a web server (FastCGI): the first --relay-start-bytes of the
+    /// relayed downloads share this many bytes per second, in rounds of 10 ms, so that
+    /// downloads starting together do not make the web server copy gigabytes of socket
+    /// buffer fill at once while the site's other pages wait (0 = off).
+    #[arg(long, default_value_t = 1 << 30)]
+    relay_start_rate: u64,
+    /// How many of a relayed download's first bytes --relay-start-rate paces.
+    #[arg(long, default_value_t = 4 << 20)]
+    relay_start_bytes: u64,
     /// POST one JSON completion record per finished download to this http:// URL on a
     /// loopback address (the application's own endpoint), e.g.
     /// http://127.0.0.1/handoff-done.php.
@@ -191,6 +200,8 @@ fn main() -> anyhow::Result<()> {
         metrics: args.metrics,
         takeover: args.takeover,
         max_rate: args.max_rate,
+        relay_start_rate: args.relay_start_rate,
+        relay_start_bytes: args.relay_start_bytes,
         schedule: args.schedule,
         on_complete: args.on_complete.map(|endpoint| completion::Settings {
             endpoint,

@@ -97,6 +97,10 @@ pub struct Config {
     /// Global bandwidth cap in bytes/s, shared evenly by the download loops (0: none).
     pub max_rate: u64,
     pub schedule: Schedule,
+    /// Start pacing of relayed downloads: the rate their first `relay_start_bytes` share,
+    /// bytes/s, split evenly by the download loops (0: off).
+    pub relay_start_rate: u64,
+    pub relay_start_bytes: u64,
     /// Completion records POSTed to a local endpoint (`--on-complete`), if any.
     pub on_complete: Option<crate::completion::Settings>,
 }
@@ -232,6 +236,10 @@ impl Server {
             linger_timeout: config.linger_timeout,
             max_rate: config.max_rate.div_ceil(threads as u64),
             schedule: config.schedule,
+            pacing: crate::pacing::PaceConfig {
+                rate: config.relay_start_rate.div_ceil(threads as u64),
+                start_bytes: config.relay_start_bytes,
+            },
         };
         let completions = match &config.on_complete {
             Some(settings) => Some(
