@@ -71,6 +71,7 @@
 # extension and manager instead of target/release; the harness, the load client and bench/www
 # stay the work tree's).
 #
+# BENCH_MANAGER_ARGS: extra handoff-manager flags for the whole run (labelled manager_args).
 # Focused runs (any mode): BENCH_SCENARIOS (default "S1 S2 S3 S5"),
 # BENCH_BACKENDS (replaces the backend list of S1, S2 and S3; in S1 the idle baselines run
 # only when named: idle-fpm, idle-cli), BENCH_S1_NS (client counts, e.g. "1000"),
@@ -367,6 +368,9 @@ MANAGER_SHA="$(sha256sum "$RUN/handoff-manager" | cut -c1-12)"
 # handoff-stack runs it (on $RUN/manager.sock, its log $LOGS/manager.log) and writes its pid
 # to $RUN/manager.env; MANAGER_PID is the manager's own (CPU sampling), MANAGER_STARTER_PID
 # the starter's (stopping it stops the manager).
+# BENCH_MANAGER_ARGS: extra manager flags for the whole run (an A/B of a manager setting,
+# e.g. "--relay-start-rate 0"); every result line carries them as the label manager_args.
+read -r -a MANAGER_EXTRA <<<"${BENCH_MANAGER_ARGS:-}"
 start_manager() { # threads
     MANAGER_THREADS="$1"
     rm -f "$RUN/manager.env"
@@ -374,7 +378,7 @@ start_manager() { # threads
         --manager-log-level warn -- --socket-mode 0660 \
         --threads "$MANAGER_THREADS" --metrics "127.0.0.1:$METRICS_PORT" \
         --access-log "$LOGS/manager-access.log" --send-timeout 60 --grace 1 \
-        >/dev/null 2>>"$LOGS/stack.log" &
+        "${MANAGER_EXTRA[@]}" >/dev/null 2>>"$LOGS/stack.log" &
     MANAGER_STARTER_PID=$!
     PIDS+=("$MANAGER_STARTER_PID")
     wait_for handoff-manager "$MANAGER_STARTER_PID" test -f "$RUN/manager.env"
@@ -593,6 +597,7 @@ bench() {
         --group "php-cli=$CLI_PID" --group "relay-upstream=$RELAY_PID" "${watch[@]}" "${tls[@]}" \
         --label "scenario=$scenario" --label "backend=$backend" --label "run=$run" \
         --label "load1=$load1" --label "file=${FILE:-f20m}" --label "threads=$MANAGER_THREADS" \
+        --label "manager_args=${BENCH_MANAGER_ARGS:-}" \
         --probe-addr "127.0.0.1:$probe_port" "${args[@]}" >>"$OUT/results.jsonl" ||
         die "handoff-bench failed in $tag"
     python3 "$REPO/bench/manager_cpu.py" merge "$MANAGER_PID" "$cpu_before" "$OUT/results.jsonl" ||

@@ -337,7 +337,14 @@ impl Loop {
             self.on_event(id, false, true, now);
             return;
         }
-        let Some(allowed) = pacer.allowance(id) else {
+        // The head and the first bytes go out at once: pacing never delays a response's
+        // head. Only what follows waits for its share.
+        let free = crate::pacing::FREE.saturating_sub(d.written());
+        let allowed = if free > 0 {
+            free
+        } else if let Some(allowed) = pacer.allowance(id) {
+            allowed
+        } else {
             pacer.defer(id);
             return;
         };
@@ -345,7 +352,7 @@ impl Loop {
         let before = d.written();
         let step = d.on_writable(budget as usize, now);
         let spent = d.written() - before;
-        pacer.charge(id, spent);
+        pacer.charge(id, spent.saturating_sub(free));
         if let Some(cap) = &mut self.cap {
             cap.tokens -= spent as f64;
         }

@@ -85,10 +85,10 @@ struct Args {
     /// relayed downloads share this many bytes per second, in rounds of 10 ms, so that
     /// downloads starting together do not make the web server copy gigabytes of socket
     /// buffer fill at once while the site's other pages wait (0 = off).
-    #[arg(long, default_value_t = 1 << 30)]
+    #[arg(long, default_value_t = 512 << 20)]
     relay_start_rate: u64,
     /// How many of a relayed download's first bytes --relay-start-rate paces.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = 1 << 20)]
     relay_start_bytes: u64,
     /// POST one JSON completion record per finished download to this http:// URL on a
     /// loopback address (the application's own endpoint), e.g.

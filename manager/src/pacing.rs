@@ -13,7 +13,7 @@
 //! loop for a long time.
 //!
 //! So while a relayed download is in its start phase (its first `start_bytes` written),
-//! the manager feeds it in rounds of [`ROUND`]: in each round the start-phase downloads
+//! the manager feeds it, after its first [`FREE`] bytes, in rounds of [`ROUND`]: in each round the start-phase downloads
 //! share `rate × ROUND` bytes, each at most an equal share of that, and never less than
 //! [`MIN_SHARE`]. A download that has used its share waits for the next round; a round's
 //! budget spent, everyone waits. Few downloads starting at once get large shares and are
@@ -29,6 +29,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+/// A download's first bytes, its response head among them, are not paced: pacing must
+/// never keep a client waiting for the head (a burst of a thousand new downloads would
+/// otherwise wait for rounds before the last one saw its first byte).
+pub const FREE: u64 = 64 << 10;
 /// The length of a round.
 pub const ROUND: Duration = Duration::from_millis(10);
 /// The smallest share per download and round (when many downloads share a round, the
