@@ -82,7 +82,7 @@ struct Args {
     #[arg(long, default_value = "srpt", value_parser = parse_schedule)]
     schedule: Schedule,
     /// Start pacing behind a web server (FastCGI): the first --relay-start-bytes of the
-    /// relayed downloads share this many bytes per second, in rounds of 10 ms, so that
+    /// relayed downloads share this many bytes per second, in rounds of 5 ms, so that
     /// downloads starting together do not make the web server copy gigabytes of socket
     /// buffer fill at once while the site's other pages wait (0 = off).
     #[arg(long, default_value_t = 512 << 20)]

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 /// otherwise wait for rounds before the last one saw its first byte).
 pub const FREE: u64 = 64 << 10;
 /// The length of a round.
-pub const ROUND: Duration = Duration::from_millis(10);
+pub const ROUND: Duration = Duration::from_millis(5);
 /// The smallest share per download and round (when many downloads share a round, the
 /// round's budget runs out before everyone got a turn; the next round goes on in order).
 pub const MIN_SHARE: u64 = 64 << 10;
@@ -174,6 +174,8 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+    /// What one round of 1 GiB/s holds.
+    const ROUND_OF_GIB: u64 = (GIB as u128 * ROUND.as_nanos() / 1_000_000_000) as u64;
 
     /// A pacer whose last round saw `active` downloads write.
     fn after_round_with(rate: u64, active: usize) -> (Pacer, Instant) {
@@ -204,7 +206,7 @@ mod tests {
     fn a_download_alone_gets_the_whole_round() {
         let (mut p, now) = pacer(GIB);
         assert_eq!(p.begin_round(now), Some(vec![]));
-        let budget = GIB / 100;
+        let budget = ROUND_OF_GIB;
         assert_eq!(p.allowance(7), Some(budget));
         p.charge(7, 300 << 10);
         assert_eq!(p.allowance(7), Some(budget - (300 << 10)));
@@ -213,7 +215,7 @@ mod tests {
     #[test]
     fn many_downloads_share_a_round_equally_but_never_below_the_minimum() {
         let (p, _) = after_round_with(GIB, 10);
-        assert_eq!(p.allowance(1), Some(GIB / 100 / 10));
+        assert_eq!(p.allowance(1), Some(ROUND_OF_GIB / 10));
         let (mut p, _) = after_round_with(GIB, 1000);
         assert_eq!(p.allowance(1), Some(MIN_SHARE));
         p.charge(1, MIN_SHARE);
@@ -228,7 +230,7 @@ mod tests {
     #[test]
     fn a_spent_round_stops_everyone_until_the_next() {
         let (mut p, now) = after_round_with(GIB, 1000);
-        let budget = GIB / 100;
+        let budget = ROUND_OF_GIB;
         let mut id = 0;
         while let Some(a) = p.allowance(id) {
             p.charge(id, a);
@@ -257,7 +259,7 @@ mod tests {
         assert_eq!(p.begin_round(now + ROUND), Some(vec![3, 2]));
         assert_eq!(
             p.allowance(3),
-            Some(GIB / 100 / 2),
+            Some(ROUND_OF_GIB / 2),
             "shared by the two that waited"
         );
         assert_eq!(p.wake_at(), None, "nobody waits");
