@@ -36,10 +36,11 @@ impl Ini {
 pub const SOCKET: Ini = Ini::new(c"handoff.socket", c"/run/handoff/manager.sock");
 pub const FALLBACK: Ini = Ini::new(c"handoff.fallback", c"stream");
 pub const TIMEOUT_MS: Ini = Ini::new(c"handoff.timeout_ms", c"1000");
-/// Measured break-even (docs/benchmarks.md, S3): below 64 KiB the worker streaming the file
-/// is faster than a handoff, and such a body fits in the socket buffers anyway, so it cannot
+/// Measured break-even (docs/benchmarks.md, S3, 2026-11-29): behind nginx the worker
+/// streaming a 64 KiB file was 1.10x as fast as a handoff, and a handoff 1.05x as fast at
+/// 128 KiB. Behind a FastCGI server such a body goes into the server's buffers, so it cannot
 /// hold the worker on a slow client.
-pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"65536");
+pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"131072");
 
 /// The settings as PHP registers them.
 pub static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
@@ -125,7 +126,7 @@ mod tests {
     #[test]
     fn defaults_are_what_the_code_reads_when_a_value_does_not_parse() {
         assert_eq!(TIMEOUT_MS.default_number(), 1000);
-        assert_eq!(INLINE_BELOW.default_number(), 64 * 1024);
+        assert_eq!(INLINE_BELOW.default_number(), 128 * 1024);
         assert_eq!(
             parse_fallback(FALLBACK.default.to_str().unwrap()),
             Fallback::Stream

@@ -615,9 +615,11 @@ impl Loop {
 }
 
 /// Whether a download is in the start phase that start pacing governs: relayed by a web
-/// server, still sending, and fewer than `start_bytes` written (0 while pacing is off).
+/// server, longer than the start phase (a shorter one fills no buffer beyond its own end,
+/// so pacing it would only slow small files down), still sending, and fewer than
+/// `start_bytes` written (0 while pacing is off).
 fn in_start_phase(d: &Download, start_bytes: u64) -> bool {
-    d.is_relayed() && !d.is_lingering() && d.written() < start_bytes
+    d.is_relayed() && d.planned > start_bytes && !d.is_lingering() && d.written() < start_bytes
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {

@@ -20,7 +20,9 @@
 //! not slowed down (one download alone gets the whole budget, more than a socket buffer
 //! takes per round); many get small, equal ones, so the web server does a bounded amount
 //! of work per readiness event and per round and gets to its other requests in between.
-//! After its start phase a download writes as fast as the web server takes it. Raw HTTP
+//! After its start phase a download writes as fast as the web server takes it. Downloads
+//! no longer than the start phase are not paced at all (the benchmark's 256 KiB files ran
+//! at the start rate's limit when they were). Raw HTTP
 //! downloads (`php -S`, mod_php) are not paced: the kernel fills their buffers without
 //! a copy in user space.
 //!
