@@ -220,6 +220,14 @@ fn all_handed_off(kind: Kind) -> Config {
         .ini("output_buffering", "0")
 }
 
+/// The same stack with nobody listening on `handoff.socket`: every download falls back.
+fn no_manager(kind: Kind) -> Config {
+    Config::new(kind)
+        .without_manager()
+        .ini("display_errors", "1")
+        .ini("output_buffering", "0")
+}
+
 #[test]
 fn fpm_streams_handed_off() {
     let stack = Stack::start(all_handed_off(Kind::Fpm));
@@ -229,12 +237,7 @@ fn fpm_streams_handed_off() {
 
 #[test]
 fn fpm_streams_without_manager() {
-    let stack = Stack::start(
-        Config::new(Kind::Fpm)
-            .without_manager()
-            .ini("display_errors", "1")
-            .ini("output_buffering", "0"),
-    );
+    let stack = Stack::start(no_manager(Kind::Fpm));
     streams_like_files(&stack, false);
     stack.assert_clean_logs();
 }
@@ -346,12 +349,7 @@ fn fpm_spl_file_objects_handed_off() {
 
 #[test]
 fn fpm_spl_file_objects_without_manager() {
-    let stack = Stack::start(
-        Config::new(Kind::Fpm)
-            .without_manager()
-            .ini("display_errors", "1")
-            .ini("output_buffering", "0"),
-    );
+    let stack = Stack::start(no_manager(Kind::Fpm));
     spl_file_objects(&stack, false);
     stack.assert_clean_logs();
 }
