@@ -25,8 +25,7 @@ const PACED: &[&str] = &[
 /// A stack of `kind` whose manager runs with `args`.
 fn stack_with(kind: Kind, args: &[&str]) -> (Stack, RestartableManager) {
     let stack = Stack::start(Config::new(kind).without_manager().children(4));
-    let mut manager = RestartableManager::new(&stack.manager_socket, stack.path()).with_args(args);
-    manager.start();
+    let manager = RestartableManager::started_for(&stack, args);
     (stack, manager)
 }
 

@@ -19,8 +19,7 @@ fn stack_with(args: impl FnOnce(&Path) -> Vec<String>) -> (Stack, RestartableMan
     let stack = Stack::start(Config::new(Kind::Fpm).without_manager().children(2));
     let args = args(stack.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut manager = RestartableManager::new(&stack.manager_socket, stack.path()).with_args(&args);
-    manager.start();
+    let manager = RestartableManager::started_for(&stack, &args);
     (stack, manager)
 }
 

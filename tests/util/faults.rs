@@ -40,6 +40,15 @@ impl RestartableManager {
         }
     }
 
+    /// The manager of `stack` (started [`super::Config::without_manager`]), with `args`,
+    /// already running.
+    pub fn started_for(stack: &super::Stack, args: &[&str]) -> RestartableManager {
+        let mut manager =
+            RestartableManager::new(&stack.manager_socket, stack.path()).with_args(args);
+        manager.start();
+        manager
+    }
+
     /// Adds command-line flags to every later run.
     pub fn with_args(mut self, args: &[&str]) -> RestartableManager {
         self.args.extend(args.iter().map(|a| a.to_string()));
