@@ -570,21 +570,11 @@ impl Stack {
                 None => String::new(),
             };
             let conf = format!(
-                "ServerRoot /etc/apache2\nServerName localhost\nListen {addr}\n\
-                 PidFile {t}/apache.pid\nDefaultRuntimeDir {t}\n\
-                 ErrorLog {el}\nLogLevel info\n{user}\
-                 LoadModule mpm_prefork_module {modules}/mod_mpm_prefork.so\n\
-                 LoadModule authz_core_module {modules}/mod_authz_core.so\n\
-                 LoadModule mime_module {modules}/mod_mime.so\n\
-                 LoadModule dir_module {modules}/mod_dir.so\n\
-                 LoadModule env_module {modules}/mod_env.so\n\
+                "{base}\
                  LoadModule php_module {modules}/libphp8.2.so\n\
                  StartServers {children}\nMinSpareServers 1\nMaxSpareServers {children}\n\
                  ServerLimit {children}\nMaxRequestWorkers {children}\n\
                  MaxConnectionsPerChild 0\n\
-                 TypesConfig /etc/mime.types\n\
-                 LogFormat \"%h %{{remote}}p \\\"%r\\\" %>s %B %Dus\" handoff\n\
-                 CustomLog {t}/apache-access.log handoff\n\
                  PHPINIDir \"{t}\"\n\
                  DocumentRoot \"{d}\"\n\
                  <Directory />\n  Require all denied\n</Directory>\n\
@@ -592,7 +582,7 @@ impl Stack {
                  DirectoryIndex index.php\n\
                  <FilesMatch \"\\.php$\">\n  SetHandler application/x-httpd-php\n</FilesMatch>\n\
                  SetEnv HANDOFF_TEST_DIR \"{t}\"\n{tls}",
-                el = error_log.display(),
+                base = apache_base_conf(addr, &tmp, &error_log, user, "prefork"),
             );
             let name = format!("apache2 (attempt {attempt})");
             if self.spawn_apache(&name, attempt, conf, addr, &error_log) {
@@ -738,23 +728,13 @@ impl Stack {
         for attempt in 0..5 {
             let addr = free_local_addr();
             let conf = format!(
-                "ServerRoot /etc/apache2\nServerName localhost\nListen {addr}\n\
-                 PidFile {t}/apache.pid\nDefaultRuntimeDir {t}\n\
-                 ErrorLog {el}\nLogLevel info\n{user}\
-                 LoadModule mpm_event_module {modules}/mod_mpm_event.so\n\
-                 LoadModule authz_core_module {modules}/mod_authz_core.so\n\
-                 LoadModule mime_module {modules}/mod_mime.so\n\
-                 LoadModule dir_module {modules}/mod_dir.so\n\
-                 LoadModule env_module {modules}/mod_env.so\n\
+                "{base}\
                  LoadModule proxy_module {modules}/mod_proxy.so\n\
                  LoadModule proxy_fcgi_module {modules}/mod_proxy_fcgi.so\n\
                  StartServers 1\nServerLimit 1\nThreadsPerChild 25\nMaxRequestWorkers 25\n\
-                 TypesConfig /etc/mime.types\n\
-                 LogFormat \"%h %{{remote}}p \\\"%r\\\" %>s %B %Dus\" handoff\n\
-                 CustomLog {t}/apache-access.log handoff\n\
                  <Directory />\n  Require all denied\n</Directory>\n\
                  Include {t}/apache-handoff.conf\n",
-                el = error_log.display(),
+                base = apache_base_conf(addr, &tmp, &error_log, user, "event"),
             );
             let name = format!("apache2 event (attempt {attempt})");
             if self.spawn_apache(&name, attempt, conf, addr, &error_log) {
@@ -819,4 +799,32 @@ impl Drop for Stack {
             drop(p);
         }
     }
+}
+
+/// The part of an Apache config that the mod_php and the mod_proxy_fcgi stacks share: the
+/// listener, pid and error log in `dir`, `user` (the `User`/`Group` lines, or nothing), the
+/// MPM, the modules both load, and the access log with the client's port.
+fn apache_base_conf(
+    addr: SocketAddr,
+    dir: &Path,
+    error_log: &Path,
+    user: &str,
+    mpm: &str,
+) -> String {
+    let t = dir.display();
+    let modules = "/usr/lib/apache2/modules";
+    format!(
+        "ServerRoot /etc/apache2\nServerName localhost\nListen {addr}\n\
+                 PidFile {t}/apache.pid\nDefaultRuntimeDir {t}\n\
+                 ErrorLog {el}\nLogLevel info\n{user}\
+                 LoadModule mpm_{mpm}_module {modules}/mod_mpm_{mpm}.so\n\
+                 LoadModule authz_core_module {modules}/mod_authz_core.so\n\
+                 LoadModule mime_module {modules}/mod_mime.so\n\
+                 LoadModule dir_module {modules}/mod_dir.so\n\
+                 LoadModule env_module {modules}/mod_env.so\n\
+                 TypesConfig /etc/mime.types\n\
+                 LogFormat \"%h %{{remote}}p \\\"%r\\\" %>s %B %Dus\" handoff\n\
+                 CustomLog {t}/apache-access.log handoff\n",
+        el = error_log.display(),
+    )
 }
