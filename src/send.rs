@@ -118,7 +118,7 @@ fn send_file_in(
         Decision::HandOff { conn, plan } => {
             match hand_off(&conn, &plan, options, &file, &settings, log_name) {
                 Ok(()) => {
-                    ffi::disable_output();
+                    ffi::disable_output()?;
                     return Ok(Sent::HandedOff);
                 }
                 Err(declined) => (plan, declined),

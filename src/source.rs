@@ -148,7 +148,7 @@ fn unlink(path: &[u8], opened: &File) -> Result<(), SendFileError> {
 
 fn from_stream(stream: &PhpStream<'_>) -> Result<Opened, Failure> {
     let opened_as = stream.opened_as().unwrap_or_default();
-    if let Some(fd) = stream.descriptor() {
+    if let Some(fd) = stream.descriptor()? {
         let flags = fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), FcntlArg::F_GETFL)
             .map(OFlag::from_bits_retain)
             .unwrap_or(OFlag::O_RDONLY);
@@ -192,7 +192,7 @@ fn copy_to_memory(stream: &PhpStream<'_>) -> Result<(File, String), Failure> {
     // in it is the stream.
     let position = stream.tell();
     let seekable = stream.seekable();
-    if position > 0 && !(seekable && stream.seek(0)) {
+    if position > 0 && !(seekable && stream.seek(0)?) {
         return Err(SendFileError::StreamNotAtStart.into());
     }
     let copy_error = |e: std::io::Error| SendFileError::StreamCopy { kind: e.kind() };
@@ -223,7 +223,7 @@ fn copy_to_memory(stream: &PhpStream<'_>) -> Result<(File, String), Failure> {
         return Err(SendFileError::StreamRead.into());
     }
     if seekable && position >= 0 {
-        stream.seek(position);
+        stream.seek(position)?;
     }
     // Sealed: nobody, not even this process, can change what the plan was made for.
     let seals = SealFlag::F_SEAL_SHRINK
