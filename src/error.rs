@@ -57,6 +57,13 @@ pub enum SendFileError {
     StreamNotAtStart,
     #[error("send_file(): reading the stream failed")]
     StreamRead,
+    #[error(
+        "send_file(): the script's code printed output while send_file() ran it (a stream \
+         wrapper, the header callback), so the file cannot be the response"
+    )]
+    OutputDuringSend,
+    #[error("send_file(): the header_register_callback() callback threw")]
+    HeaderCallbackThrew,
     #[error("send_file(): cannot copy the stream into memory: {kind}")]
     StreamCopy { kind: io::ErrorKind },
     #[error("send_file(): the file cannot be handed off ({reason}) and handoff.fallback is off")]

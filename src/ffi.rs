@@ -462,7 +462,12 @@ pub fn run_header_callback() -> Result<bool, Bailout> {
     // memory manager, as PHP's own code would.
     unsafe {
         let g = sg();
-        if u32::from((*g).callback_func.u1.v.type_) == ffi::IS_UNDEF {
+        // As `sapi_send_headers()`: nothing runs once the head is sent, or in a SAPI that
+        // sends none (the CLI).
+        if (*g).headers_sent != 0
+            || (*g).request_info.no_headers
+            || u32::from((*g).callback_func.u1.v.type_) == ffi::IS_UNDEF
+        {
             return Ok(true);
         }
         let mut cb: ffi::zval = std::ptr::read(&raw const (*g).callback_func);

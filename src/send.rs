@@ -71,6 +71,7 @@ fn send_file_in(
 ) -> Result<Sent, Failure> {
     let sapi = Sapi::from_name(&ffi::sapi_name());
     decision::check_head_not_sent(sapi, ffi::headers_sent())?;
+    let quiet = ffi::output_mark();
     let Opened {
         file,
         type_name,
@@ -78,6 +79,12 @@ fn send_file_in(
         etag,
         dated,
     } = crate::source::open(source)?;
+    // The callback PHP would run just before sending the head runs now, before the head is
+    // planned, so that its headers are in the handoff's head as in the fallback's.
+    if !ffi::run_header_callback()? {
+        return Err(SendFileError::HeaderCallbackThrew.into());
+    }
+    decision::check_nothing_printed(sapi, ffi::output_mark() != quiet)?;
     let meta = file
         .metadata()
         .map_err(|e| SendFileError::Open { kind: e.kind() })?;

@@ -83,12 +83,92 @@ fn fatal_errors_leak_nothing(manager: bool, modes: &[&str]) {
 /// `stream_seek` fails fatally while send_file() copies the stream.
 #[test]
 fn fatal_error_in_user_code_leaks_no_file_handed_off() {
-    fatal_errors_leak_nothing(true, &["seek", "ob"]);
+    fatal_errors_leak_nothing(true, &["seek", "ob", "callback"]);
 }
 
 /// The same without a manager, where the fallback also sends the head: a
 /// `header_register_callback()` callback that fails fatally too.
 #[test]
 fn fatal_error_in_user_code_leaks_no_file_in_process() {
-    fatal_errors_leak_nothing(false, &["seek", "ob"]);
+    fatal_errors_leak_nothing(false, &["seek", "ob", "callback"]);
+}
+
+/// Output while send_file() copies a user stream: the extension's own seek back to the
+/// start of a wrapper without `stream_seek` prints nothing (PHP would warn, and with
+/// `display_errors` the warning would commit a head before the file), and a wrapper that
+/// echoes makes send_file() throw before any byte of the file.
+fn output_during_the_copy(manager: bool) {
+    let stack = one_worker(manager);
+    let sha = stack.data_file("wrapped.bin", 200_000, 192);
+    let data = fs::read(stack.data().join("wrapped.bin")).expect("read wrapped.bin");
+    let expect = if manager { "true" } else { "false" };
+
+    let r = stack.get(
+        "noseek",
+        "/user_code.php?f=wrapped.bin&wrapper=noseek&result=noseek",
+    );
+    assert_eq!(r.status, 200, "{}", r.head_text);
+    assert_eq!(r.body_sha(), sha, "wrapper without stream_seek: body");
+    assert_eq!(stack.wait_result("noseek"), expect, "send_file()");
+
+    let r = stack.get(
+        "echo",
+        "/user_code.php?f=wrapped.bin&wrapper=echo&result=echo",
+    );
+    let returned = stack.wait_result("echo");
+    assert!(
+        returned.starts_with("HandoffException: ") && returned.contains("printed output"),
+        "a wrapper that echoes: {returned}"
+    );
+    let body = r.body();
+    let printed = String::from_utf8_lossy(&body);
+    assert!(
+        printed.lines().all(|l| l == "output of the wrapper"),
+        "only the wrapper's own output, no byte of the file ({} bytes):\n{}",
+        body.len(),
+        printed.chars().take(300).collect::<String>()
+    );
+    assert!(body.len() < data.len());
+    if manager {
+        stack.wait_outcome("complete", data.len() as u64, 1);
+        assert_eq!(stack.outcome_count("complete", data.len() as u64), 1);
+    }
+}
+
+#[test]
+fn output_during_the_copy_handed_off() {
+    output_during_the_copy(true);
+}
+
+#[test]
+fn output_during_the_copy_in_process() {
+    output_during_the_copy(false);
+}
+
+/// A header set by a `header_register_callback()` callback is in the head the manager sends
+/// as in the one PHP sends, and the callback runs once.
+fn header_callback_on_both_paths(kind: Kind) {
+    crate::util::scenarios::on_both_paths(kind, |stack, returned| {
+        let sha = stack.data_file("cb.bin", 150_000, 193);
+        let r = stack.get("cb", "/user_code.php?f=cb.bin&callback=1&result=cb");
+        assert_eq!(r.status, 200, "{}", r.head_text);
+        assert_eq!(r.body_sha(), sha, "body");
+        assert_eq!(
+            r.headers_named("X-Callback"),
+            vec!["ran"],
+            "send_file() returned {returned}:\n{}",
+            r.head_text
+        );
+        assert_eq!(stack.wait_result("cb"), returned);
+    });
+}
+
+#[test]
+fn header_callback_headers_on_both_paths_fpm() {
+    header_callback_on_both_paths(Kind::Fpm);
+}
+
+#[test]
+fn header_callback_headers_on_both_paths_cli_server() {
+    header_callback_on_both_paths(Kind::CliServer);
 }

@@ -21,7 +21,7 @@ class NoSeekWrapper
 {
     public $context;
     public static bool $echo = false;
-    private $h;
+    protected $h;
 
     public function stream_open(string $path, string $mode, int $options, ?string &$opened): bool
     {
@@ -95,7 +95,7 @@ if ('callback' === $fatal) {
 }
 if (isset($_GET['callback'])) {
     header_register_callback(function (): void {
-        header('X-Callback: ran');
+        header('X-Callback: ran', false);
     });
 }
 if ('seek' === $fatal || '' !== $wrapper) {
