@@ -64,6 +64,11 @@ pub enum SendFileError {
     OutputDuringSend,
     #[error("send_file(): the header_register_callback() callback threw")]
     HeaderCallbackThrew,
+    #[error(
+        "send_file(): the stream has more than handoff.max_copy_bytes ({limit}) bytes to copy \
+         into memory"
+    )]
+    StreamTooLarge { limit: u64 },
     #[error("send_file(): cannot copy the stream into memory: {kind}")]
     StreamCopy { kind: io::ErrorKind },
     #[error("send_file(): the file cannot be handed off ({reason}) and handoff.fallback is off")]

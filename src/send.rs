@@ -71,6 +71,7 @@ fn send_file_in(
 ) -> Result<Sent, Failure> {
     let sapi = Sapi::from_name(&ffi::sapi_name());
     decision::check_head_not_sent(sapi, ffi::headers_sent())?;
+    let settings = settings::current();
     let quiet = ffi::output_mark();
     let Opened {
         file,
@@ -78,7 +79,7 @@ fn send_file_in(
         log_name,
         etag,
         dated,
-    } = crate::source::open(source)?;
+    } = crate::source::open(source, settings.max_copy_bytes)?;
     // The callback PHP would run just before sending the head runs now, before the head is
     // planned, so that its headers are in the handoff's head as in the fallback's.
     if !ffi::run_header_callback()? {
@@ -93,7 +94,6 @@ fn send_file_in(
         modified: meta.modified().ok().filter(|_| dated),
         inode: std::os::unix::fs::MetadataExt::ino(&meta),
     };
-    let settings = settings::current();
     let (status_code, status_line) = ffi::response_status();
     let context = Context {
         sapi,

@@ -127,3 +127,27 @@ fn handoff_socket_is_not_settable_from_scripts() {
     );
     assert!(!stdout.contains("FAIL"), "{report}");
 }
+
+/// `handoff.max_copy_bytes`: a stream to be copied into memory that is larger throws
+/// before a byte is written and leaves no memory copy open; one of exactly that size is
+/// sent.
+#[test]
+fn stream_copy_is_limited_by_max_copy_bytes() {
+    let (cmdline, out) = run_php_ini(
+        "copy_limit.php",
+        &[],
+        &["handoff.max_copy_bytes=1048576".to_string()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!(
+        "{cmdline}\nexit: {}\nstdout: {} bytes\nstderr:\n{stderr}",
+        out.status,
+        out.stdout.len()
+    );
+    assert!(out.status.success(), "{report}");
+    assert_eq!(stderr.matches("PASS").count(), 2, "{report}");
+    assert!(!stderr.contains("FAIL"), "{report}");
+    assert!(stderr.contains("sent the limit"), "{report}");
+    // Only the last stream: the limit's 1 MiB of 'm' (output is off after it).
+    assert!(out.stdout == vec![b'm'; 1 << 20], "{report}");
+}
