@@ -183,6 +183,50 @@ fn manager_crashing_after_confirming_cli_server() {
     crashed_after_confirming(Kind::CliServer);
 }
 
+/// After a failed go the worker takes its connection back with its close-on-exec flag as
+/// it was: a child process the script starts afterwards (`exec`, `proc_open`, `mail()`)
+/// inherits no more sockets than one started before send_file(). Under mod_php the client
+/// socket is close-on-exec (APR accepts with `SOCK_CLOEXEC`); a `dup2` would clear that.
+fn failed_go_keeps_close_on_exec(kind: Kind) {
+    let (stack, _manager) = stack(kind, 1);
+    let sha = stack.data_file("cloexec.bin", SMALL, 9);
+    for i in 0..3 {
+        let stand_in = CrashAfterAccept::bind(&stack.manager_socket);
+        let name = format!("cloexec{i}");
+        let r = stack.get(
+            &name,
+            &format!("/user_code.php?f=cloexec.bin&children=1&result={name}"),
+        );
+        assert_eq!(r.body_sha(), sha, "#{i}: body");
+        stand_in
+            .join()
+            .unwrap_or_else(|e| panic!("#{i}: the stand-in did not confirm a job: {e}"));
+        assert_eq!(stack.wait_result(&name), "false", "#{i}: send_file()");
+        let children = stack.wait_result(&format!("{name}.children"));
+        let count = |key: &str| -> u32 {
+            children
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.parse().ok())
+                .unwrap_or_else(|| panic!("#{i}: no {key} in {children:?}"))
+        };
+        assert_eq!(
+            count("after="),
+            count("before="),
+            "#{i}: sockets a child inherits before and after the failed handoff ({children})"
+        );
+    }
+}
+
+#[test]
+fn failed_go_keeps_close_on_exec_apache() {
+    failed_go_keeps_close_on_exec(Kind::Apache);
+}
+
+#[test]
+fn failed_go_keeps_close_on_exec_cli_server() {
+    failed_go_keeps_close_on_exec(Kind::CliServer);
+}
+
 /// One slow download in flight.
 struct Slow {
     name: String,

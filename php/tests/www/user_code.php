@@ -12,6 +12,8 @@
 //   wrapper=noseek  ... through a user stream wrapper without stream_seek
 //   callback=1      a header_register_callback() callback adds "X-Callback: ran"
 //   result=NAME     write var_export(send_file(...)) (or the exception) to results/NAME
+//   children=1      also count the sockets a child process inherits (`ls -l /proc/self/fd`)
+//                   before and after send_file(): results/NAME.children gets "before=N after=M"
 $dir = getenv('HANDOFF_TEST_DIR');
 $name = basename($_GET['f'] ?? '');
 $path = $dir . '/data/' . $name;
@@ -109,11 +111,21 @@ if ('seek' === $fatal || '' !== $wrapper) {
     $file = fopen('test://' . $name, 'rb');
 }
 
+function inherited_sockets(): int
+{
+    return substr_count((string) shell_exec('ls -l /proc/self/fd'), 'socket:');
+}
+
+$children = isset($_GET['children']) ? 'before=' . inherited_sockets() : '';
 try {
     $returned = var_export(send_file($file, $options), true);
 } catch (HandoffException $e) {
     $returned = 'HandoffException: ' . $e->getMessage();
 }
 if (isset($_GET['result'])) {
+    if ('' !== $children) {
+        file_put_contents($dir . '/results/' . basename($_GET['result']) . '.children',
+            $children . ' after=' . inherited_sockets());
+    }
     file_put_contents($dir . '/results/' . basename($_GET['result']), $returned);
 }
