@@ -62,6 +62,8 @@ pub enum SendFileError {
          wrapper, the header callback), so the file cannot be the response"
     )]
     OutputDuringSend,
+    /// The callback's own exception is pending and is what the script sees (an exception
+    /// already pending is never replaced), as when PHP runs the callback itself.
     #[error("send_file(): the header_register_callback() callback threw")]
     HeaderCallbackThrew,
     #[error(

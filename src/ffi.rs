@@ -451,7 +451,8 @@ pub fn send_headers() -> Result<(), Bailout> {
 /// Runs the script's `header_register_callback()` callback now, once, as
 /// `sapi_send_headers()` would just before it sends the head: the callback's headers then
 /// are in `SG(sapi_headers)` for the handoff's head as for the fallback's, and PHP does not
-/// run it a second time. `Ok(false)` if the callback threw (its exception is pending).
+/// run it a second time. `Ok(false)` if the callback threw: its exception is pending and
+/// leaves `send_file()` before anything is sent.
 pub fn run_header_callback() -> Result<bool, Bailout> {
     // SAFETY: the SAPI globals of this request; `callback_func` is a zval that PHP leaves
     // UNDEF unless `header_register_callback()` stored a callable (with a reference of

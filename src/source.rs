@@ -228,8 +228,8 @@ fn copy_to_memory(stream: &PhpStream<'_>, max_copy_bytes: u64) -> Result<(File, 
         size += n as u64;
     }
     if ext_php_rs::zend::ExecutorGlobals::has_exception() {
-        // A user-space wrapper threw while being read: its exception is pending and
-        // becomes the previous one of ours.
+        // A user-space wrapper threw while being read: its exception is pending, and it
+        // is what the script sees (ext-php-rs never replaces a pending exception).
         return Err(SendFileError::StreamRead.into());
     }
     if seekable && position >= 0 {
