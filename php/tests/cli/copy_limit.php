@@ -1,5 +1,5 @@
 <?php
-// handoff.max_copy_bytes (set to 1 MiB by the test): a stream that must be copied into
+// handoff.max_copy_bytes (set to 1 MiB here): a stream that must be copied into
 // memory may have at most that many bytes. Run in the CLI, where send_file() streams to
 // stdout: a refused stream must throw HandoffException before a byte reaches stdout and
 // leave no memory copy open. Verdicts go to stderr.
@@ -40,6 +40,7 @@ function memory_copies(): int
     return $n;
 }
 
+ini_set('handoff.max_copy_bytes', (string) (1 << 20));
 $limit = (int) ini_get('handoff.max_copy_bytes');
 $memory = fopen('php://memory', 'w+b');
 fwrite($memory, str_repeat('m', $limit + 1));
