@@ -187,9 +187,9 @@ const COPY_CHUNK: usize = 128 * 1024;
 
 /// Reads the whole stream from offset 0 into a sealed memfd; returns it and the ETag of
 /// its content. A stream with more than `max_copy_bytes` bytes (0: no limit) is refused
-/// as soon as the copy would pass it. The stream's position is put back where it was when it can seek. A stream
-/// that cannot seek is taken from where it is, which must be its start (or unknown: a
-/// pipe).
+/// as soon as the copy would pass it. The stream's position is put back where it was when
+/// it can seek (quietly: a user wrapper may turn out not to). A stream that cannot seek is
+/// taken from where it is, which must be its start (or unknown: a pipe).
 fn copy_to_memory(stream: &PhpStream<'_>, max_copy_bytes: u64) -> Result<(File, String), Failure> {
     // A pipe's position is unknown (-1): it has no start to go back to, so what is left
     // in it is the stream.
