@@ -413,7 +413,6 @@ pub fn disable_output() -> Result<(), Bailout> {
     discard_output_buffers()
 }
 
-/// Sends the response head now if PHP has not yet (a file with an empty body).
 /// Adds a response header line (`Name: value`) as `header($line, false)` does, byte for
 /// byte: ext-php-rs' own `add_header` takes a `&str`, and a script's value need not be
 /// UTF-8. PHP rejects (with a warning, which a script's error handler may see) a line that
