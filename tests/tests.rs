@@ -20,5 +20,6 @@ mod kubernetes;
 mod pacing;
 mod php_level;
 mod records;
+mod release;
 mod streams;
 mod valgrind;
