@@ -22,4 +22,5 @@ mod php_level;
 mod records;
 mod release;
 mod streams;
+mod systemd;
 mod valgrind;
