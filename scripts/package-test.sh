@@ -108,8 +108,9 @@ ROOT_ENV=(/usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
 in_root() { chroot "$ROOT" "${ROOT_ENV[@]}" "$@"; }
 
 not() { ! "$@"; }
-php_lists_handoff() { in_root php -m | grep -qx handoff; }
-fpm_lists_handoff() { in_root "php-fpm$1" -m | grep -qx handoff; }
+# grep reads all of it: with -q, php could die of SIGPIPE and fail the pipeline (pipefail).
+php_lists_handoff() { in_root php -m | grep -x handoff >/dev/null; }
+fpm_lists_handoff() { in_root "php-fpm$1" -m | grep -x handoff >/dev/null; }
 no_error_in() { ! grep -q "^E: " <<<"$1"; }
 extension_version_is() { [ "$(in_root php -r "echo phpversion('handoff');")" = "$1" ]; }
 returned_true() {
