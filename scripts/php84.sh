@@ -7,6 +7,9 @@
 #   bash scripts/php84.sh               as root: make the root if needed, build, test
 #   bash scripts/php84.sh --root-only   only make (or check) the cached root
 #   bash scripts/php84.sh FILTER...     run only the tests these libtest filters select
+#   bash scripts/php84.sh --exec CMD    run the shell command CMD in the repository inside
+#                                       the root, with the build environment of the tests
+#                                       (scripts/package.sh --php84 builds its .debs so)
 #
 # The root is made once with debootstrap and cached in /var/cache/handoff/ under a name that
 # carries its version ($ROOT_VERSION: raise it when the package list changes). Each run
@@ -92,6 +95,12 @@ if [ "${1:-}" = "--root-only" ]; then
     exit 0
 fi
 
+EXEC=""
+if [ "${1:-}" = "--exec" ]; then
+    [ "$#" -eq 2 ] || die "--exec takes one command"
+    EXEC="$2"
+    shift 2
+fi
 if [ "$#" -gt 0 ]; then
     TESTS=("$@")
 fi
@@ -115,6 +124,19 @@ bind "$RUSTUP_DIR" /root/.rustup
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
 
 TARGET="$REPO/target/php84"
+ENVIRONMENT=(
+    HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    CARGO_TARGET_DIR="$TARGET" CARGO_TERM_COLOR=never CI="${CI:-}"
+    HANDOFF_EXT="$TARGET/release/libhandoff.so" HANDOFF_MANAGER="$TARGET/release/handoff-manager"
+)
+if [ -n "$EXEC" ]; then
+    status=0
+    # shellcheck disable=SC2016 # expanded by the bash inside the root
+    chroot "$ROOT" /usr/bin/env -i "${ENVIRONMENT[@]}" \
+        bash -c 'cd "$1" && shift && eval "$1"' php84 "$REPO" "$EXEC" || status=$?
+    unmount_all
+    exit "$status"
+fi
 results="$(mktemp)"
 status=0
 log "build and test against $(chroot "$ROOT" php -r 'echo PHP_VERSION;')"
@@ -125,10 +147,7 @@ inside='cd "$1" && shift &&
     php -d "extension=$HANDOFF_EXT" -r "echo \"handoff loaded in PHP \", PHP_VERSION, \"\n\";
         exit(function_exists(\"send_file\") ? 0 : 1);" &&
     cargo test --release --test tests -- --skip apache "$@"'
-chroot "$ROOT" /usr/bin/env -i \
-    HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    CARGO_TARGET_DIR="$TARGET" CARGO_TERM_COLOR=never CI="${CI:-}" \
-    HANDOFF_EXT="$TARGET/release/libhandoff.so" HANDOFF_MANAGER="$TARGET/release/handoff-manager" \
+chroot "$ROOT" /usr/bin/env -i "${ENVIRONMENT[@]}" \
     bash -c "$inside" php84 "$REPO" "${TESTS[@]}" 2>&1 | tee "$results" || status=$?
 unmount_all
 awk '/^test result:/ {

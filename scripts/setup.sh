@@ -39,6 +39,8 @@ PACKAGES=(
     docker.io                   # scripts/compose-test.sh runs it (its own dockerd)
     python3-yaml                # compose-test.sh merges the compose files with it
     shellcheck                  # scripts/test.sh lints the shell scripts
+    systemd                     # systemd-socket-activate and systemd-analyze: tests/systemd.rs
+    lintian                     # scripts/package-test.sh: the .debs must have no lintian error
     valgrind                    # the PHP-level tests also run under memcheck
     php-zip                     # php/demo builds a ZIP with ZipArchive
     php-symfony-http-foundation php-laravel-framework   # php/src's framework integrations are tested against these

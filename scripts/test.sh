@@ -8,7 +8,8 @@
 # fuzzing (scripts/fuzz.sh), every test of the workspace in release mode (the integration
 # tests load target/release/libhandoff.so into real php / php-fpm / nginx / lighttpd / Caddy
 # / Apache), the integration tests again against PHP 8.4 in a Debian 13 root
-# (scripts/php84.sh), and docker-compose.yml built and run for real (scripts/compose-test.sh).
+# (scripts/php84.sh), docker-compose.yml built and run for real (scripts/compose-test.sh), and
+# the Debian packages installed into clean Debian 12 and 13 roots (scripts/package-test.sh).
 # Works as root with no stdin and CI=true.
 set -euo pipefail
 
@@ -94,12 +95,16 @@ bash scripts/php84.sh 2>&1 | tee "$results/php84" || status=$?
 step "docker-compose up --build for real (scripts/compose-test.sh)"
 bash scripts/compose-test.sh 2>&1 | tee "$results/compose" || status=$?
 
+step "Debian packages installed into clean Debian 12 and 13 roots (scripts/package-test.sh)"
+bash scripts/package-test.sh 2>&1 | tee "$results/packages" || status=$?
+
 # The compose test is also counted once as skipped in the host run (it is #[ignore]d there).
 echo
 totals "php 8.2 tests (host)" "$results/php82"
 totals "php 8.4 tests (Debian 13 root)" "$results/php84"
 totals "compose tests" "$results/compose"
-cat "$results/php82" "$results/php84" "$results/compose" >"$results/all"
+totals "package tests" "$results/packages"
+cat "$results/php82" "$results/php84" "$results/compose" "$results/packages" >"$results/all"
 totals "tests" "$results/all"
 rm -rf "$results"
 exit "$status"

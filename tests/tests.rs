@@ -20,6 +20,8 @@ mod kubernetes;
 mod pacing;
 mod php_level;
 mod records;
+mod release;
 mod streams;
+mod systemd;
 mod user_code;
 mod valgrind;

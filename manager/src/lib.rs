@@ -26,6 +26,8 @@
 //! - [`download_loop`]: the download loops, one thread and one mio `Poll` each.
 //! - [`stats`] and [`metrics`]: shared counters, the live download list, `/metrics`,
 //!   `/status` and `handoff-manager status`.
+//! - [`systemd`]: socket activation (a listening socket passed by systemd) and `Type=notify`
+//!   readiness.
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of accepted descriptors,
 //!   glibc memory tunables).
 
@@ -43,3 +45,4 @@ pub mod sandbox;
 pub mod server;
 pub mod stats;
 mod sys;
+pub mod systemd;

@@ -127,6 +127,8 @@ pub enum ServerError {
     Signal(Errno),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error(transparent)]
+    Systemd(#[from] crate::systemd::SystemdError),
 }
 
 pub(crate) fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ServerError {
@@ -157,8 +159,11 @@ pub struct Server {
     config: Config,
     poll: Poll,
     listener: Option<OwnedFd>,
-    /// Inode of our socket file: only that file is removed at shutdown.
-    socket_ino: u64,
+    /// Inode of our socket file: only that file is removed at shutdown. `None` for a
+    /// socket systemd passed: its file is systemd's, and stays for the next manager.
+    socket_ino: Option<u64>,
+    /// Readiness and stopping, told to systemd under `Type=notify`.
+    notifier: crate::systemd::Notifier,
     signals: SignalFd,
     conns: HashMap<usize, Handshake>,
     next_token: usize,
@@ -174,6 +179,10 @@ impl Server {
     /// Creates the socket (replacing a stale one), blocks SIGTERM/SIGINT into a signalfd and
     /// registers both. Call from the main thread before any other thread starts.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
+        // First, before this process opens any descriptor: a socket systemd passed is
+        // descriptor 3.
+        let inherited = crate::systemd::listen_socket()?;
+        let notifier = crate::systemd::Notifier::from_env();
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);
         mask.add(Signal::SIGINT);
@@ -187,18 +196,37 @@ impl Server {
             AccessLog::open(config.access_log.as_deref())
                 .map_err(io_err("opening the access log"))?,
         ));
-        let Bound {
-            sock: listener,
-            ino: socket_ino,
-            previous,
-        } = listen_on(&config.socket, config.socket_mode, config.takeover)?;
-        if let Some(prev) = previous {
-            tell_previous_to_drain(&prev);
-        }
-        if let Some(group) = &config.socket_group {
-            let group = sandbox::lookup_group(group)?;
-            sandbox::set_socket_group(&config.socket, &group)?;
-        }
+        let (listener, socket_ino) = match inherited {
+            Some((sock, path)) => {
+                let path = path.unwrap_or_default();
+                info!("using the socket systemd passed: {}", path.display());
+                if path != config.socket {
+                    warn!(
+                        "--socket {} is not the socket systemd passed ({}): handoff.socket \
+                         must name the latter",
+                        config.socket.display(),
+                        path.display()
+                    );
+                }
+                (sock, None)
+            }
+            None => {
+                let Bound {
+                    sock,
+                    ino,
+                    previous,
+                } = listen_on(&config.socket, config.socket_mode, config.takeover)?;
+                if let Some(prev) = previous {
+                    tell_previous_to_drain(&prev);
+                }
+                // systemd sets a passed socket's group itself (SocketGroup=).
+                if let Some(group) = &config.socket_group {
+                    let group = sandbox::lookup_group(group)?;
+                    sandbox::set_socket_group(&config.socket, &group)?;
+                }
+                (sock, Some(ino))
+            }
+        };
         if let Some(user) = &config.user {
             let user = sandbox::lookup_user(user)?;
             sandbox::drop_to(&user, &config.socket)?;
@@ -273,11 +301,13 @@ impl Server {
             config.socket.display(),
             config.socket_mode
         );
+        notifier.notify("READY=1");
         Ok(Server {
             config,
             poll,
             listener: Some(listener),
             socket_ino,
+            notifier,
             signals,
             conns: HashMap::new(),
             next_token: FIRST_CONN,
@@ -450,6 +480,7 @@ impl Server {
     fn drain(&mut self, now: Instant) {
         if self.draining_until.is_none() {
             self.draining_until = Some(now + self.config.grace);
+            self.notifier.notify("STOPPING=1");
             self.stop_listening();
             // Idle worker connections are closed at once: their next handoff finds the
             // connection gone before anything was accepted, and reconnects (to the new
@@ -472,7 +503,9 @@ impl Server {
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&listener.as_raw_fd()));
-            remove_socket_file(&self.config.socket, self.socket_ino);
+            if let Some(ino) = self.socket_ino {
+                remove_socket_file(&self.config.socket, ino);
+            }
         }
     }
 

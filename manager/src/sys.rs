@@ -1,5 +1,6 @@
 //! The crate's only `unsafe` code: taking ownership of descriptor numbers that `accept4`
-//! just created for this process, two glibc memory tunables, and a thread's nice value.
+//! just created for this process or that systemd passed to it, two glibc memory tunables,
+//! and a thread's nice value.
 //! (Descriptors received by `SCM_RIGHTS` are owned by `handoff_core`'s own `sys` module.)
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -15,6 +16,20 @@ pub(crate) fn own_new_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: per the contract above, `fd` is open, was created by the kernel for this
     // process during the call that returned it, and has no other owner.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Takes ownership of descriptor `fd`, which systemd's socket activation passed to this
+/// process (`LISTEN_FDS`), after checking that it is open.
+///
+/// Callers pass only the numbers the `sd_listen_fds` protocol assigns to this process
+/// (`LISTEN_PID` is ours), once, at start-up before the process creates any descriptor of
+/// its own: an open descriptor of that number is then the inherited one, and nothing else
+/// owns it.
+pub(crate) fn own_inherited_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+    // SAFETY: per the contract above, `fd` is open (F_GETFD succeeded), was inherited at
+    // exec for this process, and has no other owner; it is wrapped exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Gives memory that the allocator keeps after a burst of downloads back to the kernel,
