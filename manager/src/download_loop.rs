@@ -26,6 +26,7 @@ use crate::download::{Download, Outcome, Step};
 use crate::pacing::{PaceConfig, Pacer};
 use crate::rate_group::Groups;
 use crate::stats::{Board, Counters, Snapshot};
+use handoff_core::bucket::TokenBucket;
 use handoff_core::io_class::{classify_io, IoClass};
 use handoff_core::protocol::Received;
 
@@ -72,36 +73,15 @@ pub struct LoopConfig {
     pub pacing: PaceConfig,
 }
 
-/// A token bucket for the loop's bandwidth cap.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+/// The loop's bandwidth cap: a bucket of 1/20 s of the rate (at least 64 KiB).
+fn cap_bucket(rate: u64, now: Instant) -> TokenBucket {
+    TokenBucket::full(rate, (rate as f64 / 20.0).max(64.0 * 1024.0), now)
 }
 
-impl Bucket {
-    fn new(rate: u64, now: Instant) -> Bucket {
-        let burst = (rate as f64 / 20.0).max(64.0 * 1024.0);
-        Bucket {
-            rate: rate as f64,
-            burst,
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let dt = now.duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        self.last = now;
-    }
-
-    /// How long until a useful amount (1/8 of the burst) is available.
-    fn wait(&self) -> Duration {
-        let need = self.burst / 8.0 - self.tokens;
-        Duration::from_secs_f64((need / self.rate).max(0.001))
-    }
+/// How long until the cap holds a useful amount (1/8 of its capacity).
+fn cap_wait(cap: &TokenBucket) -> Duration {
+    cap.time_until(cap.capacity() / 8.0)
+        .max(Duration::from_millis(1))
 }
 
 /// The handshake loop's end of one download loop.
@@ -169,7 +149,7 @@ pub fn spawn(
         next: FIRST,
         ready: Vec::new(),
         sleepers: BinaryHeap::new(),
-        cap: (config.max_rate > 0).then(|| Bucket::new(config.max_rate, Instant::now())),
+        cap: (config.max_rate > 0).then(|| cap_bucket(config.max_rate, Instant::now())),
         wanting: HashSet::new(),
         pacer: config
             .pacing
@@ -211,7 +191,7 @@ struct Loop {
     sleepers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// The bandwidth cap, if any; then writable downloads wait in `wanting` and
     /// [`Loop::schedule`] decides who writes.
-    cap: Option<Bucket>,
+    cap: Option<TokenBucket>,
     wanting: HashSet<usize>,
     /// Start pacing, if on.
     pacer: Option<Pacer>,
@@ -294,7 +274,7 @@ impl Loop {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if let (Some(cap), false) = (&self.cap, self.wanting.is_empty()) {
-            timeout = timeout.min(cap.wait());
+            timeout = timeout.min(cap_wait(cap));
         }
         if let Some(at) = self.pacer.as_ref().and_then(Pacer::wake_at) {
             timeout = timeout.min(at.saturating_duration_since(now));
@@ -354,7 +334,7 @@ impl Loop {
         let spent = d.written() - before;
         pacer.charge(id, spent.saturating_sub(free));
         if let Some(cap) = &mut self.cap {
-            cap.tokens -= spent as f64;
+            cap.take(spent);
         }
         self.apply(id, step);
     }
@@ -365,8 +345,7 @@ impl Loop {
         let Some(cap) = &mut self.cap else {
             return;
         };
-        cap.refill(now);
-        if self.wanting.is_empty() || cap.tokens < 1.0 {
+        if self.wanting.is_empty() || cap.available(now) == 0 {
             return;
         }
         let mut order: Vec<(bool, u64, Instant, usize)> = self
@@ -386,17 +365,18 @@ impl Loop {
             let Some(cap) = &mut self.cap else {
                 return;
             };
-            if cap.tokens < 1.0 {
+            let budget = cap.available(now);
+            if budget == 0 {
                 break;
             }
             let Some(d) = self.downloads.get_mut(&id) else {
                 self.wanting.remove(&id);
                 continue;
             };
-            let budget = (cap.tokens as usize).min(BUDGET);
+            let budget = usize::try_from(budget).unwrap_or(BUDGET).min(BUDGET);
             let before = d.written();
             let step = d.on_writable(budget, now);
-            cap.tokens -= (d.written() - before) as f64;
+            cap.take(d.written() - before);
             if step != Step::Yield {
                 self.wanting.remove(&id);
                 self.apply(id, step);

@@ -31,6 +31,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use handoff_core::bucket::TokenBucket;
+
 /// A download's first bytes, its response head among them, are not paced: pacing must
 /// never keep a client waiting for the head (a burst of a thousand new downloads would
 /// otherwise wait for rounds before the last one saw its first byte).
@@ -56,14 +58,20 @@ impl PaceConfig {
     }
 }
 
+/// The budget of one round at `rate` bytes/s.
+fn round_budget(rate: u64) -> u64 {
+    let per_round = rate as u128 * ROUND.as_nanos() / 1_000_000_000;
+    u64::try_from(per_round).unwrap_or(u64::MAX).max(1)
+}
+
 /// The accounts of one download loop's start pacing.
 #[derive(Debug)]
 pub struct Pacer {
     config: PaceConfig,
     /// When the current round ends.
     round_end: Instant,
-    /// What is left of the current round's budget.
-    left: u64,
+    /// The rounds' budget: filled at the rate, holding at most one round's worth.
+    budget: TokenBucket,
     /// Each download's share in the current round.
     share: u64,
     /// Bytes written this round, per download.
@@ -78,7 +86,7 @@ impl Pacer {
         Pacer {
             config,
             round_end: now,
-            left: 0,
+            budget: TokenBucket::full(config.rate, round_budget(config.rate) as f64, now),
             share: 0,
             used: HashMap::new(),
             waiting: VecDeque::new(),
@@ -89,12 +97,6 @@ impl Pacer {
     /// The length of the start phase.
     pub fn start_bytes(&self) -> u64 {
         self.config.start_bytes
-    }
-
-    /// The budget of one round.
-    fn round_budget(&self) -> u64 {
-        let per_round = self.config.rate as u128 * ROUND.as_nanos() / 1_000_000_000;
-        u64::try_from(per_round).unwrap_or(u64::MAX).max(1)
     }
 
     /// Starts a new round if the current one is over. Returns the downloads that waited
@@ -118,8 +120,8 @@ impl Pacer {
         } else {
             now + ROUND
         };
-        let budget = self.round_budget();
-        self.left = budget;
+        self.budget.refill(now);
+        let budget = round_budget(self.config.rate);
         self.share = (budget / in_start.max(1) as u64).max(MIN_SHARE);
         self.used.clear();
         self.queued.clear();
@@ -129,7 +131,8 @@ impl Pacer {
     /// How many bytes download `id` may write now; `None`: wait for the next round.
     pub fn allowance(&self, id: usize) -> Option<u64> {
         let used = self.used.get(&id).copied().unwrap_or(0);
-        let allowed = self.share.saturating_sub(used).min(self.left);
+        let left = self.budget.tokens().max(0.0) as u64;
+        let allowed = self.share.saturating_sub(used).min(left);
         (allowed > 0).then_some(allowed)
     }
 
@@ -139,7 +142,7 @@ impl Pacer {
             return;
         }
         *self.used.entry(id).or_insert(0) += bytes;
-        self.left = self.left.saturating_sub(bytes);
+        self.budget.take(bytes);
     }
 
     /// Download `id` wants to write but has no allowance left: it waits for the next
@@ -183,7 +186,6 @@ mod tests {
     fn after_round_with(rate: u64, active: usize) -> (Pacer, Instant) {
         let (mut p, now) = pacer(rate);
         p.begin_round(now);
-        p.left = u64::MAX;
         for id in 0..active {
             p.charge(10_000 + id, 1);
         }
