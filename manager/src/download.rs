@@ -428,6 +428,12 @@ impl Download {
         self.stalled_since = None;
     }
 
+    /// The connection reported that it takes bytes again: the send timeout stops running
+    /// until a write is refused again (a wait for a rate that follows is not a stall).
+    pub fn unstall(&mut self) {
+        self.stalled_since = None;
+    }
+
     /// The connection takes no more bytes now: wait for it, with the send timeout running.
     fn stalled(&mut self, now: Instant) -> Step {
         self.stalled_since.get_or_insert(now);

@@ -151,6 +151,7 @@ pub fn spawn(
         sleepers: BinaryHeap::new(),
         cap: (config.max_rate > 0).then(|| cap_bucket(config.max_rate, Instant::now())),
         wanting: HashSet::new(),
+        fair_turn: false,
         pacer: config
             .pacing
             .enabled()
@@ -193,6 +194,8 @@ struct Loop {
     /// [`Loop::schedule`] decides who writes.
     cap: Option<TokenBucket>,
     wanting: HashSet<usize>,
+    /// Whether the cap's next turn goes round robin (every other turn does).
+    fair_turn: bool,
     /// Start pacing, if on.
     pacer: Option<Pacer>,
     scratch: Vec<u8>,
@@ -328,6 +331,18 @@ impl Loop {
             pacer.defer(id);
             return;
         };
+        // The cap is asked before writing, like every other write under it: a start phase
+        // never borrows from it (the head too waits for the cap).
+        let allowed = match &mut self.cap {
+            Some(cap) => match cap.available(now) {
+                0 => {
+                    self.wanting.insert(id);
+                    return;
+                }
+                n => allowed.min(n),
+            },
+            None => allowed,
+        };
         let budget = allowed.min(start_bytes - d.written()).min(BUDGET as u64);
         let before = d.written();
         let step = d.on_writable(budget as usize, now);
@@ -340,7 +355,9 @@ impl Loop {
     }
 
     /// Under a bandwidth cap: gives the available bytes to the waiting downloads, the
-    /// starved first, then by the schedule (shortest remaining, or served longest ago).
+    /// starved first, then every other turn by the schedule (shortest remaining, or served
+    /// longest ago) and in between by round robin, so that at least half of the cap is
+    /// shared fairly: a stream of new, shorter downloads cannot starve a running one.
     fn schedule(&mut self, now: Instant) {
         let Some(cap) = &mut self.cap else {
             return;
@@ -348,6 +365,12 @@ impl Loop {
         if self.wanting.is_empty() || cap.available(now) == 0 {
             return;
         }
+        self.fair_turn = !self.fair_turn;
+        let schedule = if self.fair_turn {
+            Schedule::Fair
+        } else {
+            self.config.schedule
+        };
         let mut order: Vec<(bool, u64, Instant, usize)> = self
             .wanting
             .iter()
@@ -357,17 +380,20 @@ impl Loop {
                 (!starved, d.remaining(), d.last_progress(), id)
             })
             .collect();
-        match self.config.schedule {
+        match schedule {
             Schedule::Srpt => order.sort_unstable_by_key(|&(s, rem, last, _)| (s, rem, last)),
             Schedule::Fair => order.sort_unstable_by_key(|&(s, _, last, _)| (s, last)),
         }
         for (_, _, _, id) in order {
-            let Some(cap) = &mut self.cap else {
-                return;
-            };
-            let budget = cap.available(now);
+            let budget = self.cap.as_mut().map_or(0, |cap| cap.available(now));
             if budget == 0 {
                 break;
+            }
+            if self.in_start(id) {
+                // Start pacing and the cap both decide (it comes back if the cap runs dry).
+                self.wanting.remove(&id);
+                self.write_starting(id, now);
+                continue;
             }
             let Some(d) = self.downloads.get_mut(&id) else {
                 self.wanting.remove(&id);
@@ -376,7 +402,9 @@ impl Loop {
             let budget = usize::try_from(budget).unwrap_or(BUDGET).min(BUDGET);
             let before = d.written();
             let step = d.on_writable(budget, now);
-            cap.take(d.written() - before);
+            if let Some(cap) = &mut self.cap {
+                cap.take(d.written() - before);
+            }
             if step != Step::Yield {
                 self.wanting.remove(&id);
                 self.apply(id, step);
@@ -462,6 +490,9 @@ impl Loop {
             step = d.on_readable(&mut self.scratch);
         }
         if writable && step == Step::Wait {
+            // The connection takes bytes again: whatever wait follows is for a rate, and
+            // a rate wait never counts toward the send timeout.
+            d.unstall();
             if in_start_phase(d, start_bytes) {
                 self.write_starting(id, now);
                 return;

@@ -20,7 +20,10 @@ struct Args {
     /// Permissions of the socket, in octal: who may hand off downloads.
     #[arg(long, default_value = "0660", value_parser = parse_mode)]
     socket_mode: u32,
-    /// Seconds a client may accept no byte before its download is dropped.
+    /// Seconds a client may accept no byte before its download is dropped. Only a
+    /// connection that refuses bytes counts: waiting for a rate (send_file()'s `rate`, a
+    /// rate group, --max-rate, relay pacing) never does, and none of those waits lasts
+    /// for ever.
     #[arg(long, default_value_t = 60)]
     send_timeout: u64,
     /// Seconds a finished download waits for the peer to close before closing anyway.
@@ -73,12 +76,16 @@ struct Args {
     /// running there, which stops taking handoffs and finishes its downloads.
     #[arg(long)]
     takeover: bool,
-    /// Global bandwidth cap in bytes per second (0 = none); per-download limits come from
+    /// Global bandwidth cap in bytes per second (0 = none), split evenly between the
+    /// download loops; every write asks it first, so over any window of T seconds at most
+    /// rate x (T + 1/20 s) plus one FastCGI record leaves. Per-download limits come from
     /// send_file()'s `rate` option.
     #[arg(long, default_value_t = 0)]
     max_rate: u64,
     /// Who gets the bandwidth first under --max-rate: `srpt` (shortest remaining first,
-    /// with a 1 s starvation bound) or `fair` (round robin).
+    /// with a 1 s starvation bound) or `fair` (round robin). Either way every other turn
+    /// goes round robin, so a running download keeps a fair part of the cap however many
+    /// new downloads arrive.
     #[arg(long, default_value = "srpt", value_parser = parse_schedule)]
     schedule: Schedule,
     /// Start pacing behind a web server (FastCGI): the first --relay-start-bytes of the
