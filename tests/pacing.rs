@@ -1,8 +1,8 @@
-//! Start pacing (issue 10, `manager/src/pacing.rs`): behind a FastCGI web server the first
-//! `--relay-start-bytes` of the downloads share `--relay-start-rate`, and the rest goes as
-//! fast as the web server takes it; raw HTTP downloads (`php -S`) are never paced. Slow
-//! settings make the pacing visible in wall time: it can only make the paced run slower,
-//! so the paced bound is a lower one, and the unpaced runs have a wide margin.
+//! Relay pacing (`manager/src/pacing.rs`): behind a FastCGI web server, after a first
+//! window, downloads get bytes as fast as their connections drain, and all of them together
+//! at most a little more than the web server relayed just before (`--relay-start-rate` is
+//! only that budget's floor); raw HTTP downloads (`php -S`) are never paced; `--max-rate`
+//! holds through all of it, and under it no download starves.
 
 use std::time::{Duration, Instant};
 
@@ -11,16 +11,8 @@ use crate::util::{heavy_lock, Config, Kind, Stack, MIB};
 
 const SIZE: u64 = 2 * MIB;
 const DOWNLOADS: usize = 3;
-/// One download loop, 1 MiB/s for the first 1 MiB of every download: three downloads'
-/// start phases take about 2.8 s.
-const PACED: &[&str] = &[
-    "--threads",
-    "1",
-    "--relay-start-rate",
-    "1048576",
-    "--relay-start-bytes",
-    "1048576",
-];
+/// One download loop, a budget floor of 1 MiB/s.
+const PACED: &[&str] = &["--threads", "1", "--relay-start-rate", "1048576"];
 
 /// A stack of `kind` whose manager runs with `args`.
 fn stack_with(kind: Kind, args: &[&str]) -> (Stack, RestartableManager) {
@@ -73,22 +65,16 @@ fn fetch_together(
     took
 }
 
-/// Through nginx + php-fpm, the start phases share the start rate: three downloads whose
-/// first 1 MiB share 1 MiB/s take at least about 2.8 s, and arrive whole. The same downloads
-/// with pacing off (`--relay-start-rate 0`) take a fraction of that.
+/// Through nginx + php-fpm, the budget follows what the web server drains, not the
+/// floor: three 2 MiB downloads with a floor of 1 MiB/s arrive whole in far less than the
+/// 5.8 s the floor alone would take (a fixed start rate of 1 MiB/s for the first 1 MiB
+/// took at least 2.8 s), and as fast as with pacing off, within a wide margin.
 #[test]
-fn relayed_downloads_share_the_start_rate_and_arrive_whole() {
+fn relayed_downloads_follow_the_drain_not_the_floor() {
     let _heavy = heavy_lock();
     let (mut stack, mut manager) = stack_with(Kind::Fpm, PACED);
     let sha = stack.data_file("paced.bin", SIZE, 77);
     let paced = fetch_together(&mut stack, &manager, "paced", &sha);
-    // The first 64 KiB of each download go out at once; the other 3 x 960 KiB at 1 MiB/s
-    // take about 2.8 s.
-    assert!(
-        paced >= Duration::from_millis(2500),
-        "paced: {paced:?}\n{}",
-        manager.report()
-    );
     manager.kill();
     let logs = stack.path().join("unpaced");
     std::fs::create_dir_all(&logs).expect("log dir");
@@ -101,14 +87,14 @@ fn relayed_downloads_share_the_start_rate_and_arrive_whole() {
     off.start();
     let unpaced = fetch_together(&mut stack, &off, "unpaced", &sha);
     assert!(
-        unpaced < paced / 2,
-        "unpaced {unpaced:?} against paced {paced:?}\n{}",
-        off.report()
+        paced < Duration::from_secs(2).max(unpaced * 4),
+        "paced {paced:?} against unpaced {unpaced:?}\n{}",
+        manager.report()
     );
 }
 
 /// Under `php -S` the manager writes HTTP to the client's own socket: nothing relays it,
-/// and the same slow start settings do not apply.
+/// and relay pacing does not apply.
 #[test]
 fn raw_http_downloads_are_not_paced() {
     let _heavy = heavy_lock();
@@ -117,7 +103,7 @@ fn raw_http_downloads_are_not_paced() {
     let took = fetch_together(&mut stack, &manager, "direct", &sha);
     assert!(
         took < Duration::from_millis(1500),
-        "php -S: {took:?} (paced, it would take about 3 s)\n{}",
+        "php -S: {took:?}\n{}",
         manager.report()
     );
 }
@@ -228,7 +214,6 @@ fn a_running_download_is_not_starved_by_new_arrivals_under_the_cap() {
     let smalls: u64 = (0..24)
         .map(|i| received(&stack, &format!("small{i}")))
         .sum();
-    eprintln!("the running download got {during} bytes, the newcomers {smalls}");
     // 24 newcomers and the big one share 4 MiB/s for 3 s; round robin alone would give the
     // big one 1/25 of it (0.5 MiB), half the cap shared fairly at least 1/50.
     assert!(

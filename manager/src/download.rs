@@ -170,6 +170,8 @@ pub struct Download {
     /// Bytes of the response head at the start of `out`, and bytes written so far.
     head_len: u64,
     written: u64,
+    /// Bytes of `written` known to have left the socket ([`Download::drained`]).
+    drained: u64,
     /// The download's own `rate` (`None`: unlimited, or limited by its group), and how
     /// many of the bytes written it has been charged for.
     rate: Option<TokenBucket>,
@@ -248,6 +250,7 @@ impl Download {
             body_in_out: 0,
             head_len,
             written: 0,
+            drained: 0,
             rate: (group.is_none() && rate > 0).then(|| own_bucket(rate, now)),
             charged: 0,
             group,
@@ -291,6 +294,19 @@ impl Download {
     /// writing to the client itself.
     pub fn is_relayed(&self) -> bool {
         self.framer.is_some()
+    }
+
+    /// Bytes that left the connection's socket since the last call (read by the peer):
+    /// what was written minus what is still unread in the socket (`SIOCOUTQ`). Relay
+    /// pacing sums this over the relayed downloads to measure the web server's pace.
+    pub fn drained(&mut self) -> u64 {
+        let Ok(unread) = crate::sys::unsent_bytes(self.sock.as_fd()) else {
+            return 0;
+        };
+        let left = self.written.saturating_sub(unread);
+        let delta = left.saturating_sub(self.drained);
+        self.drained = self.drained.max(left);
+        delta
     }
 
     /// Bytes written to the connection so far, framing included.

@@ -279,18 +279,18 @@ impl Loop {
         if let (Some(cap), false) = (&self.cap, self.wanting.is_empty()) {
             timeout = timeout.min(cap_wait(cap));
         }
-        if let Some(at) = self.pacer.as_ref().and_then(Pacer::wake_at) {
+        if let Some(at) = self.pacer.as_ref().map(Pacer::wake_at) {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         timeout
     }
 
-    /// The length of the start phase; 0 while start pacing is off.
+    /// The first window of a relayed download; 0 while relay pacing is off.
     fn start_bytes(&self) -> u64 {
         self.pacer.as_ref().map_or(0, Pacer::start_bytes)
     }
 
-    /// Whether download `id` is in its start phase.
+    /// Whether download `id` is paced.
     fn in_start(&self, id: usize) -> bool {
         let start_bytes = self.start_bytes();
         self.downloads
@@ -298,8 +298,21 @@ impl Loop {
             .is_some_and(|d| in_start_phase(d, start_bytes))
     }
 
-    /// Start pacing: when a round begins, the downloads that waited for it write, in turn.
+    /// Relay pacing: at the end of each interval the budget follows what the relayed
+    /// sockets drained; when a round begins, the downloads that waited for it write, in
+    /// turn.
     fn pace(&mut self, now: Instant) {
+        if self.pacer.as_ref().is_some_and(|p| p.due(now)) {
+            let drained: u64 = self
+                .downloads
+                .values_mut()
+                .filter(|d| d.is_relayed())
+                .map(|d| d.drained())
+                .sum();
+            if let Some(pacer) = &mut self.pacer {
+                pacer.measured(drained, now);
+            }
+        }
         let Some(waiting) = self.pacer.as_mut().and_then(|p| p.begin_round(now)) else {
             return;
         };
@@ -308,9 +321,9 @@ impl Loop {
         }
     }
 
-    /// A writable download in its start phase writes what its share of the round allows,
-    /// or waits for the next round. One that has left its start phase is back on the
-    /// ordinary path.
+    /// A writable relayed download writes its first window at once, then what the budget
+    /// allows (a quantum at most), or waits for the next round. One that is not paced
+    /// (finished writing) is back on the ordinary path.
     fn write_starting(&mut self, id: usize, now: Instant) {
         let start_bytes = self.start_bytes();
         let (Some(pacer), Some(d)) = (self.pacer.as_mut(), self.downloads.get_mut(&id)) else {
@@ -320,12 +333,12 @@ impl Loop {
             self.on_event(id, false, true, now);
             return;
         }
-        // The head and the first bytes go out at once: pacing never delays a response's
-        // head. Only what follows waits for its share.
-        let free = crate::pacing::FREE.saturating_sub(d.written());
+        // The head and the first window go out at once: pacing never delays a response's
+        // head. Only what follows waits for the budget.
+        let free = start_bytes.saturating_sub(d.written());
         let allowed = if free > 0 {
             free
-        } else if let Some(allowed) = pacer.allowance(id) {
+        } else if let Some(allowed) = pacer.allowance(now) {
             allowed
         } else {
             pacer.defer(id);
@@ -343,11 +356,11 @@ impl Loop {
             },
             None => allowed,
         };
-        let budget = allowed.min(start_bytes - d.written()).min(BUDGET as u64);
+        let budget = allowed.min(BUDGET as u64);
         let before = d.written();
         let step = d.on_writable(budget as usize, now);
         let spent = d.written() - before;
-        pacer.charge(id, spent.saturating_sub(free));
+        pacer.charge(spent.saturating_sub(free));
         if let Some(cap) = &mut self.cap {
             cap.take(spent);
         }
@@ -625,12 +638,11 @@ impl Loop {
     }
 }
 
-/// Whether a download is in the start phase that start pacing governs: relayed by a web
-/// server, longer than the start phase (a shorter one fills no buffer beyond its own end,
-/// so pacing it would only slow small files down), still sending, and fewer than
-/// `start_bytes` written (0 while pacing is off).
+/// Whether relay pacing governs a download: relayed by a web server, longer than the
+/// first window (a shorter one fills no buffer beyond its own end, so pacing it would only
+/// slow small files down), and still sending (`start_bytes` is 0 while pacing is off).
 fn in_start_phase(d: &Download, start_bytes: u64) -> bool {
-    d.is_relayed() && d.planned > start_bytes && !d.is_lingering() && d.written() < start_bytes
+    start_bytes > 0 && d.is_relayed() && d.planned > start_bytes && !d.is_lingering()
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {

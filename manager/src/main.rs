@@ -88,14 +88,17 @@ struct Args {
     /// new downloads arrive.
     #[arg(long, default_value = "srpt", value_parser = parse_schedule)]
     schedule: Schedule,
-    /// Start pacing behind a web server (FastCGI): the first --relay-start-bytes of the
-    /// relayed downloads share this many bytes per second, in rounds of 5 ms, so that
-    /// downloads starting together do not make the web server copy gigabytes of socket
-    /// buffer fill at once while the site's other pages wait (0 = off).
-    #[arg(long, default_value_t = 512 << 20)]
+    /// Relay pacing behind a web server (FastCGI): after its first window
+    /// (--relay-start-bytes) a relayed download gets bytes as fast as its connection drains,
+    /// and all of them together at most 1.5 x what the web server relayed in the last
+    /// 25 ms, measured from how fast the manager's sockets drain; this is the floor of that
+    /// budget in bytes per second (what a quiet site starts with), split evenly over the
+    /// download loops (0 = pacing off).
+    #[arg(long, default_value_t = 64 << 20)]
     relay_start_rate: u64,
-    /// How many of a relayed download's first bytes --relay-start-rate paces.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// The first window of a relayed download, written at once (it carries the head);
+    /// downloads no longer than this are never paced (0 = pacing off).
+    #[arg(long, default_value_t = 64 << 10)]
     relay_start_bytes: u64,
     /// POST one JSON completion record per finished download to this http:// URL on a
     /// loopback address (the application's own endpoint), e.g.
