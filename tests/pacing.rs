@@ -223,3 +223,45 @@ fn a_running_download_is_not_starved_by_new_arrivals_under_the_cap() {
         manager.report()
     );
 }
+
+/// Through nginx with its default FastCGI buffers (4k/8k: a site without the template's
+/// `fastcgi_buffer_*` lines), which relays 4 KiB per read, slow and fast downloads at once
+/// all arrive whole, with relay pacing on as by default: sixteen clients at 1 MiB/s and
+/// two unlimited ones, 4 MiB each.
+#[test]
+fn downloads_arrive_whole_through_nginx_default_fastcgi_buffers() {
+    let _heavy = heavy_lock();
+    let mut stack = Stack::start(Config::new(Kind::Fpm).nginx_default_buffers().children(4));
+    let size = 4 * MIB;
+    let sha = stack.data_file("default-buffers.bin", size, 82);
+    let mut procs = Vec::new();
+    for i in 0..18 {
+        let name = format!("defaults{i}");
+        let mut curl = stack.curl(&name, "/download.php?f=default-buffers.bin");
+        if i < 16 {
+            curl = curl.args(&["--limit-rate", "1M"]);
+        }
+        let (proc, _, _) = curl.spawn(stack.path().join(format!("curl-{name}.log")));
+        procs.push((stack.adopt(proc), name));
+    }
+    for (index, name) in &procs {
+        let status = stack
+            .adopted(*index)
+            .wait_exit(Duration::from_secs(60))
+            .expect("curl finishes");
+        assert!(
+            status.success(),
+            "curl {name}: {status}\n{}",
+            stack.report()
+        );
+        let got = crate::util::sha256_file(&stack.client_dir().join(format!("{name}.body")));
+        assert_eq!(
+            got,
+            sha,
+            "{name}: the body is byte-exact\n{}",
+            stack.report()
+        );
+    }
+    stack.wait_outcome("complete", size, procs.len());
+    stack.assert_clean_logs();
+}
