@@ -19,7 +19,7 @@
 //!   window), at most a [`QUANTUM`] per turn, and the downloads waiting for the budget take
 //!   turns in order.
 //! - **All relayed downloads together get at most [`GAIN`] × what the web server relayed in
-//!   the last [`INTERVAL`]**, measured, not assumed: the loop sums, over its relayed
+//!   an [`INTERVAL`]** (the best of the last [`WINDOW`]), measured, not assumed: the loop sums, over its relayed
 //!   sockets, the bytes that left them (bytes written minus the growth of `SIOCOUTQ`, the
 //!   bytes still unread in the socket). While the web server keeps up, the budget grows by
 //!   [`GAIN`] per interval (from 32 MiB/s to 1 GiB/s in about 0.2 s); when it falls behind,
@@ -43,6 +43,8 @@ pub const INTERVAL: Duration = Duration::from_millis(25);
 /// How much more than the web server relayed in the last interval the downloads may get
 /// in the next: the headroom that lets the feed grow while the web server keeps up.
 pub const GAIN: f64 = 1.5;
+/// How many intervals the measured pace is remembered: the budget follows the best of them.
+pub const WINDOW: usize = 4;
 /// How often downloads waiting for the budget get their turn.
 pub const ROUND: Duration = Duration::from_millis(5);
 /// The most one download writes per turn: the others get theirs in between, so the web
@@ -73,6 +75,9 @@ pub struct Pacer {
     /// When the current measuring interval ends, and whether the budget ran dry in it.
     interval_end: Instant,
     starved: bool,
+    /// What the relayed sockets drained per second in the last [`WINDOW`] intervals.
+    recent: [f64; WINDOW],
+    slot: usize,
     /// When the next round of turns is due.
     round_end: Instant,
     /// Downloads waiting for the budget, in turn (each once).
@@ -95,6 +100,8 @@ impl Pacer {
             budget: TokenBucket::full(rate, capacity(rate), now),
             interval_end: now + INTERVAL,
             starved: false,
+            recent: [0.0; WINDOW],
+            slot: 0,
             round_end: now,
             waiting: VecDeque::new(),
             queued: HashSet::new(),
@@ -118,14 +125,19 @@ impl Pacer {
     }
 
     /// The relayed sockets drained `drained` bytes since the last call: the next interval's
-    /// rate is [`GAIN`] × that rate when the budget was what held the downloads back, and
+    /// rate is [`GAIN`] × the best drain rate of the last [`WINDOW`] intervals when the
+    /// budget was what held the downloads back, and
     /// never below the floor. When the budget did not run dry the downloads did not want
     /// more, and it stays (it grows only while used up, so an idle spell does not leave a
     /// rate nobody measured).
     pub fn measured(&mut self, drained: u64, now: Instant) {
         let since = self.interval_end.checked_sub(INTERVAL).unwrap_or(now);
         let secs = now.saturating_duration_since(since).as_secs_f64().max(1e-3);
-        let relayed = drained as f64 / secs;
+        // The best of the last few intervals: one interval in which the web server was off
+        // the CPU (a busy machine) must not throw the budget back to the floor.
+        self.recent[self.slot % self.recent.len()] = drained as f64 / secs;
+        self.slot += 1;
+        let relayed = self.recent.iter().copied().fold(0.0, f64::max);
         let current = self.budget.rate() as f64;
         let next = if self.starved {
             GAIN * relayed
@@ -258,10 +270,18 @@ mod tests {
             p.measured(100 * MIB, now);
         }
         assert!(p.rate() > GIB_PER_S);
-        // The web server now relays 100 MiB/s.
+        // The web server now relays 100 MiB/s: one slow interval is not enough to lower
+        // the budget (a web server off the CPU for a moment), a window of them is.
+        let slow = (100.0 * MIB as f64 * INTERVAL.as_secs_f64()) as u64;
         spend_all(&mut p, now);
         now += INTERVAL;
-        p.measured((100.0 * MIB as f64 * INTERVAL.as_secs_f64()) as u64, now);
+        p.measured(slow, now);
+        assert!(p.rate() > GIB_PER_S, "one slow interval: {} B/s", p.rate());
+        for _ in 1..WINDOW {
+            spend_all(&mut p, now);
+            now += INTERVAL;
+            p.measured(slow, now);
+        }
         let want = (GAIN * 100.0 * MIB as f64) as u64;
         assert!(
             p.rate().abs_diff(want) < MIB,
