@@ -73,6 +73,8 @@ GB = 1e9
 
 
 def name(b):
+    if b.endswith("@ab"):
+        return f"{NAMES.get(b[:-3], b[:-3])} with `{AB_FLAGS.get(b, '')}`"
     return NAMES.get(b, b)
 
 
@@ -94,6 +96,16 @@ HOW = {"ramp": "arriving over a ramp", "burst": "arriving within 1 s",
 by = collections.defaultdict(list)
 for r in rows:
     by[(r["labels"]["scenario"], r["labels"]["backend"])].append(r)
+# BENCH_AB_MANAGER_ARGS runs: BACKEND@ab is BACKEND with the A/B's manager flags, listed
+# right after it.
+AB_FLAGS = {}
+for r in rows:
+    b = r["labels"]["backend"]
+    if b.endswith("@ab"):
+        AB_FLAGS[b] = r["labels"].get("manager_args", "").strip()
+        for lst in (BACKENDS, HANDOFFS):
+            if b[:-3] in lst and b not in lst:
+                lst.insert(lst.index(b[:-3]) + 1, b)
 scenarios = sorted({s for s, _ in by}, key=lambda s: (s[:2], int(re.sub(r"\D", "", s.split("-")[1]) or 0) * (1024 if s.endswith("m") else 1), s))
 
 

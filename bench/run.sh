@@ -76,6 +76,8 @@
 # stay the work tree's).
 #
 # BENCH_MANAGER_ARGS: extra handoff-manager flags for the whole run (labelled manager_args).
+# BENCH_AB_MANAGER_ARGS: S1's handoff backends also run with these manager flags added, as
+# BACKEND@ab, in the same run (see with_manager_args).
 # Focused runs (any mode): BENCH_SCENARIOS (default "S1 S2 S3 S5"),
 # BENCH_BACKENDS (replaces the backend list of S1, S2 and S3; in S1 the idle baselines run
 # only when named: idle-fpm, idle-cli), BENCH_S1_NS (client counts, e.g. "1000"),
@@ -380,6 +382,17 @@ MANAGER_SHA="$(sha256sum "$RUN/handoff-manager" | cut -c1-12)"
 # BENCH_MANAGER_ARGS: extra manager flags for the whole run (an A/B of a manager setting,
 # e.g. "--relay-start-rate 0"); every result line carries them as the label manager_args.
 read -r -a MANAGER_EXTRA <<<"${BENCH_MANAGER_ARGS:-}"
+# BENCH_AB_MANAGER_ARGS: an A/B of a manager setting inside one run: in S1 every handoff
+# backend runs twice, as itself and, with the manager restarted with these flags added, as
+# BACKEND@ab (same stack, same minute, same load); the manager goes back to the run's flags
+# afterwards.
+AB_ARGS="${BENCH_AB_MANAGER_ARGS:-}"
+with_manager_args() { # flags...: restart the manager with these extra flags
+    settle
+    stop_manager
+    read -r -a MANAGER_EXTRA <<<"$*"
+    start_manager "$MANAGER_THREADS"
+}
 start_manager() { # threads
     MANAGER_THREADS="$1"
     rm -f "$RUN/manager.env"
@@ -538,7 +551,7 @@ fresh_stack() {
 
 # --- running the client ----------------------------------------------------------------------
 url_of() { # backend file -> "port path"
-    case "$1" in
+    case "${1%@ab}" in
         handoff-fpm) echo "$PORT /send.php?f=$2&handoff=1" ;;
         handoff-fpm-inline) echo "$PORT /send.php?f=$2&inline=1" ;;
         handoff-fpm-4k) echo "$DEFAULTS_PORT /send.php?f=$2&handoff=1" ;;
@@ -592,7 +605,7 @@ bench() {
     settle
     local port path probe_port=$PORT
     read -r port path <<<"$(url_of "$backend" "${FILE:-f20m}")"
-    case "$backend" in *-cli*) probe_port=$CLI_PORT ;; esac
+    case "${backend%@ab}" in *-cli*) probe_port=$CLI_PORT ;; esac
     local load1
     load1="$(cut -d' ' -f1 /proc/loadavg)"
     local before
@@ -604,7 +617,7 @@ bench() {
     case "$scenario" in S5*) watch=() ;; esac
     # HTTPS backends: the load connections speak TLS 1.3 (the probe stays plain HTTP).
     local tls=()
-    case "$backend" in *-tls) tls=(--tls-ca "$TLS_DIR/ca.pem") ;; esac
+    case "${backend%@ab}" in *-tls) tls=(--tls-ca "$TLS_DIR/ca.pem") ;; esac
     # Idle baselines: the probe alone, the same arguments with no load connections.
     local args=("$@") i
     case "$backend" in
@@ -618,7 +631,7 @@ bench() {
         --label "scenario=$scenario" --label "backend=$backend" --label "run=$run" \
         --label "load1=$load1" --label "file=${FILE:-f20m}" --label "threads=$MANAGER_THREADS" \
         --label "nginx_workers=$NGINX_WORKERS" \
-        --label "manager_args=${BENCH_MANAGER_ARGS:-}" \
+        --label "manager_args=${MANAGER_EXTRA[*]}" \
         --probe-addr "127.0.0.1:$probe_port" "${args[@]}" >>"$OUT/results.jsonl" ||
         die "handoff-bench failed in $tag"
     python3 "$REPO/bench/manager_cpu.py" merge "$MANAGER_PID" "$cpu_before" "$OUT/results.jsonl" ||
@@ -704,11 +717,17 @@ for run in $(seq 1 "$RUNS"); do
             [ "$arrival" = cold ] && scn="S1-$n-cold" ramp="$S1_BURST"
             log "S1 run $run: $n slow clients x 200 KiB/s arriving over ${ramp}s ($arrival), ${S1_SECS}s"
             for backend in "${S1_BACKENDS[@]}"; do
-                [ "$arrival" = cold ] && fresh_stack
-                FILE=f20m bench "$scn" "$backend" "$run" --conns "$n" --rate "$S1_RATE" \
-                    --ramp "$ramp" --duration "$S1_SECS" --probe-path /probe.php \
-                    --probe-csv "$OUT/probe-$scn-$backend-$run.csv" --label "arrival=$arrival" \
-                    --label "ramp_s=$ramp"
+                variants=("$backend")
+                [ -n "$AB_ARGS" ] && [[ "$backend" == handoff-* ]] && variants+=("$backend@ab")
+                for v in "${variants[@]}"; do
+                    [[ "$v" == *@ab ]] && with_manager_args "${BENCH_MANAGER_ARGS:-} $AB_ARGS"
+                    [ "$arrival" = cold ] && fresh_stack
+                    FILE=f20m bench "$scn" "$v" "$run" --conns "$n" --rate "$S1_RATE" \
+                        --ramp "$ramp" --duration "$S1_SECS" --probe-path /probe.php \
+                        --probe-csv "$OUT/probe-$scn-$v-$run.csv" --label "arrival=$arrival" \
+                        --label "ramp_s=$ramp"
+                    [[ "$v" == *@ab ]] && with_manager_args "${BENCH_MANAGER_ARGS:-}"
+                done
             done
         done
     done
