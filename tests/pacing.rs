@@ -21,6 +21,32 @@ fn stack_with(kind: Kind, args: &[&str]) -> (Stack, RestartableManager) {
     (stack, manager)
 }
 
+/// Waits for the adopted curls `procs` (index, name) to exit, each successfully, then
+/// checks every body against `sha`; `report` says what to print on failure.
+fn assert_all_whole(
+    stack: &mut Stack,
+    procs: &[(usize, String)],
+    sha: &str,
+    report: impl Fn(&Stack) -> String,
+) {
+    for (index, name) in procs {
+        let status = stack
+            .adopted(*index)
+            .wait_exit(Duration::from_secs(60))
+            .expect("curl finishes");
+        assert!(status.success(), "curl {name}: {status}\n{}", report(stack));
+    }
+    for (_, name) in procs {
+        let got = crate::util::sha256_file(&stack.client_dir().join(format!("{name}.body")));
+        assert_eq!(
+            got,
+            sha,
+            "{name}: the body is byte-exact\n{}",
+            report(stack)
+        );
+    }
+}
+
 /// Fetches the file with `DOWNLOADS` curls at once; checks every body byte for byte and
 /// the manager's log for complete handoffs; returns how long they took together.
 fn fetch_together(
@@ -40,27 +66,8 @@ fn fetch_together(
             (stack.adopt(proc), name)
         })
         .collect();
-    for (index, name) in &procs {
-        let status = stack
-            .adopted(*index)
-            .wait_exit(Duration::from_secs(60))
-            .expect("curl finishes");
-        assert!(
-            status.success(),
-            "curl {name}: {status}\n{}",
-            manager.report()
-        );
-    }
+    assert_all_whole(stack, &procs, sha, |_| manager.report());
     let took = start.elapsed();
-    for (_, name) in &procs {
-        let got = crate::util::sha256_file(&stack.client_dir().join(format!("{name}.body")));
-        assert_eq!(
-            got,
-            sha,
-            "{name}: the body is byte-exact\n{}",
-            manager.report()
-        );
-    }
     manager.wait_outcome("complete", SIZE, before + DOWNLOADS);
     took
 }
@@ -166,19 +173,8 @@ fn start_pacing_never_bypasses_the_global_cap() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for (index, name) in procs.iter().zip(&names) {
-        let status = stack
-            .adopted(*index)
-            .wait_exit(Duration::from_secs(30))
-            .expect("curl finishes");
-        assert!(
-            status.success(),
-            "curl {name}: {status}\n{}",
-            manager.report()
-        );
-        let got = crate::util::sha256_file(&stack.client_dir().join(format!("{name}.body")));
-        assert_eq!(got, sha, "{name}: the body is byte-exact");
-    }
+    let procs: Vec<(usize, String)> = procs.into_iter().zip(names).collect();
+    assert_all_whole(&mut stack, &procs, &sha, |_| manager.report());
 }
 
 /// Under `--max-rate`, a running download keeps its share while new, shorter downloads
@@ -244,24 +240,7 @@ fn downloads_arrive_whole_through_nginx_default_fastcgi_buffers() {
         let (proc, _, _) = curl.spawn(stack.path().join(format!("curl-{name}.log")));
         procs.push((stack.adopt(proc), name));
     }
-    for (index, name) in &procs {
-        let status = stack
-            .adopted(*index)
-            .wait_exit(Duration::from_secs(60))
-            .expect("curl finishes");
-        assert!(
-            status.success(),
-            "curl {name}: {status}\n{}",
-            stack.report()
-        );
-        let got = crate::util::sha256_file(&stack.client_dir().join(format!("{name}.body")));
-        assert_eq!(
-            got,
-            sha,
-            "{name}: the body is byte-exact\n{}",
-            stack.report()
-        );
-    }
+    assert_all_whole(&mut stack, &procs, &sha, Stack::report);
     stack.wait_outcome("complete", size, procs.len());
     stack.assert_clean_logs();
 }
