@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{getpeername, getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
 
 use handoff_core::protocol::Framing;
@@ -349,6 +349,11 @@ pub struct Neutered<'r> {
     /// The connection's file status flags before the handoff: `O_NONBLOCK` under mod_php
     /// (APR's timeouts poll), blocking under php-fpm and `php -S`.
     flags: Option<OFlag>,
+    /// `O_CLOEXEC` if the number was close-on-exec (mod_php's client socket is; APR
+    /// accepts with `SOCK_CLOEXEC`), else empty. `dup2` clears the flag, so both
+    /// replacements use `dup3` with it, and a child the script starts later (`exec`,
+    /// `proc_open`, `mail()`) inherits neither the connection nor /dev/null in its place.
+    cloexec: OFlag,
 }
 
 impl<'r> Neutered<'r> {
@@ -356,24 +361,36 @@ impl<'r> Neutered<'r> {
         let flags = fcntl(conn.fd.as_raw_fd(), FcntlArg::F_GETFL)
             .ok()
             .map(OFlag::from_bits_retain);
+        let cloexec = match fcntl(conn.fd.as_raw_fd(), FcntlArg::F_GETFD) {
+            Ok(bits) if FdFlag::from_bits_retain(bits).contains(FdFlag::FD_CLOEXEC) => {
+                OFlag::O_CLOEXEC
+            }
+            _ => OFlag::empty(),
+        };
         let saved = conn
             .fd
             .try_clone_to_owned()
             .map_err(|e| format!("dup: {e}"))?;
-        nix::unistd::dup2(dev_null()?.as_fd().as_raw_fd(), conn.fd.as_raw_fd())
-            .map_err(|e| format!("dup2: {e}"))?;
+        nix::unistd::dup3(
+            dev_null()?.as_fd().as_raw_fd(),
+            conn.fd.as_raw_fd(),
+            cloexec,
+        )
+        .map_err(|e| format!("dup3: {e}"))?;
         Ok(Neutered {
             fd: conn.fd,
             saved,
             flags,
+            cloexec,
         })
     }
 
     /// Puts the real connection back (the manager never started), blocking or not as the
-    /// SAPI had it (the manager may have switched the shared file description).
+    /// SAPI had it (the manager may have switched the shared file description), and
+    /// close-on-exec as it was.
     pub fn restore(self) -> Result<(), String> {
-        nix::unistd::dup2(self.saved.as_raw_fd(), self.fd.as_raw_fd())
-            .map_err(|e| format!("dup2: {e}"))?;
+        nix::unistd::dup3(self.saved.as_raw_fd(), self.fd.as_raw_fd(), self.cloexec)
+            .map_err(|e| format!("dup3: {e}"))?;
         match self.flags {
             Some(flags) => {
                 let _ = fcntl(self.fd.as_raw_fd(), FcntlArg::F_SETFL(flags));

@@ -153,6 +153,17 @@ pub fn check_head_not_sent(sapi: Sapi, headers_sent: bool) -> Result<(), SendFil
     Ok(())
 }
 
+/// Refuses a call during which the script's own code, run by send_file() (a user stream
+/// wrapper read for the copy, the `header_register_callback()` callback), printed: that
+/// output either committed a head already or sits in an output buffer that the file would
+/// silently replace. Checked before the response is planned, so before any byte of the file.
+pub fn check_nothing_printed(sapi: Sapi, printed: bool) -> Result<(), SendFileError> {
+    if printed && sapi.writes_head() {
+        return Err(SendFileError::OutputDuringSend);
+    }
+    Ok(())
+}
+
 /// Plans the response and decides how it goes out.
 pub fn decide<C: Framed>(ctx: Context<C>, options: &Options) -> Decision<C> {
     let request = request(&ctx);
@@ -436,6 +447,18 @@ mod tests {
         for name in ["cli", "phpdbg", "embed"] {
             assert_eq!(Sapi::from_name(name), Sapi::CommandLine);
         }
+    }
+
+    #[test]
+    fn output_of_the_scripts_code_inside_send_file_throws_except_on_the_command_line() {
+        for sapi in [Sapi::Fpm, Sapi::CliServer, Sapi::Apache, Sapi::Other] {
+            assert!(matches!(
+                check_nothing_printed(sapi, true),
+                Err(SendFileError::OutputDuringSend)
+            ));
+            assert!(check_nothing_printed(sapi, false).is_ok());
+        }
+        assert!(check_nothing_printed(Sapi::CommandLine, true).is_ok());
     }
 
     #[test]

@@ -57,6 +57,20 @@ pub enum SendFileError {
     StreamNotAtStart,
     #[error("send_file(): reading the stream failed")]
     StreamRead,
+    #[error(
+        "send_file(): the script's code printed output while send_file() ran it (a stream \
+         wrapper, the header callback), so the file cannot be the response"
+    )]
+    OutputDuringSend,
+    /// The callback's own exception is pending and is what the script sees (an exception
+    /// already pending is never replaced), as when PHP runs the callback itself.
+    #[error("send_file(): the header_register_callback() callback threw")]
+    HeaderCallbackThrew,
+    #[error(
+        "send_file(): the stream has more than handoff.max_copy_bytes ({limit}) bytes to copy \
+         into memory"
+    )]
+    StreamTooLarge { limit: u64 },
     #[error("send_file(): cannot copy the stream into memory: {kind}")]
     StreamCopy { kind: io::ErrorKind },
     #[error("send_file(): the file cannot be handed off ({reason}) and handoff.fallback is off")]

@@ -50,13 +50,13 @@ impl Pace {
 /// would keep it.
 pub fn stream(plan: &Plan, file: &File, rate: u64) -> Result<(), Bailout> {
     let mut pace = Pace::new(rate);
-    ffi::discard_output_buffers();
+    ffi::discard_output_buffers()?;
     // Command-line SAPIs may have written already and send no head: body only.
     if !ffi::headers_sent() {
-        apply_head(&plan.head);
+        apply_head(&plan.head)?;
     }
     // Sends the head now, also when there is no body to trigger it.
-    ffi::send_headers();
+    ffi::send_headers()?;
     let mut buf = vec![0u8; CHUNK];
     'body: for piece in &plan.body {
         match piece {
@@ -82,13 +82,13 @@ pub fn stream(plan: &Plan, file: &File, rate: u64) -> Result<(), Bailout> {
             }
         }
     }
-    ffi::disable_output();
+    ffi::disable_output()?;
     Ok(())
 }
 
 /// Replaces the SAPI's pending head with the planned one (which already holds the
 /// script's surviving fields).
-fn apply_head(head: &handoff_core::head::Head) {
+fn apply_head(head: &handoff_core::head::Head) -> Result<(), Bailout> {
     let _ = headers::remove_all_headers();
     if head.reason.is_empty() {
         let _ = headers::set_response_code(head.status);
@@ -96,9 +96,10 @@ fn apply_head(head: &handoff_core::head::Head) {
         let _ = headers::set_header(&format!("HTTP/1.1 {} {}", head.status, head.reason));
     }
     for h in &head.headers {
-        let _ = ffi::add_header_line(&h.line());
+        ffi::add_header_line(&h.line())?;
     }
     if head.get("Content-Type").is_none() {
         ffi::suppress_default_content_type();
     }
+    Ok(())
 }

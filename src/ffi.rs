@@ -23,6 +23,8 @@ extern "C" {
     // Exported by every PHP binary (php-fpm, php, libphp) but not in ext-php-rs' bindings.
     fn php_output_discard_all();
     fn php_output_set_status(status: c_int);
+    fn php_output_get_level() -> c_int;
+    fn php_output_get_length(p: *mut ffi::zval) -> ffi::zend_result;
     fn php_check_open_basedir_ex(path: *const c_char, warn: c_int) -> c_int;
     fn zend_ini_string_ex(
         name: *const c_char,
@@ -399,44 +401,125 @@ impl Request {
 
 /// Switches PHP's output off for the rest of the request: buffered output is discarded,
 /// later `echo`s go nowhere, `header()` only warns, and the SAPI sends no head of its own.
-pub fn disable_output() {
-    // SAFETY: all four are valid during a request; they only touch request globals.
+/// Output is switched off before the buffers are discarded, which runs the script's output
+/// handlers (user code, see [`guarded`]): a fatal error in one leaves output off.
+pub fn disable_output() -> Result<(), Bailout> {
+    // SAFETY: valid during a request; they only touch request globals.
     unsafe {
-        php_output_discard_all();
         php_output_set_status(PHP_OUTPUT_DISABLED);
         (*sg()).headers_sent = 1;
         (*sg()).request_info.no_headers = true;
     }
+    discard_output_buffers()
 }
 
-/// Sends the response head now if PHP has not yet (a file with an empty body).
 /// Adds a response header line (`Name: value`) as `header($line, false)` does, byte for
 /// byte: ext-php-rs' own `add_header` takes a `&str`, and a script's value need not be
-/// UTF-8. PHP rejects (with a warning) a line that could split the head; the planner
-/// never produces one.
-pub fn add_header_line(line: &[u8]) -> bool {
+/// UTF-8. PHP rejects (with a warning, which a script's error handler may see) a line that
+/// could split the head; the planner never produces one.
+pub fn add_header_line(line: &[u8]) -> Result<bool, Bailout> {
     // SAFETY: SAPI.h requires a zeroed `sapi_header_line`; all its fields are integers or
     // raw pointers, for which zero is valid.
     let mut header: ffi::sapi_header_line = unsafe { std::mem::zeroed() };
     header.line = line.as_ptr().cast();
     header.line_len = line.len();
-    // SAFETY: called during a request, before the head is sent (the fallback sets its
-    // head first); the engine copies the line before returning, so `line` need only live
-    // for the call, and this frame owns nothing that a bailout from a warning would skip
-    // dropping but `header`, which has no destructor.
-    let done = unsafe {
-        ffi::sapi_header_op(
-            ffi::sapi_header_op_enum_SAPI_HEADER_ADD,
-            (&raw mut header).cast(),
-        )
-    };
-    done == ffi::ZEND_RESULT_CODE_SUCCESS
+    let done = guarded(|| {
+        // SAFETY: called during a request, before the head is sent (the fallback sets its
+        // head first); the engine copies the line before returning, so `line` need only
+        // live for the call.
+        unsafe {
+            ffi::sapi_header_op(
+                ffi::sapi_header_op_enum_SAPI_HEADER_ADD,
+                (&raw mut header).cast(),
+            )
+        }
+    })?;
+    Ok(done == ffi::ZEND_RESULT_CODE_SUCCESS)
 }
 
-pub fn send_headers() {
+/// Sends the response head now if PHP has not yet (a file with an empty body). PHP runs a
+/// `header_register_callback()` callback here unless [`run_header_callback`] ran it.
+pub fn send_headers() -> Result<(), Bailout> {
     if !headers_sent() {
         // SAFETY: valid during a request; sends SG(sapi_headers) through the SAPI once.
-        unsafe { sapi_send_headers() };
+        guarded(|| unsafe { sapi_send_headers() })?;
+    }
+    Ok(())
+}
+
+/// Runs the script's `header_register_callback()` callback now, once, as
+/// `sapi_send_headers()` would just before it sends the head: the callback's headers then
+/// are in `SG(sapi_headers)` for the handoff's head as for the fallback's, and PHP does not
+/// run it a second time. `Ok(false)` if the callback threw: its exception is pending and
+/// leaves `send_file()` before anything is sent.
+pub fn run_header_callback() -> Result<bool, Bailout> {
+    // SAFETY: the SAPI globals of this request; `callback_func` is a zval that PHP leaves
+    // UNDEF unless `header_register_callback()` stored a callable (with a reference of
+    // its own). It is moved out and the global set to UNDEF first, as
+    // `sapi_send_headers()` does, so that whatever happens in the call it never runs
+    // twice. `cb` and `retval` are plain C values on this stack (no destructor); PHP's
+    // `zval_ptr_dtor` releases them. A bailout inside the call leaves both to the request's
+    // memory manager, as PHP's own code would.
+    unsafe {
+        let g = sg();
+        // As `sapi_send_headers()`: nothing runs once the head is sent, or in a SAPI that
+        // sends none (the CLI).
+        if (*g).headers_sent != 0
+            || (*g).request_info.no_headers
+            || u32::from((*g).callback_func.u1.v.type_) == ffi::IS_UNDEF
+        {
+            return Ok(true);
+        }
+        let mut cb: ffi::zval = std::ptr::read(&raw const (*g).callback_func);
+        (*g).callback_func.u1.type_info = ffi::IS_UNDEF;
+        let mut retval: ffi::zval = std::mem::zeroed();
+        let called = guarded(|| {
+            ffi::_call_user_function_impl(
+                std::ptr::null_mut(),
+                &raw mut cb,
+                &raw mut retval,
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        })?;
+        if called == ffi::ZEND_RESULT_CODE_SUCCESS {
+            ffi::zval_ptr_dtor(&raw mut retval);
+        }
+        ffi::zval_ptr_dtor(&raw mut cb);
+    }
+    Ok(!ext_php_rs::zend::ExecutorGlobals::has_exception())
+}
+
+/// What the script's output looked like at one moment: whether the head was sent, and
+/// how many output buffers held how many bytes. Compared before and after a call that
+/// runs user code, to notice output it made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputMark {
+    headers_sent: bool,
+    level: c_int,
+    length: i64,
+}
+
+/// The script's output now (see [`OutputMark`]).
+pub fn output_mark() -> OutputMark {
+    // SAFETY: valid during a request; `php_output_get_length` writes a long (or nothing,
+    // without an active buffer) into the zeroed zval on this stack.
+    let (level, length) = unsafe {
+        let mut z: ffi::zval = std::mem::zeroed();
+        let length = if php_output_get_length(&raw mut z) == ffi::ZEND_RESULT_CODE_SUCCESS
+            && u32::from(z.u1.v.type_) == ffi::IS_LONG
+        {
+            z.value.lval
+        } else {
+            0
+        };
+        (php_output_get_level(), length)
+    };
+    OutputMark {
+        headers_sent: headers_sent(),
+        level,
+        length,
     }
 }
 
@@ -447,10 +530,11 @@ pub fn suppress_default_content_type() {
     unsafe { (*sg()).sapi_headers.send_default_content_type = 0 };
 }
 
-/// Drops every output buffer the script started (their content is not the file).
-pub fn discard_output_buffers() {
+/// Drops every output buffer the script started (their content is not the file). Runs
+/// the script's output handlers.
+pub fn discard_output_buffers() -> Result<(), Bailout> {
     // SAFETY: valid during a request; discards user and default output buffers.
-    unsafe { php_output_discard_all() }
+    guarded(|| unsafe { php_output_discard_all() })
 }
 
 /// A PHP bailout (fatal error, aborted connection) happened inside a call and must be
@@ -458,16 +542,27 @@ pub fn discard_output_buffers() {
 #[derive(Debug)]
 pub struct Bailout;
 
-/// Writes through PHP's output layer (and so the SAPI: headers first, then the body).
-pub fn output_write(bytes: &[u8]) -> Result<usize, Bailout> {
-    let r = ext_php_rs::zend::try_catch(AssertUnwindSafe(|| {
-        // SAFETY: `bytes` is valid for its length for the duration of the call.
-        unsafe { ffi::php_output_write(bytes.as_ptr().cast(), bytes.len()) }
-    }));
-    r.map_err(|_| Bailout)
+/// Runs `f`, a call into PHP that can run the script's code (an output handler, a
+/// `header_register_callback()` callback, a user stream wrapper's methods, an error
+/// handler called for a warning) or raise a fatal error itself, and catches PHP's bailout.
+///
+/// A bailout is a `longjmp` to the nearest `zend_try`: uncaught, it would skip every Rust
+/// frame in between without running a destructor, so an open file or memory file would
+/// stay open for the life of the worker. Every such call goes through here; the caller
+/// returns `Err(Bailout)` up to `send_file()`, whose frames drop everything on the way,
+/// and [`resume_bailout`] then continues the bailout where PHP meant it to go. `f` itself
+/// must own nothing with a destructor across the call into PHP.
+pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, Bailout> {
+    ext_php_rs::zend::try_catch(AssertUnwindSafe(f)).map_err(|_| Bailout)
 }
 
-/// Continues a bailout caught by [`output_write`]. Call only from a frame that, like every
+/// Writes through PHP's output layer (and so the SAPI: headers first, then the body).
+pub fn output_write(bytes: &[u8]) -> Result<usize, Bailout> {
+    // SAFETY: `bytes` is valid for its length for the duration of the call.
+    guarded(|| unsafe { ffi::php_output_write(bytes.as_ptr().cast(), bytes.len()) })
+}
+
+/// Continues a bailout caught by [`guarded`]. Call only from a frame that, like every
 /// Rust frame between it and the nearest `zend_try`, holds no value with a destructor:
 /// the `longjmp` skips them all (see `send_file` in `lib.rs`).
 pub fn resume_bailout() -> ! {
@@ -585,20 +680,23 @@ const PHP_STREAM_CAST_INTERNAL: c_int = 0x2000_0000;
 /// `PHP_STREAM_FLAG_NO_SEEK`.
 const PHP_STREAM_FLAG_NO_SEEK: u32 = 0x1;
 
-/// Runs `f` with `error_reporting` at 0, as PHP's `@` does. A cast warns "N bytes of
-/// buffered data lost" when the stream had read ahead; nothing is lost for us (we read the
-/// file with explicit offsets), and a warning printed before the response head would be
-/// output that breaks the download. `PHP_STREAM_CAST_INTERNAL` silences it only for the
-/// outer stream, not for the inner file of a `php://temp`.
-fn quietly<T>(f: impl FnOnce() -> T) -> T {
+/// Runs `f` with `error_reporting` at 0, as PHP's `@` does, through [`guarded`]. A cast
+/// warns "N bytes of buffered data lost" when the stream had read ahead, and seeking a
+/// stream that cannot seek warns "does not support seeking"; nothing is lost for us (we
+/// read the file with explicit offsets, and a position that cannot be restored does not
+/// matter to the response), and a warning printed before the response head would be
+/// output that breaks the download. `PHP_STREAM_CAST_INTERNAL` silences the cast's only
+/// for the outer stream, not for the inner file of a `php://temp`. A script's own error
+/// handler is still called (PHP calls it whatever `error_reporting` says); what it prints
+/// is caught as output of the script (see `send.rs`).
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, Bailout> {
     // SAFETY: the executor globals of this thread live for the process; `error_reporting`
-    // is a plain int, restored before returning (`f` does not bail out: a stream cast
-    // raises at most warnings).
+    // is a plain int, restored before returning, also after a bailout.
     unsafe {
         let eg = ffi::ext_php_rs_executor_globals();
         let saved = (*eg).error_reporting;
         (*eg).error_reporting = 0;
-        let r = f();
+        let r = guarded(f);
         (*eg).error_reporting = saved;
         r
     }
@@ -733,28 +831,29 @@ impl PhpStream<'_> {
     /// `tmpfile()`, a `php://temp` that already spilled to its temp file; also pipes and
     /// sockets, which the caller tells apart with `fstat`). Filtered streams and memory
     /// streams have none. PHP flushes the stream's buffers before handing out the
-    /// descriptor, so everything written through the stream is in the file.
-    pub fn descriptor(&self) -> Option<BorrowedFd<'_>> {
+    /// descriptor, so everything written through the stream is in the file. Flushing and
+    /// casting call a user-space wrapper's `stream_flush` and `stream_cast`.
+    pub fn descriptor(&self) -> Result<Option<BorrowedFd<'_>>, Bailout> {
         let stream = self.ptr.as_ptr();
-        // SAFETY: `stream` is a live php_stream for the borrow's duration. The first
-        // call only asks whether a descriptor exists (`ret` NULL): that is what keeps a
-        // `php://temp` still in memory from being converted into a temp file. The
-        // second writes a `php_socket_t` (an `int`) into `slot`, which has room for it.
-        unsafe {
-            _php_stream_flush(stream, 0);
-            let cast = |ret: *mut *mut c_void| {
-                quietly(|| {
-                    _php_stream_cast(stream, PHP_STREAM_AS_FD | PHP_STREAM_CAST_INTERNAL, ret, 0)
-                        == 0
-                })
-            };
-            if !cast(std::ptr::null_mut()) {
-                return None;
-            }
-            let mut slot: [c_int; 4] = [-1; 4];
-            let ok = cast(slot.as_mut_ptr().cast::<*mut c_void>());
-            (ok && slot[0] >= 0).then(|| BorrowedFd::borrow_raw(slot[0]))
+        // SAFETY: `stream` is a live php_stream for the borrow's duration.
+        guarded(|| unsafe { _php_stream_flush(stream, 0) })?;
+        // SAFETY: as above. The first call only asks whether a descriptor exists (`ret`
+        // NULL): that is what keeps a `php://temp` still in memory from being converted
+        // into a temp file. The second writes a `php_socket_t` (an `int`) into `slot`,
+        // which has room for it.
+        let cast = |ret: *mut *mut c_void| {
+            quietly(|| unsafe {
+                _php_stream_cast(stream, PHP_STREAM_AS_FD | PHP_STREAM_CAST_INTERNAL, ret, 0) == 0
+            })
+        };
+        if !cast(std::ptr::null_mut())? {
+            return Ok(None);
         }
+        let mut slot: [c_int; 4] = [-1; 4];
+        let ok = cast(slot.as_mut_ptr().cast::<*mut c_void>())?;
+        // SAFETY: PHP returned the stream's own open descriptor, which the stream keeps
+        // open while the borrowed zval (and so `self`) lives.
+        Ok((ok && slot[0] >= 0).then(|| unsafe { BorrowedFd::borrow_raw(slot[0]) }))
     }
 
     /// Where PHP's stream is (`ftell`).
@@ -774,25 +873,23 @@ impl PhpStream<'_> {
         }
     }
 
-    /// `fseek($stream, offset)`; false if the stream cannot seek there.
-    pub fn seek(&self, offset: i64) -> bool {
+    /// `@fseek($stream, offset)`; false if the stream cannot seek there (PHP's warning
+    /// for a stream that turns out not to seek is silenced, see [`quietly`]).
+    pub fn seek(&self, offset: i64) -> Result<bool, Bailout> {
+        let stream = self.ptr.as_ptr();
         // SAFETY: a live stream; seeking may call a user-space wrapper's stream_seek,
         // which is ordinary PHP code run on the request's thread.
-        unsafe { _php_stream_seek(self.ptr.as_ptr(), offset, nix::libc::SEEK_SET) == 0 }
+        quietly(|| unsafe { _php_stream_seek(stream, offset, nix::libc::SEEK_SET) == 0 })
     }
 
     /// `fread()`: bytes read into `buf` (0 at the end), or `Err(None)` on a read error,
     /// or `Err(Some(Bailout))` if PHP bailed out (a user-space wrapper's fatal error).
     pub fn read(&self, buf: &mut [u8]) -> Result<usize, Option<Bailout>> {
         let stream = self.ptr.as_ptr();
-        let r = ext_php_rs::zend::try_catch(AssertUnwindSafe(|| {
-            // SAFETY: a live stream and a buffer valid for `buf.len()` bytes.
-            unsafe { _php_stream_read(stream, buf.as_mut_ptr().cast(), buf.len()) }
-        }));
-        match r {
-            Ok(n) => usize::try_from(n).map_err(|_| None),
-            Err(_) => Err(Some(Bailout)),
-        }
+        // SAFETY: a live stream and a buffer valid for `buf.len()` bytes.
+        let n = guarded(|| unsafe { _php_stream_read(stream, buf.as_mut_ptr().cast(), buf.len()) })
+            .map_err(Some)?;
+        usize::try_from(n).map_err(|_| None)
     }
 
     /// The name the stream was opened with (a path, `php://temp`, a URL), for the

@@ -146,6 +146,10 @@ pub fn info_rows() -> Vec<(String, String)> {
             settings::INLINE_BELOW.name().into(),
             s.inline_below.to_string(),
         ),
+        (
+            settings::MAX_COPY_BYTES.name().into(),
+            s.max_copy_bytes.to_string(),
+        ),
         ("manager".into(), manager),
         ("last fallback reason (this process)".into(), last),
     ]

@@ -71,13 +71,21 @@ fn send_file_in(
 ) -> Result<Sent, Failure> {
     let sapi = Sapi::from_name(&ffi::sapi_name());
     decision::check_head_not_sent(sapi, ffi::headers_sent())?;
+    let settings = settings::current();
+    let quiet = ffi::output_mark();
     let Opened {
         file,
         type_name,
         log_name,
         etag,
         dated,
-    } = crate::source::open(source)?;
+    } = crate::source::open(source, settings.max_copy_bytes)?;
+    // The callback PHP would run just before sending the head runs now, before the head is
+    // planned, so that its headers are in the handoff's head as in the fallback's.
+    if !ffi::run_header_callback()? {
+        return Err(SendFileError::HeaderCallbackThrew.into());
+    }
+    decision::check_nothing_printed(sapi, ffi::output_mark() != quiet)?;
     let meta = file
         .metadata()
         .map_err(|e| SendFileError::Open { kind: e.kind() })?;
@@ -86,7 +94,6 @@ fn send_file_in(
         modified: meta.modified().ok().filter(|_| dated),
         inode: std::os::unix::fs::MetadataExt::ino(&meta),
     };
-    let settings = settings::current();
     let (status_code, status_line) = ffi::response_status();
     let context = Context {
         sapi,
@@ -118,7 +125,7 @@ fn send_file_in(
         Decision::HandOff { conn, plan } => {
             match hand_off(&conn, &plan, options, &file, &settings, log_name) {
                 Ok(()) => {
-                    ffi::disable_output();
+                    ffi::disable_output()?;
                     return Ok(Sent::HandedOff);
                 }
                 Err(declined) => (plan, declined),

@@ -41,9 +41,17 @@ pub const TIMEOUT_MS: Ini = Ini::new(c"handoff.timeout_ms", c"1000");
 /// 128 KiB. Behind a FastCGI server such a body goes into the server's buffers, so it cannot
 /// hold the worker on a slow client.
 pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"131072");
+/// The most bytes a stream without a file of its own (php://memory, a pipe, a socket,
+/// `https://`, a user wrapper) may have to be sent: it is copied into an anonymous memory
+/// file first, shared memory that `memory_limit` does not count and that every worker
+/// copying at once holds at the same time, so an endless stream must not fill it. 256 MiB
+/// is twice PHP's default `memory_limit`, so any php://memory stream that a script could
+/// fill fits; larger content belongs in a file (php://temp spills into one past 2 MiB, and
+/// a file is sent by its descriptor, never copied). 0: no limit.
+pub const MAX_COPY_BYTES: Ini = Ini::new(c"handoff.max_copy_bytes", c"268435456");
 
 /// The settings as PHP registers them.
-pub static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
+pub static INI_ENTRIES: IniEntryDefs<6> = IniEntryDefs::new([
     // Where the request's connection goes is the administrator's choice, never a script's:
     // with ini_set() any script (a compromised plugin) could send its clients' connections
     // to a Unix socket of its own. php.ini, `-d`, the pool's php_admin_value and Apache's
@@ -59,6 +67,11 @@ pub static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
     IniEntryDef::new(
         INLINE_BELOW.name,
         INLINE_BELOW.default,
+        IniEntryPermission::All,
+    ),
+    IniEntryDef::new(
+        MAX_COPY_BYTES.name,
+        MAX_COPY_BYTES.default,
         IniEntryPermission::All,
     ),
     IniEntryDef::end(),
@@ -85,6 +98,8 @@ pub struct Settings {
     /// Files with fewer body bytes than this are streamed by the worker itself: for tiny
     /// files the handoff costs more than the transfer.
     pub inline_below: u64,
+    /// The largest stream that is copied into memory to be sent; 0: no limit.
+    pub max_copy_bytes: u64,
 }
 
 pub fn current() -> Settings {
@@ -102,11 +117,15 @@ pub fn current() -> Settings {
     let inline_below = ffi::ini_string(INLINE_BELOW.name())
         .and_then(|s| number(&s))
         .unwrap_or_else(|| INLINE_BELOW.default_number());
+    let max_copy_bytes = ffi::ini_string(MAX_COPY_BYTES.name())
+        .and_then(|s| number(&s))
+        .unwrap_or_else(|| MAX_COPY_BYTES.default_number());
     Settings {
         socket: PathBuf::from(socket),
         fallback,
         timeout: Duration::from_millis(timeout_ms),
         inline_below,
+        max_copy_bytes,
     }
 }
 
@@ -127,6 +146,7 @@ mod tests {
     fn defaults_are_what_the_code_reads_when_a_value_does_not_parse() {
         assert_eq!(TIMEOUT_MS.default_number(), 1000);
         assert_eq!(INLINE_BELOW.default_number(), 128 * 1024);
+        assert_eq!(MAX_COPY_BYTES.default_number(), 256 * 1024 * 1024);
         assert_eq!(
             parse_fallback(FALLBACK.default.to_str().unwrap()),
             Fallback::Stream

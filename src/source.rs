@@ -102,7 +102,9 @@ pub struct Opened {
     pub dated: bool,
 }
 
-pub fn open(source: Source<'_>) -> Result<Opened, Failure> {
+/// Opens what is sent; a stream that must be copied may have at most `max_copy_bytes`
+/// bytes (0: any number).
+pub fn open(source: Source<'_>, max_copy_bytes: u64) -> Result<Opened, Failure> {
     match source {
         Source::Path { path, delete } => {
             let file = crate::send::open(path)?;
@@ -117,7 +119,7 @@ pub fn open(source: Source<'_>) -> Result<Opened, Failure> {
                 dated: true,
             })
         }
-        Source::Stream(stream) => from_stream(&stream),
+        Source::Stream(stream) => from_stream(&stream, max_copy_bytes),
     }
 }
 
@@ -146,9 +148,9 @@ fn unlink(path: &[u8], opened: &File) -> Result<(), SendFileError> {
     std::fs::remove_file(path).map_err(error)
 }
 
-fn from_stream(stream: &PhpStream<'_>) -> Result<Opened, Failure> {
+fn from_stream(stream: &PhpStream<'_>, max_copy_bytes: u64) -> Result<Opened, Failure> {
     let opened_as = stream.opened_as().unwrap_or_default();
-    if let Some(fd) = stream.descriptor() {
+    if let Some(fd) = stream.descriptor()? {
         let flags = fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), FcntlArg::F_GETFL)
             .map(OFlag::from_bits_retain)
             .unwrap_or(OFlag::O_RDONLY);
@@ -171,7 +173,7 @@ fn from_stream(stream: &PhpStream<'_>) -> Result<Opened, Failure> {
         }
         // A pipe, socket or device: its bytes are only reachable by reading them.
     }
-    let (file, etag) = copy_to_memory(stream)?;
+    let (file, etag) = copy_to_memory(stream, max_copy_bytes)?;
     Ok(Opened {
         file,
         type_name: String::new(),
@@ -184,15 +186,16 @@ fn from_stream(stream: &PhpStream<'_>) -> Result<Opened, Failure> {
 const COPY_CHUNK: usize = 128 * 1024;
 
 /// Reads the whole stream from offset 0 into a sealed memfd; returns it and the ETag of
-/// its content. The stream's position is put back where it was when it can seek. A stream
-/// that cannot seek is taken from where it is, which must be its start (or unknown: a
-/// pipe).
-fn copy_to_memory(stream: &PhpStream<'_>) -> Result<(File, String), Failure> {
+/// its content. A stream with more than `max_copy_bytes` bytes (0: no limit) is refused
+/// as soon as the copy would pass it. The stream's position is put back where it was when
+/// it can seek (quietly: a user wrapper may turn out not to). A stream that cannot seek is
+/// taken from where it is, which must be its start (or unknown: a pipe).
+fn copy_to_memory(stream: &PhpStream<'_>, max_copy_bytes: u64) -> Result<(File, String), Failure> {
     // A pipe's position is unknown (-1): it has no start to go back to, so what is left
     // in it is the stream.
     let position = stream.tell();
     let seekable = stream.seekable();
-    if position > 0 && !(seekable && stream.seek(0)) {
+    if position > 0 && !(seekable && stream.seek(0)?) {
         return Err(SendFileError::StreamNotAtStart.into());
     }
     let copy_error = |e: std::io::Error| SendFileError::StreamCopy { kind: e.kind() };
@@ -212,18 +215,25 @@ fn copy_to_memory(stream: &PhpStream<'_>) -> Result<(File, String), Failure> {
             Err(Some(Bailout)) => return Err(Failure::Bailout),
             Err(None) => return Err(SendFileError::StreamRead.into()),
         };
+        if max_copy_bytes > 0 && size + n as u64 > max_copy_bytes {
+            // The memory file is dropped on the way out: nothing of the copy stays.
+            return Err(SendFileError::StreamTooLarge {
+                limit: max_copy_bytes,
+            }
+            .into());
+        }
         let chunk = &buf[..n];
         hasher.write(chunk);
         file.write_all(chunk).map_err(copy_error)?;
         size += n as u64;
     }
     if ext_php_rs::zend::ExecutorGlobals::has_exception() {
-        // A user-space wrapper threw while being read: its exception is pending and
-        // becomes the previous one of ours.
+        // A user-space wrapper threw while being read: its exception is pending, and it
+        // is what the script sees (ext-php-rs never replaces a pending exception).
         return Err(SendFileError::StreamRead.into());
     }
     if seekable && position >= 0 {
-        stream.seek(position);
+        stream.seek(position)?;
     }
     // Sealed: nobody, not even this process, can change what the plan was made for.
     let seals = SealFlag::F_SEAL_SHRINK

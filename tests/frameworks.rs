@@ -69,9 +69,27 @@ fn symfony_without_extension_is_binary_file_response() {
     if skip_without(SYMFONY) {
         return;
     }
+    run_without_extension("symfony_without_extension.php");
+}
+
+/// Another library's global `send_file()` is not the extension: without the extension
+/// HandoffFileResponse stays BinaryFileResponse (php/tests/frameworks/
+/// symfony_foreign_send_file.php).
+#[test]
+fn symfony_foreign_send_file_is_not_the_extension() {
+    if skip_without(SYMFONY) {
+        return;
+    }
+    run_without_extension("symfony_foreign_send_file.php");
+}
+
+/// Runs `php/tests/frameworks/<script>` in a php that does not load the extension; it
+/// must exit 0 and print PASS and no FAIL.
+fn run_without_extension(script: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let script =
-        crate::util::repo_root().join("php/tests/frameworks/symfony_without_extension.php");
+    let script = crate::util::repo_root()
+        .join("php/tests/frameworks")
+        .join(script);
     let out = std::process::Command::new("php")
         .args(["-d", "display_errors=stderr"])
         .arg(&script)
@@ -89,6 +107,34 @@ fn symfony_without_extension_is_binary_file_response() {
     assert!(
         stdout.contains("PASS") && !stdout.contains("FAIL"),
         "{report}"
+    );
+}
+
+/// deleteFileAfterSend() when send_file() throws after it opened and unlinked the file
+/// (php/tests/www/symfony_replaced.php: the header callback that send_file() runs puts a
+/// new file at the path and throws): the file now at the path is not the one sent, and
+/// HandoffFileResponse must leave it.
+#[test]
+fn symfony_never_deletes_a_file_that_replaced_the_sent_one() {
+    if skip_without(SYMFONY) {
+        return;
+    }
+    let stack = Stack::start(Config::new(Kind::Fpm));
+    stack.data_file("replaced.bin", 100_000, 52);
+    let r = stack.get(
+        "replaced",
+        "/symfony_replaced.php?f=replaced.bin&result=replaced",
+    );
+    assert_eq!(
+        r.body_len(),
+        0,
+        "nothing of the file was sent:\n{}",
+        r.head_text
+    );
+    assert_eq!(
+        stack.wait_result("replaced"),
+        "threw exists=true content=true",
+        "the replacement must still be at the path"
     );
 }
 

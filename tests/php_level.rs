@@ -31,6 +31,18 @@ fn run_php_ini(script: &str, envs: &[(&str, &Path)], ini: &[String]) -> (String,
     (cmdline, out)
 }
 
+/// The stderr of a script whose stdout is a file's bytes, and a report that shows the
+/// command, its exit status, how many bytes it wrote and its stderr.
+fn binary_stdout_report(cmdline: &str, out: &Output) -> (String, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = format!(
+        "{cmdline}\nexit: {}\nstdout: {} bytes\nstderr:\n{stderr}",
+        out.status,
+        out.stdout.len()
+    );
+    (stderr, report)
+}
+
 #[test]
 fn errors_throw_handoff_exception() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -54,12 +66,7 @@ fn cli_streams_file_to_stdout_and_returns_false() {
     // The path, and the same bytes as a php://memory stream (copied into a memfd).
     for script in ["stream.php", "send_stream.php"] {
         let (cmdline, out) = run_php(script, &[("HANDOFF_TEST_FILE", &file)]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let report = format!(
-            "{cmdline}\nexit: {}\nstdout: {} bytes\nstderr:\n{stderr}",
-            out.status,
-            out.stdout.len()
-        );
+        let (stderr, report) = binary_stdout_report(&cmdline, &out);
         assert!(out.status.success(), "{report}");
         assert_eq!(out.stdout.len() as u64, 3 * MIB + 17, "{report}");
         assert_eq!(sha256_bytes(&out.stdout), sha, "{report}");
@@ -126,4 +133,19 @@ fn handoff_socket_is_not_settable_from_scripts() {
         "{report}"
     );
     assert!(!stdout.contains("FAIL"), "{report}");
+}
+
+/// `handoff.max_copy_bytes` (1 MiB, set by the script with `ini_set()`): a stream to be
+/// copied into memory that is larger throws before a byte is written and leaves no memory
+/// copy open; one of exactly that size is sent.
+#[test]
+fn stream_copy_is_limited_by_max_copy_bytes() {
+    let (cmdline, out) = run_php("copy_limit.php", &[]);
+    let (stderr, report) = binary_stdout_report(&cmdline, &out);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(stderr.matches("PASS").count(), 2, "{report}");
+    assert!(!stderr.contains("FAIL"), "{report}");
+    assert!(stderr.contains("sent the limit"), "{report}");
+    // Only the last stream: the limit's 1 MiB of 'm' (output is off after it).
+    assert!(out.stdout == vec![b'm'; 1 << 20], "{report}");
 }

@@ -21,4 +21,5 @@ mod pacing;
 mod php_level;
 mod records;
 mod streams;
+mod user_code;
 mod valgrind;

@@ -32,10 +32,13 @@ use Symfony\Component\HttpFoundation\Response;
  */
 class HandoffFileResponse extends BinaryFileResponse
 {
-    /** Whether send_file() exists in this process (the extension is loaded). */
+    /**
+     * Whether the handoff extension is loaded. Not merely whether a function send_file()
+     * exists: other code declares one of that name (Moodle's filelib.php does).
+     */
     public static function handoffAvailable(): bool
     {
-        return \function_exists('send_file');
+        return \extension_loaded('handoff');
     }
 
     /**
@@ -86,7 +89,7 @@ class HandoffFileResponse extends BinaryFileResponse
             return parent::sendContent();
         }
         $path = $this->file->getPathname();
-        $deleted = false;
+        $extensionDeletes = false;
         try {
             if (!$this->isSuccessful()) {
                 return Response::sendContent();
@@ -100,14 +103,17 @@ class HandoffFileResponse extends BinaryFileResponse
                 }
                 send_file($stream);
             } else {
+                // From here the extension alone deletes the file, also if send_file()
+                // throws: it unlinks the file it opened, and never one that replaced it at
+                // the path since (unlinking whatever is there now could delete another).
+                $extensionDeletes = $this->deleteFileAfterSend;
                 send_file($path, $this->deleteFileAfterSend ? ['delete' => true] : []);
-                $deleted = $this->deleteFileAfterSend;
             }
         } finally {
             // As BinaryFileResponse: also when nothing could be sent. prepare()'s stat of
             // the file is cached: without clearing it, is_file() would still see a file
             // that send_file() unlinked.
-            if ($this->deleteFileAfterSend && !$deleted) {
+            if ($this->deleteFileAfterSend && !$extensionDeletes) {
                 clearstatcache(true, $path);
                 if (is_file($path)) {
                     unlink($path);
