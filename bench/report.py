@@ -10,7 +10,8 @@ docs/s1-probe-latency.png (run 1 of every S1 scenario, one line per backend) and
 docs/s1-probe-per-backend.png (S1 at 1,000 clients, or the most clients measured: one panel
 per backend and arrival, every run).
 
-S1 scenarios are S1-N (clients arriving over a ramp) and S1-N-burst (all within 1 s).
+S1 scenarios are S1-N (clients arriving over a ramp), S1-N-burst (all within 1 s) and
+S1-N-cold (the same burst on a fresh stack after a quiet period).
 Backends ending in -tls are the same request over HTTPS (TLS 1.3 at nginx); "relay" is the
 nginx relay limit (proxy_pass, buffering off, to an nginx serving the file with sendfile).
 
@@ -72,6 +73,8 @@ GB = 1e9
 
 
 def name(b):
+    if b.endswith("@ab"):
+        return f"{NAMES.get(b[:-3], b[:-3])} with `{AB_FLAGS.get(b, '')}`"
     return NAMES.get(b, b)
 
 
@@ -81,11 +84,28 @@ def same_proto(base, b):
 
 
 def arrival(scn):
-    return "burst" if scn.endswith("-burst") else "ramp"
+    for a in ("burst", "cold"):
+        if scn.endswith("-" + a):
+            return a
+    return "ramp"
+
+
+HOW = {"ramp": "arriving over a ramp", "burst": "arriving within 1 s",
+       "cold": "arriving within 1 s on a fresh stack after a quiet period"}
 
 by = collections.defaultdict(list)
 for r in rows:
     by[(r["labels"]["scenario"], r["labels"]["backend"])].append(r)
+# BENCH_AB_MANAGER_ARGS runs: BACKEND@ab is BACKEND with the A/B's manager flags, listed
+# right after it.
+AB_FLAGS = {}
+for r in rows:
+    b = r["labels"]["backend"]
+    if b.endswith("@ab"):
+        AB_FLAGS[b] = r["labels"].get("manager_args", "").strip()
+        for lst in (BACKENDS, HANDOFFS):
+            if b[:-3] in lst and b not in lst:
+                lst.insert(lst.index(b[:-3]) + 1, b)
 scenarios = sorted({s for s, _ in by}, key=lambda s: (s[:2], int(re.sub(r"\D", "", s.split("-")[1]) or 0) * (1024 if s.endswith("m") else 1), s))
 
 
@@ -259,12 +279,13 @@ for scn in sorted({k[0] for k in scaled}):
 s1 = [s for s in scenarios if s.startswith("S1-")]
 for scn in s1:
     n = int(scn.split("-")[1])
-    burst = arrival(scn) == "burst"
-    tag = f"S1 {n}" + (" burst" if burst else "")
+    burst = arrival(scn) != "ramp"
+    tag = f"S1 {n}" + (f" {arrival(scn)}" if burst else "")
     ramps = sorted({r["labels"]["ramp_s"] for b in BACKENDS for r in by.get((scn, b), []) if "ramp_s" in r["labels"]})
     over = f"over {'/'.join(ramps)} s" if ramps else ("within 1 s" if burst else "over a ramp")
     w(f"\n### S1 — {n} slow clients (20 MiB at 200 KiB/s each) + probe every 100 ms, "
-      f"arriving {'as a burst ' if burst else ''}{over}\n")
+      f"arriving {'as a burst ' if burst else ''}{over}"
+      f"{' on a fresh stack after a quiet period' if arrival(scn) == 'cold' else ''}\n")
     w("| backend | probe p50 ms | probe p99 ms | probes failed | progressing at once | failed | starved | nginx temp MiB | peak RSS MiB nginx / fpm / manager / php -S | CPU s per GB nginx / fpm / manager / php -S |")
     w("|---|---|---|---|---|---|---|---|---|---|")
     for b in ["idle-fpm", "idle-cli"] + BACKENDS:
@@ -331,6 +352,20 @@ for scn in s1:
             goals.append((f"{tag}: no download waits > 100 ms for its head ({name(b)}; issue 10)",
                           all(o == 0 for o in over), "over 100 ms per run: " + ", ".join(str(o) for o in over)))
         goals.append((f"{tag}: no nginx temp files ({name(b)})", all(temp), f"{sum(temp)}/{len(temp)} runs"))
+        # Against X-Accel-Redirect in the same run: the head (first byte) p99 ≤ 1.5× its or
+        # ≤ 100 ms, and the mean client rate (bytes per client per second of the run) ≥ 0.95×
+        # its, in every run.
+        if b.startswith("handoff-fpm") and (scn, xa) in by:
+            def rate(r):
+                return r["bytes"] / max(r["conns"], 1) / max(r["engine_s"], 1e-9)
+            heads = list(zip(vals(scn, b, lambda r: r.get("head_p99_ms")), vals(scn, xa, lambda r: r.get("head_p99_ms"))))
+            ok = [h is not None and (h <= 100 or (x is not None and h <= 1.5 * x)) for h, x in heads]
+            goals.append((f"{tag}: first-byte p99 ≤ 1.5× {name(xa)} or ≤ 100 ms, every run ({name(b)})", all(ok),
+                          "runs: " + ", ".join(f"{fmt(h)} vs {fmt(x)} ms" for h, x in heads)))
+            rates = list(zip(vals(scn, b, rate), vals(scn, xa, rate)))
+            ok = [x > 0 and c >= 0.95 * x for c, x in rates]
+            goals.append((f"{tag}: mean client rate ≥ 0.95× {name(xa)}, every run ({name(b)})", all(ok),
+                          "runs: " + ", ".join(f"{c / 1000:.0f} vs {x / 1000:.0f} KB/s" for c, x in rates)))
 
 if s1 and importlib.util.find_spec("matplotlib"):
     w("\n![S1 probe latency over time, one panel per backend](s1-probe-per-backend.png)\n")
@@ -435,7 +470,7 @@ def fpm_logs():
 
 for log_name, log_lines in fpm_logs():
     tag = log_name[4:-4]
-    m = re.match(r"(S\d-[^-]+(?:-burst)?)-(.+)-(\d+)$", tag)
+    m = re.match(r"(S\d-[^-]+(?:-burst|-cold)?)-(.+)-(\d+)$", tag)
     if not m:
         continue
     scn, backend, run = m.groups()
@@ -581,7 +616,7 @@ if s1:
         ax.set_xlabel("seconds since the clients started (run 1)")
         ax.set_ylabel("probe latency, ms (log scale)\n× at top = failed / timed out (1 s)")
         n = scn.split("-")[1]
-        how = "arriving within 1 s" if arrival(scn) == "burst" else "arriving over a ramp"
+        how = HOW[arrival(scn)]
         ax.set_title(f"S1: probe page latency while {n} clients ({how}) download 20 MiB at 200 KiB/s")
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
@@ -598,7 +633,7 @@ if s1:
     # backend's slow probes fall.
     counts = sorted({int(scn.split("-")[1]) for scn in s1})
     n = 1000 if 1000 in counts else counts[-1]
-    cols = [scn for scn in (f"S1-{n}", f"S1-{n}-burst") if scn in s1]
+    cols = [scn for scn in (f"S1-{n}", f"S1-{n}-burst", f"S1-{n}-cold") if scn in s1]
     rows_b = [b for b in ["idle-fpm", "idle-cli"] + BACKENDS if any((scn, b) in by for scn in cols)]
     runs = sorted({r["labels"]["run"] for scn in cols for b in rows_b for r in by.get((scn, b), [])}, key=int)
     fig, axes = plt.subplots(len(rows_b), len(cols), figsize=(6.5 * len(cols), 1.9 * len(rows_b) + 0.8),
@@ -628,7 +663,7 @@ if s1:
             ax.tick_params(labelsize=7)
             if j == 0:
                 ax.set_ylabel("ms", fontsize=7)
-        how = "arriving within 1 s" if arrival(scn) == "burst" else "arriving over a ramp"
+        how = HOW[arrival(scn)]
         axes[0, j].annotate(f"{n} slow clients {how}", xy=(0.5, 1.35), xycoords="axes fraction",
                             ha="center", fontsize=10, fontweight="bold")
         axes[-1, j].set_xlabel("seconds since the clients started", fontsize=8)

@@ -3,7 +3,9 @@
 # on one machine, in one run.
 #
 #   bash bench/run.sh --quick     # ~7 minutes: every scenario at its smallest size, 3 runs
-#   bash bench/run.sh --full      # ~80 minutes: the sizes of issue 3, S1 also as a burst, 3 runs
+#   bash bench/run.sh --full      # ~80 minutes: the sizes of issue 3, S1 also as a burst, 3 runs;
+#                                 # the cold bursts add ~30 s per S1 backend, client count and run
+#                                 # (the 2026-12-03 subset: 5 backends x 1,000 clients, ~3 min)
 #                                 # (both times estimated from --smoke and the last full run,
 #                                 # not measured since the HTTPS and relay backends came in)
 #   bash bench/run.sh --smoke     # ~2 minutes, 1 run, tiny loads: checks that the harness works
@@ -46,7 +48,11 @@
 # S1 and S2 run every backend above; S3 (small files) the plain-HTTP ones except relay, plus
 # the *-inline variants.
 # Scenarios: S1 slow-client storm + probe (the clients arrive over a ramp, scenario S1-N, and,
-# in --full, also as a 1 s burst, scenario S1-N-burst), S2 fast clients, S3 small files (and the
+# in --full, also as a 1 s burst, scenario S1-N-burst, and as a cold burst, S1-N-cold: the
+# same 1 s burst on a fresh stack after a quiet period, as a burst after a quiet spell meets a
+# site in production: nginx reloaded (new workers), the manager restarted, then
+# BENCH_S1_QUIET seconds (default 10) of nothing, so that the memory of the last run's socket
+# buffers is back with the kernel, or the host), S2 fast clients, S3 small files (and the
 # handoff.inline_below sweep), S4 worker hold time (php-fpm access log), S5 10,000 slow
 # connections. Output: $BENCH_OUT (default bench/results/MODE): results.jsonl (one line per
 # client run), probe-*.csv, fpm-*.log, report.md, s1-probe-latency.png and
@@ -72,10 +78,14 @@
 # stay the work tree's).
 #
 # BENCH_MANAGER_ARGS: extra handoff-manager flags for the whole run (labelled manager_args).
+# BENCH_AB_MANAGER_ARGS: S1's handoff backends also run with these manager flags added, as
+# BACKEND@ab, in the same run (see with_manager_args).
 # Focused runs (any mode): BENCH_SCENARIOS (default "S1 S2 S3 S5"),
 # BENCH_BACKENDS (replaces the backend list of S1, S2 and S3; in S1 the idle baselines run
 # only when named: idle-fpm, idle-cli), BENCH_S1_NS (client counts, e.g. "1000"),
-# BENCH_S1_ARRIVALS ("ramp", "burst" or both; default both in --full, ramp otherwise), e.g.
+# BENCH_S1_ARRIVALS ("ramp", "burst", "cold", or several; default "ramp burst cold" in --full,
+# ramp otherwise), BENCH_S1_QUIET (seconds of quiet before each cold burst, default 10),
+# BENCH_NGINX_WORKERS (nginx's worker_processes, default auto), e.g.
 #   BENCH_SCENARIOS=S1 BENCH_S1_NS=1000 BENCH_S1_ARRIVALS=burst \
 #     BENCH_BACKENDS="idle-fpm handoff-fpm xaccel relay" bash bench/run.sh --full
 set -euo pipefail
@@ -125,7 +135,7 @@ case "$MODE" in
         ;;
     full)
         RUNS=3
-        S1_NS=(200 1000 2000); S1_SECS=15; S1_RAMP=3; S1_ARRIVALS=(ramp burst)
+        S1_NS=(200 1000 2000); S1_SECS=15; S1_RAMP=3; S1_ARRIVALS=(ramp burst cold)
         S2_CONNS=64; S2_SECS=5; S2_BIG=f1g; S2_BIG_REQUESTS=2
         S3_SIZES=(4k 16k 64k 128k 256k); S3_SECS=3
         S5_CONNS=10000; S5_RATE=$((10 * KIB)); S5_SECS=45; S5_RAMP=25
@@ -149,10 +159,13 @@ SCENARIOS="${BENCH_SCENARIOS:-S1 S2 S3 S5}"
 TLS_PORT=$((PORT + 4))
 # The 1 s burst: all S1 clients open their connections within one second.
 S1_BURST=1
+# Before a cold burst: seconds of quiet on a fresh stack.
+S1_QUIET="${BENCH_S1_QUIET:-10}"
+NGINX_WORKERS="${BENCH_NGINX_WORKERS:-auto}"
 [ -n "${BENCH_S1_NS:-}" ] && read -r -a S1_NS <<<"$BENCH_S1_NS"
 [ -n "${BENCH_S1_ARRIVALS:-}" ] && read -r -a S1_ARRIVALS <<<"$BENCH_S1_ARRIVALS"
 for a in "${S1_ARRIVALS[@]}"; do
-    case "$a" in ramp | burst) ;; *) die "BENCH_S1_ARRIVALS: $a is neither ramp nor burst" ;; esac
+    case "$a" in ramp | burst | cold) ;; *) die "BENCH_S1_ARRIVALS: $a is not ramp, burst or cold" ;; esac
 done
 DATA="${BENCH_DATA:-/tmp/handoff-bench-data}"
 OUT="${BENCH_OUT:-$REPO/bench/results/$MODE}"
@@ -371,6 +384,17 @@ MANAGER_SHA="$(sha256sum "$RUN/handoff-manager" | cut -c1-12)"
 # BENCH_MANAGER_ARGS: extra manager flags for the whole run (an A/B of a manager setting,
 # e.g. "--relay-start-rate 0"); every result line carries them as the label manager_args.
 read -r -a MANAGER_EXTRA <<<"${BENCH_MANAGER_ARGS:-}"
+# BENCH_AB_MANAGER_ARGS: an A/B of a manager setting inside one run: in S1 every handoff
+# backend runs twice, as itself and, with the manager restarted with these flags added, as
+# BACKEND@ab (same stack, same minute, same load); the manager goes back to the run's flags
+# afterwards.
+AB_ARGS="${BENCH_AB_MANAGER_ARGS:-}"
+with_manager_args() { # flags...: restart the manager with these extra flags
+    settle
+    stop_manager
+    read -r -a MANAGER_EXTRA <<<"$*"
+    start_manager "$MANAGER_THREADS"
+}
 start_manager() { # threads
     MANAGER_THREADS="$1"
     rm -f "$RUN/manager.env"
@@ -422,7 +446,7 @@ rm -f "$RUN/stack.env"
 "$STACK" up --no-manager --dir "$RUN" --logs "$LOGS" --port "$PORT" --docroot "$DOCROOT" \
     --extension "$SO" --fpm-children 4 \
     --fpm-pool-line "access.log = $FPM_LOG" --fpm-pool-line 'access.format = "%{micro}d %s %r%Q%q"' \
-    --nginx-workers auto --nginx-rlimit-nofile "$FD_LIMIT" --nginx-connections 32768 \
+    --nginx-workers "$NGINX_WORKERS" --nginx-rlimit-nofile "$FD_LIMIT" --nginx-connections 32768 \
     --nginx-error-level error --nginx-no-access-log \
     --nginx-http-line "sendfile on;" --nginx-http-line "tcp_nopush on;" \
     --nginx-http-line "keepalive_requests 1000000;" \
@@ -516,9 +540,20 @@ check_relay_and_tls() { # sha256 of f64k
 check_stack
 log "stack up in $RUN (manager $MANAGER_PID, php-fpm $FPM_PID, nginx $NGINX_PID, php -S $CLI_PID, relay upstream $RELAY_PID; HTTPS on $TLS_PORT)"
 
+# A cold start for S1-N-cold: nginx reloaded (SIGHUP: new workers, fresh memory; the old
+# ones leave once idle), the manager restarted, then S1_QUIET seconds with no traffic.
+fresh_stack() {
+    settle
+    kill -HUP "$NGINX_PID"
+    stop_manager
+    start_manager "$MANAGER_THREADS"
+    wait_for nginx "$STACK_PID" curl -sf "http://127.0.0.1:$PORT/probe.php"
+    sleep "$S1_QUIET"
+}
+
 # --- running the client ----------------------------------------------------------------------
 url_of() { # backend file -> "port path"
-    case "$1" in
+    case "${1%@ab}" in
         handoff-fpm) echo "$PORT /send.php?f=$2&handoff=1" ;;
         handoff-fpm-inline) echo "$PORT /send.php?f=$2&inline=1" ;;
         handoff-fpm-4k) echo "$DEFAULTS_PORT /send.php?f=$2&handoff=1" ;;
@@ -572,7 +607,7 @@ bench() {
     settle
     local port path probe_port=$PORT
     read -r port path <<<"$(url_of "$backend" "${FILE:-f20m}")"
-    case "$backend" in *-cli*) probe_port=$CLI_PORT ;; esac
+    case "${backend%@ab}" in *-cli*) probe_port=$CLI_PORT ;; esac
     local load1
     load1="$(cut -d' ' -f1 /proc/loadavg)"
     local before
@@ -584,7 +619,7 @@ bench() {
     case "$scenario" in S5*) watch=() ;; esac
     # HTTPS backends: the load connections speak TLS 1.3 (the probe stays plain HTTP).
     local tls=()
-    case "$backend" in *-tls) tls=(--tls-ca "$TLS_DIR/ca.pem") ;; esac
+    case "${backend%@ab}" in *-tls) tls=(--tls-ca "$TLS_DIR/ca.pem") ;; esac
     # Idle baselines: the probe alone, the same arguments with no load connections.
     local args=("$@") i
     case "$backend" in
@@ -597,7 +632,8 @@ bench() {
         --group "php-cli=$CLI_PID" --group "relay-upstream=$RELAY_PID" "${watch[@]}" "${tls[@]}" \
         --label "scenario=$scenario" --label "backend=$backend" --label "run=$run" \
         --label "load1=$load1" --label "file=${FILE:-f20m}" --label "threads=$MANAGER_THREADS" \
-        --label "manager_args=${BENCH_MANAGER_ARGS:-}" \
+        --label "nginx_workers=$NGINX_WORKERS" \
+        --label "manager_args=${MANAGER_EXTRA[*]}" \
         --probe-addr "127.0.0.1:$probe_port" "${args[@]}" >>"$OUT/results.jsonl" ||
         die "handoff-bench failed in $tag"
     python3 "$REPO/bench/manager_cpu.py" merge "$MANAGER_PID" "$cpu_before" "$OUT/results.jsonl" ||
@@ -680,12 +716,20 @@ for run in $(seq 1 "$RUNS"); do
         for arrival in "${S1_ARRIVALS[@]}"; do
             scn="S1-$n" ramp="$S1_RAMP"
             [ "$arrival" = burst ] && scn="S1-$n-burst" ramp="$S1_BURST"
+            [ "$arrival" = cold ] && scn="S1-$n-cold" ramp="$S1_BURST"
             log "S1 run $run: $n slow clients x 200 KiB/s arriving over ${ramp}s ($arrival), ${S1_SECS}s"
             for backend in "${S1_BACKENDS[@]}"; do
-                FILE=f20m bench "$scn" "$backend" "$run" --conns "$n" --rate "$S1_RATE" \
-                    --ramp "$ramp" --duration "$S1_SECS" --probe-path /probe.php \
-                    --probe-csv "$OUT/probe-$scn-$backend-$run.csv" --label "arrival=$arrival" \
-                    --label "ramp_s=$ramp"
+                variants=("$backend")
+                [ -n "$AB_ARGS" ] && [[ "$backend" == handoff-* ]] && variants+=("$backend@ab")
+                for v in "${variants[@]}"; do
+                    [[ "$v" == *@ab ]] && with_manager_args "${BENCH_MANAGER_ARGS:-} $AB_ARGS"
+                    [ "$arrival" = cold ] && fresh_stack
+                    FILE=f20m bench "$scn" "$v" "$run" --conns "$n" --rate "$S1_RATE" \
+                        --ramp "$ramp" --duration "$S1_SECS" --probe-path /probe.php \
+                        --probe-csv "$OUT/probe-$scn-$v-$run.csv" --label "arrival=$arrival" \
+                        --label "ramp_s=$ramp"
+                    [[ "$v" == *@ab ]] && with_manager_args "${BENCH_MANAGER_ARGS:-}"
+                done
             done
         done
     done
@@ -733,7 +777,7 @@ log "measurements done in $((SECONDS - started)) s"
     else
         echo "handoff=$HANDOFF_COMMIT (HEAD when the run started) manager=sha256:$MANAGER_SHA"
     fi
-    echo "load1_at_start=$START_LOAD quiet_wanted=${QUIET_LOAD:-no}"
+    echo "load1_at_start=$START_LOAD quiet_wanted=${QUIET_LOAD:-no} nginx_workers=$NGINX_WORKERS"
 } >"$OUT/machine.txt"
 publish=()
 [ "$PUBLISH" = 1 ] && publish=(--publish)

@@ -8,37 +8,39 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::time::Instant;
 
 use ext_php_rs::zend as headers;
+use handoff_core::bucket::TokenBucket;
 use handoff_core::plan::{Piece, Plan};
 
 use crate::ffi::{self, Bailout};
 
 const CHUNK: usize = 128 * 1024;
 
-/// Sleeps as needed to keep an average of `rate` bytes per second.
+/// Sleeps as needed to keep an average of `rate` bytes per second: a bucket that starts
+/// empty and keeps every unused byte (a slow output layer may catch up), paid after each
+/// write.
 struct Pace {
-    rate: u64,
-    start: std::time::Instant,
-    sent: u64,
+    bucket: Option<TokenBucket>,
 }
 
 impl Pace {
     fn new(rate: u64) -> Pace {
         Pace {
-            rate,
-            start: std::time::Instant::now(),
-            sent: 0,
+            bucket: (rate > 0)
+                .then(|| TokenBucket::holding(rate, f64::INFINITY, 0.0, Instant::now())),
         }
     }
 
     fn after(&mut self, n: u64) {
-        if self.rate == 0 {
+        let Some(bucket) = &mut self.bucket else {
             return;
-        }
-        self.sent += n;
-        let due = std::time::Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
-        if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
+        };
+        bucket.take(n);
+        bucket.refill(Instant::now());
+        let ahead = bucket.time_until(0.0);
+        if !ahead.is_zero() {
             std::thread::sleep(ahead);
         }
     }

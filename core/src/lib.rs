@@ -14,6 +14,8 @@
 //! - [`protocol`]: the handoff message, its wire format, and both sides of the two-phase
 //!   accept/go handshake's messages: the worker's [`protocol::Offer`] and the manager's
 //!   [`protocol::recv_job`].
+//! - [`bucket`]: the token bucket every rate is kept with (the fallback's `rate`, the
+//!   manager's per-download rates, rate groups, `--max-rate` and relay pacing).
 //! - [`io_class`]: what a failed system call means (retry, would block, peer gone, error).
 //! - `sys`: the crate's only `unsafe` code: receiving a message with its `SCM_RIGHTS`
 //!   descriptors, each owned at once.
@@ -23,6 +25,7 @@
 // `unsafe` only in `sys`.
 #![deny(unsafe_code)]
 
+pub mod bucket;
 pub mod conditional;
 pub mod head;
 pub mod io_class;

@@ -27,6 +27,7 @@ use nix::sys::stat::{fstat, SFlag};
 use crate::fcgi;
 use crate::join::FileId;
 use crate::rate_group::Member;
+use handoff_core::bucket::TokenBucket;
 use handoff_core::io_class::{classify, IoClass};
 use handoff_core::plan::Piece;
 use handoff_core::protocol::{Framing, Job, Received};
@@ -124,6 +125,14 @@ fn file_id(file: &OwnedFd) -> Option<FileId> {
     })
 }
 
+/// A download's own rate limit: a burst of 1/8 s (at least 16 KiB) to start with, then
+/// `rate`; unused time is kept, so a download that waited for its client may catch up to
+/// its average.
+fn own_bucket(rate: u64, now: Instant) -> TokenBucket {
+    let burst = (rate / 8).max(16 * 1024) as f64;
+    TokenBucket::holding(rate, f64::INFINITY, burst, now)
+}
+
 /// What a call on a download left to do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
@@ -161,8 +170,12 @@ pub struct Download {
     /// Bytes of the response head at the start of `out`, and bytes written so far.
     head_len: u64,
     written: u64,
-    /// Bytes per second allowed to this download (0: unlimited, or limited by its group).
-    rate: u64,
+    /// Bytes of `written` known to have left the socket ([`Download::drained`]).
+    drained: u64,
+    /// The download's own `rate` (`None`: unlimited, or limited by its group), and how
+    /// many of the bytes written it has been charged for.
+    rate: Option<TokenBucket>,
+    charged: u64,
     /// The shared bucket of its `rate_group`, if any; replaces its own `rate`.
     group: Option<Member>,
     pub status: u16,
@@ -237,7 +250,9 @@ impl Download {
             body_in_out: 0,
             head_len,
             written: 0,
-            rate: if group.is_some() { 0 } else { rate },
+            drained: 0,
+            rate: (group.is_none() && rate > 0).then(|| own_bucket(rate, now)),
+            charged: 0,
             group,
             pieces: body.into_iter().filter(|p| !p.is_empty()).collect(),
             pos: 0,
@@ -281,6 +296,19 @@ impl Download {
         self.framer.is_some()
     }
 
+    /// Bytes that left the connection's socket since the last call (read by the peer):
+    /// what was written minus what is still unread in the socket (`SIOCOUTQ`). Relay
+    /// pacing sums this over the relayed downloads to measure the web server's pace.
+    pub fn drained(&mut self) -> u64 {
+        let Ok(unread) = crate::sys::unsent_bytes(self.sock.as_fd()) else {
+            return 0;
+        };
+        let left = self.written.saturating_sub(unread);
+        let delta = left.saturating_sub(self.drained);
+        self.drained = self.drained.max(left);
+        delta
+    }
+
     /// Bytes written to the connection so far, framing included.
     pub fn written(&self) -> u64 {
         self.written
@@ -291,26 +319,24 @@ impl Download {
         self.last_progress
     }
 
-    /// The download's own rate limit (a token bucket with a 1/8 s burst, at least 16 KiB):
-    /// how many more bytes it may write now, or when it may write again. It writes only
-    /// once a quantum (1/20 s worth, at least 4 KiB, or what is left of the body if less)
-    /// is allowed, so that a slow rate means a few full writes with pauses between them,
-    /// not a loop that wakes for every byte.
-    fn rate_allowance(&self, now: Instant) -> Result<usize, Instant> {
-        if self.rate == 0 {
+    /// The download's own rate limit: how many more bytes it may write now, or when it may
+    /// write again. It writes only once a quantum (1/20 s worth, at least 4 KiB, or what
+    /// is left of the body if less) is allowed, so that a slow rate means a few full writes
+    /// with pauses between them, not a loop that wakes for every byte.
+    fn rate_allowance(&mut self, now: Instant) -> Result<usize, Instant> {
+        let Some(bucket) = &mut self.rate else {
             return Ok(usize::MAX);
+        };
+        bucket.take(self.written - self.charged);
+        self.charged = self.written;
+        let quantum = (bucket.rate() / 20)
+            .max(4096)
+            .min(self.planned.saturating_sub(self.sent).max(1)) as f64;
+        let allowed = bucket.available(now);
+        if allowed as f64 >= quantum {
+            return Ok(usize::try_from(allowed).unwrap_or(usize::MAX));
         }
-        let burst = (self.rate / 8).max(16 * 1024) as f64;
-        let rate = self.rate as f64;
-        let quantum = (self.rate / 20).max(4096).min(self.remaining().max(1)) as f64;
-        let elapsed = now.duration_since(self.started).as_secs_f64();
-        let allowed = burst + rate * elapsed;
-        let written = self.written as f64;
-        if allowed - written >= quantum {
-            return Ok((allowed - written) as usize);
-        }
-        let at = (written + quantum - burst) / rate;
-        Err(self.started + Duration::from_secs_f64(at.max(0.0)))
+        Err(bucket.ready_at(quantum))
     }
 
     /// Writes as much as the socket takes, up to `budget` bytes (and the download's own
@@ -415,6 +441,12 @@ impl Download {
 
     fn progressed(&mut self, now: Instant) {
         self.last_progress = now;
+        self.stalled_since = None;
+    }
+
+    /// The connection reported that it takes bytes again: the send timeout stops running
+    /// until a write is refused again (a wait for a rate that follows is not a stall).
+    pub fn unstall(&mut self) {
         self.stalled_since = None;
     }
 

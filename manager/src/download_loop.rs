@@ -26,6 +26,7 @@ use crate::download::{Download, Outcome, Step};
 use crate::pacing::{PaceConfig, Pacer};
 use crate::rate_group::Groups;
 use crate::stats::{Board, Counters, Snapshot};
+use handoff_core::bucket::TokenBucket;
 use handoff_core::io_class::{classify_io, IoClass};
 use handoff_core::protocol::Received;
 
@@ -72,36 +73,15 @@ pub struct LoopConfig {
     pub pacing: PaceConfig,
 }
 
-/// A token bucket for the loop's bandwidth cap.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+/// The loop's bandwidth cap: a bucket of 1/20 s of the rate (at least 64 KiB).
+fn cap_bucket(rate: u64, now: Instant) -> TokenBucket {
+    TokenBucket::full(rate, (rate as f64 / 20.0).max(64.0 * 1024.0), now)
 }
 
-impl Bucket {
-    fn new(rate: u64, now: Instant) -> Bucket {
-        let burst = (rate as f64 / 20.0).max(64.0 * 1024.0);
-        Bucket {
-            rate: rate as f64,
-            burst,
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let dt = now.duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        self.last = now;
-    }
-
-    /// How long until a useful amount (1/8 of the burst) is available.
-    fn wait(&self) -> Duration {
-        let need = self.burst / 8.0 - self.tokens;
-        Duration::from_secs_f64((need / self.rate).max(0.001))
-    }
+/// How long until the cap holds a useful amount (1/8 of its capacity).
+fn cap_wait(cap: &TokenBucket) -> Duration {
+    cap.time_until(cap.capacity() / 8.0)
+        .max(Duration::from_millis(1))
 }
 
 /// The handshake loop's end of one download loop.
@@ -169,8 +149,9 @@ pub fn spawn(
         next: FIRST,
         ready: Vec::new(),
         sleepers: BinaryHeap::new(),
-        cap: (config.max_rate > 0).then(|| Bucket::new(config.max_rate, Instant::now())),
+        cap: (config.max_rate > 0).then(|| cap_bucket(config.max_rate, Instant::now())),
         wanting: HashSet::new(),
+        fair_turn: false,
         pacer: config
             .pacing
             .enabled()
@@ -211,8 +192,10 @@ struct Loop {
     sleepers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// The bandwidth cap, if any; then writable downloads wait in `wanting` and
     /// [`Loop::schedule`] decides who writes.
-    cap: Option<Bucket>,
+    cap: Option<TokenBucket>,
     wanting: HashSet<usize>,
+    /// Whether the cap's next turn goes round robin (every other turn does).
+    fair_turn: bool,
     /// Start pacing, if on.
     pacer: Option<Pacer>,
     scratch: Vec<u8>,
@@ -294,20 +277,20 @@ impl Loop {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if let (Some(cap), false) = (&self.cap, self.wanting.is_empty()) {
-            timeout = timeout.min(cap.wait());
+            timeout = timeout.min(cap_wait(cap));
         }
-        if let Some(at) = self.pacer.as_ref().and_then(Pacer::wake_at) {
+        if let Some(at) = self.pacer.as_ref().map(Pacer::wake_at) {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         timeout
     }
 
-    /// The length of the start phase; 0 while start pacing is off.
+    /// The first window of a relayed download; 0 while relay pacing is off.
     fn start_bytes(&self) -> u64 {
         self.pacer.as_ref().map_or(0, Pacer::start_bytes)
     }
 
-    /// Whether download `id` is in its start phase.
+    /// Whether download `id` is paced.
     fn in_start(&self, id: usize) -> bool {
         let start_bytes = self.start_bytes();
         self.downloads
@@ -315,8 +298,21 @@ impl Loop {
             .is_some_and(|d| in_start_phase(d, start_bytes))
     }
 
-    /// Start pacing: when a round begins, the downloads that waited for it write, in turn.
+    /// Relay pacing: at the end of each interval the budget follows what the relayed
+    /// sockets drained; when a round begins, the downloads that waited for it write, in
+    /// turn.
     fn pace(&mut self, now: Instant) {
+        if self.pacer.as_ref().is_some_and(|p| p.due(now)) {
+            let drained: u64 = self
+                .downloads
+                .values_mut()
+                .filter(|d| d.is_relayed())
+                .map(|d| d.drained())
+                .sum();
+            if let Some(pacer) = &mut self.pacer {
+                pacer.measured(drained, now);
+            }
+        }
         let Some(waiting) = self.pacer.as_mut().and_then(|p| p.begin_round(now)) else {
             return;
         };
@@ -325,9 +321,9 @@ impl Loop {
         }
     }
 
-    /// A writable download in its start phase writes what its share of the round allows,
-    /// or waits for the next round. One that has left its start phase is back on the
-    /// ordinary path.
+    /// A writable relayed download writes its first window at once, then what the budget
+    /// allows (a quantum at most), or waits for the next round. One that is not paced
+    /// (finished writing) is back on the ordinary path.
     fn write_starting(&mut self, id: usize, now: Instant) {
         let start_bytes = self.start_bytes();
         let (Some(pacer), Some(d)) = (self.pacer.as_mut(), self.downloads.get_mut(&id)) else {
@@ -337,38 +333,57 @@ impl Loop {
             self.on_event(id, false, true, now);
             return;
         }
-        // The head and the first bytes go out at once: pacing never delays a response's
-        // head. Only what follows waits for its share.
-        let free = crate::pacing::FREE.saturating_sub(d.written());
+        // The head and the first window go out at once: pacing never delays a response's
+        // head. Only what follows waits for the budget.
+        let free = start_bytes.saturating_sub(d.written());
         let allowed = if free > 0 {
             free
-        } else if let Some(allowed) = pacer.allowance(id) {
+        } else if let Some(allowed) = pacer.allowance(now) {
             allowed
         } else {
             pacer.defer(id);
             return;
         };
-        let budget = allowed.min(start_bytes - d.written()).min(BUDGET as u64);
+        // The cap is asked before writing, like every other write under it: a start phase
+        // never borrows from it (the head too waits for the cap).
+        let allowed = match &mut self.cap {
+            Some(cap) => match cap.available(now) {
+                0 => {
+                    self.wanting.insert(id);
+                    return;
+                }
+                n => allowed.min(n),
+            },
+            None => allowed,
+        };
+        let budget = allowed.min(BUDGET as u64);
         let before = d.written();
         let step = d.on_writable(budget as usize, now);
         let spent = d.written() - before;
-        pacer.charge(id, spent.saturating_sub(free));
+        pacer.charge(spent.saturating_sub(free));
         if let Some(cap) = &mut self.cap {
-            cap.tokens -= spent as f64;
+            cap.take(spent);
         }
         self.apply(id, step);
     }
 
     /// Under a bandwidth cap: gives the available bytes to the waiting downloads, the
-    /// starved first, then by the schedule (shortest remaining, or served longest ago).
+    /// starved first, then every other turn by the schedule (shortest remaining, or served
+    /// longest ago) and in between by round robin, so that at least half of the cap is
+    /// shared fairly: a stream of new, shorter downloads cannot starve a running one.
     fn schedule(&mut self, now: Instant) {
         let Some(cap) = &mut self.cap else {
             return;
         };
-        cap.refill(now);
-        if self.wanting.is_empty() || cap.tokens < 1.0 {
+        if self.wanting.is_empty() || cap.available(now) == 0 {
             return;
         }
+        self.fair_turn = !self.fair_turn;
+        let schedule = if self.fair_turn {
+            Schedule::Fair
+        } else {
+            self.config.schedule
+        };
         let mut order: Vec<(bool, u64, Instant, usize)> = self
             .wanting
             .iter()
@@ -378,25 +393,31 @@ impl Loop {
                 (!starved, d.remaining(), d.last_progress(), id)
             })
             .collect();
-        match self.config.schedule {
+        match schedule {
             Schedule::Srpt => order.sort_unstable_by_key(|&(s, rem, last, _)| (s, rem, last)),
             Schedule::Fair => order.sort_unstable_by_key(|&(s, _, last, _)| (s, last)),
         }
         for (_, _, _, id) in order {
-            let Some(cap) = &mut self.cap else {
-                return;
-            };
-            if cap.tokens < 1.0 {
+            let budget = self.cap.as_mut().map_or(0, |cap| cap.available(now));
+            if budget == 0 {
                 break;
+            }
+            if self.in_start(id) {
+                // Start pacing and the cap both decide (it comes back if the cap runs dry).
+                self.wanting.remove(&id);
+                self.write_starting(id, now);
+                continue;
             }
             let Some(d) = self.downloads.get_mut(&id) else {
                 self.wanting.remove(&id);
                 continue;
             };
-            let budget = (cap.tokens as usize).min(BUDGET);
+            let budget = usize::try_from(budget).unwrap_or(BUDGET).min(BUDGET);
             let before = d.written();
             let step = d.on_writable(budget, now);
-            cap.tokens -= (d.written() - before) as f64;
+            if let Some(cap) = &mut self.cap {
+                cap.take(d.written() - before);
+            }
             if step != Step::Yield {
                 self.wanting.remove(&id);
                 self.apply(id, step);
@@ -482,6 +503,9 @@ impl Loop {
             step = d.on_readable(&mut self.scratch);
         }
         if writable && step == Step::Wait {
+            // The connection takes bytes again: whatever wait follows is for a rate, and
+            // a rate wait never counts toward the send timeout.
+            d.unstall();
             if in_start_phase(d, start_bytes) {
                 self.write_starting(id, now);
                 return;
@@ -614,12 +638,11 @@ impl Loop {
     }
 }
 
-/// Whether a download is in the start phase that start pacing governs: relayed by a web
-/// server, longer than the start phase (a shorter one fills no buffer beyond its own end,
-/// so pacing it would only slow small files down), still sending, and fewer than
-/// `start_bytes` written (0 while pacing is off).
+/// Whether relay pacing governs a download: relayed by a web server, longer than the
+/// first window (a shorter one fills no buffer beyond its own end, so pacing it would only
+/// slow small files down), and still sending (`start_bytes` is 0 while pacing is off).
 fn in_start_phase(d: &Download, start_bytes: u64) -> bool {
-    d.is_relayed() && d.planned > start_bytes && !d.is_lingering() && d.written() < start_bytes
+    start_bytes > 0 && d.is_relayed() && d.planned > start_bytes && !d.is_lingering()
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {

@@ -21,8 +21,8 @@
 //!   download to a download loop; signals and shutdown.
 //! - `listener`: the listening socket, `--takeover` of a running manager's socket path,
 //!   and removing the socket file at shutdown.
-//! - [`pacing`]: start pacing: the first bytes of downloads relayed by a web server are
-//!   fed in rounds, so that a burst of new downloads does not stall the web server.
+//! - [`pacing`]: relay pacing: downloads relayed by a web server are fed no faster than
+//!   its measured pace (plus headroom), so that a burst of new downloads does not stall it.
 //! - [`download_loop`]: the download loops, one thread and one mio `Poll` each.
 //! - [`stats`] and [`metrics`]: shared counters, the live download list, `/metrics`,
 //!   `/status` and `handoff-manager status`.

@@ -20,7 +20,10 @@ struct Args {
     /// Permissions of the socket, in octal: who may hand off downloads.
     #[arg(long, default_value = "0660", value_parser = parse_mode)]
     socket_mode: u32,
-    /// Seconds a client may accept no byte before its download is dropped.
+    /// Seconds a client may accept no byte before its download is dropped. Only a
+    /// connection that refuses bytes counts: waiting for a rate (send_file()'s `rate`, a
+    /// rate group, --max-rate, relay pacing) never does, and none of those waits lasts
+    /// for ever.
     #[arg(long, default_value_t = 60)]
     send_timeout: u64,
     /// Seconds a finished download waits for the peer to close before closing anyway.
@@ -73,22 +76,29 @@ struct Args {
     /// running there, which stops taking handoffs and finishes its downloads.
     #[arg(long)]
     takeover: bool,
-    /// Global bandwidth cap in bytes per second (0 = none); per-download limits come from
+    /// Global bandwidth cap in bytes per second (0 = none), split evenly between the
+    /// download loops; every write asks it first, so over any window of T seconds at most
+    /// rate x (T + 1/20 s) plus one FastCGI record leaves. Per-download limits come from
     /// send_file()'s `rate` option.
     #[arg(long, default_value_t = 0)]
     max_rate: u64,
     /// Who gets the bandwidth first under --max-rate: `srpt` (shortest remaining first,
-    /// with a 1 s starvation bound) or `fair` (round robin).
+    /// with a 1 s starvation bound) or `fair` (round robin). Either way every other turn
+    /// goes round robin, so a running download keeps a fair part of the cap however many
+    /// new downloads arrive.
     #[arg(long, default_value = "srpt", value_parser = parse_schedule)]
     schedule: Schedule,
-    /// Start pacing behind a web server (FastCGI): the first --relay-start-bytes of the
-    /// relayed downloads share this many bytes per second, in rounds of 5 ms, so that
-    /// downloads starting together do not make the web server copy gigabytes of socket
-    /// buffer fill at once while the site's other pages wait (0 = off).
-    #[arg(long, default_value_t = 512 << 20)]
+    /// Relay pacing behind a web server (FastCGI): after its first window
+    /// (--relay-start-bytes) a relayed download gets bytes as fast as its connection drains,
+    /// and all of them together at most 1.5 x what the web server relayed in the last
+    /// 25 ms, measured from how fast the manager's sockets drain; this is the floor of that
+    /// budget in bytes per second (what a quiet site starts with), split evenly over the
+    /// download loops (0 = pacing off).
+    #[arg(long, default_value_t = 64 << 20)]
     relay_start_rate: u64,
-    /// How many of a relayed download's first bytes --relay-start-rate paces.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// The first window of a relayed download, written at once (it carries the head);
+    /// downloads no longer than this are never paced (0 = pacing off).
+    #[arg(long, default_value_t = 64 << 10)]
     relay_start_bytes: u64,
     /// POST one JSON completion record per finished download to this http:// URL on a
     /// loopback address (the application's own endpoint), e.g.

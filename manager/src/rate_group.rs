@@ -16,36 +16,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::stats::Counters;
+use handoff_core::bucket::TokenBucket;
 
+/// A group's bucket and how many downloads share it.
 struct Bucket {
-    rate: u64,
-    tokens: f64,
-    last: Instant,
+    bucket: TokenBucket,
     members: usize,
 }
 
-impl Bucket {
-    /// Most tokens held: 1/8 s of the rate, at least 16 KiB (as a single download's limit).
-    fn burst(&self) -> f64 {
-        (self.rate / 8).max(16 * 1024) as f64
-    }
+/// Most tokens held: 1/8 s of the rate, at least 16 KiB (as a single download's limit).
+fn burst(rate: u64) -> f64 {
+    (rate / 8).max(16 * 1024) as f64
+}
 
-    /// The most one download takes at a time, so that the group's downloads take turns:
-    /// 1/20 s of the rate, at least 4 KiB.
-    fn quantum(&self) -> f64 {
-        ((self.rate / 20).max(4096) as f64).min(self.burst())
-    }
-
-    /// Loops pass their own `now`, taken at slightly different moments: the clock of the
-    /// bucket only moves forward, or an interval would be credited twice.
-    fn refill(&mut self, now: Instant) {
-        if now <= self.last {
-            return;
-        }
-        let dt = now.duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate as f64).min(self.burst());
-        self.last = now;
-    }
+/// The most one download takes at a time, so that the group's downloads take turns: 1/20 s
+/// of the rate, at least 4 KiB.
+fn quantum(rate: u64) -> f64 {
+    ((rate / 20).max(4096) as f64).min(burst(rate))
 }
 
 /// The live groups, shared by every download loop.
@@ -75,21 +62,17 @@ impl Groups {
         let bucket = map
             .entry(name.to_string())
             .or_insert_with(|| {
-                let mut b = Bucket {
-                    rate: rate.max(1),
-                    tokens: 0.0,
-                    last: now,
+                Arc::new(Mutex::new(Bucket {
+                    bucket: TokenBucket::full(rate, burst(rate.max(1)), now),
                     members: 0,
-                };
-                b.tokens = b.burst();
-                Arc::new(Mutex::new(b))
+                }))
             })
             .clone();
         self.publish(map.len());
         drop(map);
         if let Ok(mut b) = bucket.lock() {
-            b.refill(now);
-            b.rate = rate.max(1);
+            let rate = rate.max(1);
+            b.bucket.set(rate, burst(rate), now);
             b.members += 1;
         }
         Member {
@@ -121,15 +104,14 @@ impl Member {
         let Ok(mut b) = self.bucket.lock() else {
             return Ok(usize::MAX);
         };
-        b.refill(now);
         // A whole quantum or nothing: a few full writes, not a wake-up per byte.
-        let quantum = b.quantum();
-        let need = quantum.min(b.burst());
-        if b.tokens >= need {
-            return Ok(b.tokens.min(quantum) as usize);
+        let quantum = quantum(b.bucket.rate());
+        let tokens = b.bucket.available(now) as f64;
+        if tokens >= quantum {
+            return Ok(tokens.min(quantum) as usize);
         }
-        let wait = (need - b.tokens) / b.rate as f64;
-        Err(now + Duration::from_secs_f64(wait.max(0.001)))
+        let wait = b.bucket.time_until(quantum);
+        Err(now + wait.max(Duration::from_millis(1)))
     }
 
     /// Pays for bytes written.
@@ -138,7 +120,7 @@ impl Member {
             return;
         }
         if let Ok(mut b) = self.bucket.lock() {
-            b.tokens -= bytes as f64;
+            b.bucket.take(bytes);
         }
     }
 }

@@ -97,8 +97,7 @@ pub struct Config {
     /// Global bandwidth cap in bytes/s, shared evenly by the download loops (0: none).
     pub max_rate: u64,
     pub schedule: Schedule,
-    /// Start pacing of relayed downloads: the rate their first `relay_start_bytes` share,
-    /// bytes/s, split evenly by the download loops (0: off).
+    /// Relay pacing ([`crate::pacing`]): the budget's floor and the first window.
     pub relay_start_rate: u64,
     pub relay_start_bytes: u64,
     /// Completion records POSTed to a local endpoint (`--on-complete`), if any.

@@ -1,9 +1,9 @@
 //! The crate's only `unsafe` code: taking ownership of descriptor numbers that `accept4`
 //! just created for this process or that systemd passed to it, two glibc memory tunables,
-//! and a thread's nice value.
+//! a thread's nice value, and the bytes still unread in a socket.
 //! (Descriptors received by `SCM_RIGHTS` are owned by `handoff_core`'s own `sys` module.)
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::libc;
@@ -70,4 +70,17 @@ pub(crate) fn lower_thread_priority(by: i32) {
     if done != 0 {
         log::debug!("cannot lower a download loop's priority: {}", Errno::last());
     }
+}
+
+/// Bytes written to a stream socket that its peer has not read yet (`SIOCOUTQ`; for TCP the
+/// bytes not yet acknowledged, for a Unix socket those still queued for the reader).
+pub(crate) fn unsent_bytes(sock: BorrowedFd<'_>) -> Result<u64, Errno> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int through the pointer, which points to a
+    // live local; the descriptor is borrowed for the call, so it is open.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(u64::try_from(n).unwrap_or(0))
 }

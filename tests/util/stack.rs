@@ -76,6 +76,9 @@ pub struct Config {
     /// ([`Stack::tls_addr`]). (HTTP/2 cannot be tested: mod_http2 stays inactive under
     /// prefork, the only MPM mod_php runs in.)
     pub apache_tls: bool,
+    /// nginx without the site's `fastcgi_buffer_size` / `fastcgi_buffers` lines: nginx's
+    /// default 4k/8k buffers, as a site that did not copy them has.
+    pub nginx_default_buffers: bool,
 }
 
 impl Config {
@@ -92,6 +95,7 @@ impl Config {
             fpm_tcp: false,
             fpm_keepalive: false,
             apache_tls: false,
+            nginx_default_buffers: false,
         }
     }
 
@@ -110,6 +114,12 @@ impl Config {
     /// nginx keeps FastCGI connections to php-fpm alive (only with [`Kind::Fpm`]).
     pub fn fpm_keepalive(mut self) -> Config {
         self.fpm_keepalive = true;
+        self
+    }
+
+    /// nginx relays with its default FastCGI buffers (only with [`Kind::Fpm`]).
+    pub fn nginx_default_buffers(mut self) -> Config {
+        self.nginx_default_buffers = true;
         self
     }
 
@@ -201,8 +211,12 @@ impl Stack {
             }
             Kind::Lighttpd | Kind::Caddy | Kind::ApacheFcgi => {
                 assert!(
-                    !config.fpm_tcp && !config.fpm_keepalive && !config.static_files,
-                    "fpm_over_tcp, fpm_keepalive and with_static_files are nginx settings"
+                    !config.fpm_tcp
+                        && !config.fpm_keepalive
+                        && !config.static_files
+                        && !config.nginx_default_buffers,
+                    "fpm_over_tcp, fpm_keepalive, with_static_files and nginx_default_buffers \
+                     are nginx settings"
                 );
                 let fpm = stack.start_fpm(&config);
                 let socket = fpm
@@ -437,6 +451,7 @@ impl Stack {
         let nginx_sock = tmp.join("nginx.sock");
         let mut site = Site::new(Listen::Unix(nginx_sock.clone()), docroot(), fpm.to_string());
         site.fpm_keepalive = config.fpm_keepalive;
+        site.default_buffers = config.nginx_default_buffers;
         let mut nginx = Nginx::new(vec![site]);
         // The unread-POST test sends more than nginx's default 1 MiB.
         nginx.http_lines.push("client_max_body_size 64m;".into());
