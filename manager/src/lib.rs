@@ -23,6 +23,8 @@
 //!   and removing the socket file at shutdown.
 //! - [`pacing`]: start pacing: the first bytes of downloads relayed by a web server are
 //!   fed in rounds, so that a burst of new downloads does not stall the web server.
+//! - [`waiting`]: one-way handoffs waiting for a place under `--max-downloads`, smallest
+//!   first, and the 503 / 500 responses the manager writes when it must refuse one.
 //! - [`download_loop`]: the download loops, one thread and one mio `Poll` each.
 //! - [`stats`] and [`metrics`]: shared counters, the live download list, `/metrics`,
 //!   `/status` and `handoff-manager status`.
@@ -43,3 +45,4 @@ pub mod sandbox;
 pub mod server;
 pub mod stats;
 mod sys;
+pub mod waiting;
