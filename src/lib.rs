@@ -146,6 +146,10 @@ pub fn info_rows() -> Vec<(String, String)> {
             settings::INLINE_BELOW.name().into(),
             s.inline_below.to_string(),
         ),
+        (
+            settings::CONFIRM.name().into(),
+            if s.confirm { "on" } else { "off" }.into(),
+        ),
         ("manager".into(), manager),
         ("last fallback reason (this process)".into(), last),
     ]

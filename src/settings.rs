@@ -42,8 +42,13 @@ pub const TIMEOUT_MS: Ini = Ini::new(c"handoff.timeout_ms", c"1000");
 /// hold the worker on a slow client.
 pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"131072");
 
+/// `On`: the confirmed two-phase handoff (the worker waits for the manager's accept, and
+/// serves the request itself if the manager refuses it); `Off`: one-way handoff (the
+/// worker sends and moves on; the manager answers what it cannot run).
+pub const CONFIRM: Ini = Ini::new(c"handoff.confirm", c"0");
+
 /// The settings as PHP registers them.
-pub static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
+pub static INI_ENTRIES: IniEntryDefs<6> = IniEntryDefs::new([
     // Where the request's connection goes is the administrator's choice, never a script's:
     // with ini_set() any script (a compromised plugin) could send its clients' connections
     // to a Unix socket of its own. php.ini, `-d`, the pool's php_admin_value and Apache's
@@ -61,6 +66,7 @@ pub static INI_ENTRIES: IniEntryDefs<5> = IniEntryDefs::new([
         INLINE_BELOW.default,
         IniEntryPermission::All,
     ),
+    IniEntryDef::new(CONFIRM.name, CONFIRM.default, IniEntryPermission::All),
     IniEntryDef::end(),
 ]);
 
@@ -85,6 +91,8 @@ pub struct Settings {
     /// Files with fewer body bytes than this are streamed by the worker itself: for tiny
     /// files the handoff costs more than the transfer.
     pub inline_below: u64,
+    /// Use the confirmed two-phase handoff instead of the one-way one.
+    pub confirm: bool,
 }
 
 pub fn current() -> Settings {
@@ -102,12 +110,23 @@ pub fn current() -> Settings {
     let inline_below = ffi::ini_string(INLINE_BELOW.name())
         .and_then(|s| number(&s))
         .unwrap_or_else(|| INLINE_BELOW.default_number());
+    let confirm = ffi::ini_string(CONFIRM.name()).is_some_and(|v| parse_bool(&v));
     Settings {
         socket: PathBuf::from(socket),
         fallback,
         timeout: Duration::from_millis(timeout_ms),
         inline_below,
+        confirm,
     }
+}
+
+/// php.ini stores `On`/`yes`/`true` as "1" and `Off`/`no`/`false`/`none` as "";
+/// `ini_set()` stores the string given.
+fn parse_bool(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "1" | "on" | "yes" | "true"
+    )
 }
 
 /// php.ini reads an unquoted `off`, `false` or `no` as boolean false and stores an empty
@@ -132,6 +151,17 @@ mod tests {
             Fallback::Stream
         );
         assert_eq!(SOCKET.name(), "handoff.socket");
+    }
+
+    #[test]
+    fn confirm_is_off_unless_switched_on() {
+        assert!(!parse_bool(CONFIRM.default.to_str().unwrap()));
+        for v in ["1", "On", "yes", " true "] {
+            assert!(parse_bool(v), "{v:?}");
+        }
+        for v in ["", "0", "off", "no", "false", "none", "2"] {
+            assert!(!parse_bool(v), "{v:?}");
+        }
     }
 
     #[test]
