@@ -264,15 +264,34 @@ pub fn fallback_streams_in_process(stack: &Stack) {
     );
 }
 
-/// Test 4, manager side: an `echo` after a handed-off send_file() never reaches the client.
+/// Test 4, manager side: after a handed-off send_file() the worker writes nothing to the
+/// connection: an `echo` and `flush()` after it, a shutdown function that echoes, sets a
+/// header and flushes, and the end of the request never reach the client (bodies
+/// byte-exact, one head, no `X-Late`).
 pub fn output_after_handoff_is_dropped(stack: &Stack) {
     for (seed, size) in [1, 100_000, 5 * MIB].into_iter().enumerate() {
         let name = format!("garbage-{size}.bin");
         let sha = stack.data_file(&name, size, seed as u64 + 30);
-        let returned = download_exact(stack, &name, &sha, size, "&garbage=1");
+        for extra in ["&garbage=1", "&garbage=1&shutdown=1"] {
+            let returned = download_exact(stack, &name, &sha, size, extra);
+            assert_eq!(
+                returned, "true",
+                "send_file() with the manager up, {size} bytes ({extra})"
+            );
+        }
+        let r = stack.get(
+            &format!("late-{size}"),
+            &format!("/download.php?f={name}&shutdown=1&garbage=1"),
+        );
+        assert!(
+            r.header("X-Late").is_none() && r.head_text.matches("HTTP/").count() == 1,
+            "a late header or a second head reached the client:\n{}",
+            r.head_text
+        );
         assert_eq!(
-            returned, "true",
-            "send_file() with the manager up, {size} bytes"
+            r.body_sha(),
+            sha,
+            "body with a shutdown function, {size} bytes"
         );
     }
 }
