@@ -1765,3 +1765,20 @@ fn closing_an_idle_connection_serves_what_was_queued_on_it() {
         assert!(read_all(send_one_way(&ch, &job(Framing::Http, 100_000), &file)).ends_with(&body));
     }
 }
+
+/// A PHP process that exits (max_requests, a restart) right after its handoffs, before the
+/// manager read them, loses none: what it queued is read before the end-of-file.
+#[test]
+fn handoffs_queued_by_a_worker_that_then_exits_are_all_served() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(100_000);
+    let file = file_with(dir.path(), &body);
+    let ch = channel(&m.socket);
+    let clients = queue_while_stopped(&m, &ch, 30, body.len() as u64, &file);
+    drop(ch);
+    signal(&m, Signal::SIGCONT);
+    for (i, client) in clients.into_iter().enumerate() {
+        assert!(read_all(client).ends_with(&body), "#{i}");
+    }
+}
