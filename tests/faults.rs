@@ -198,6 +198,10 @@ fn a_full_handoff_queue_falls_back_in_process_and_the_queued_are_served() {
         "only {} handoffs were queued",
         queued.len()
     );
+    eprintln!(
+        "one-way handoffs queued on one kept connection before EAGAIN: {}",
+        queued.len()
+    );
     let (name, mut curl, head, body) = fell_back;
     let status = curl
         .wait_exit(Duration::from_secs(30))

@@ -1073,6 +1073,10 @@ mod tests {
         };
         assert!(err.is_would_block(), "{err:?}");
         assert!(sent > 10, "only {sent} handoffs were queued");
+        eprintln!(
+            "{sent} one-way handoffs of {} bytes queued before EAGAIN",
+            bytes.len()
+        );
         // Exactly the queued ones arrive; the refused send left nothing behind.
         let mut got = 0;
         while let Ok(Some(Incoming::Handoff(_))) = recv_job(manager.as_fd()) {
