@@ -1782,3 +1782,26 @@ fn handoffs_queued_by_a_worker_that_then_exits_are_all_served() {
         assert!(read_all(client).ends_with(&body), "#{i}");
     }
 }
+
+/// A peer that `--allow-uid` does not allow has its hello refused (its worker serves the
+/// request itself); a one-way handoff sent without a hello is answered with 500 and never
+/// run, so the file's bytes never reach its client.
+#[test]
+fn peers_outside_the_allowed_uids_cannot_hand_off_one_way() {
+    let me = nix::unistd::getuid().as_raw();
+    let other = (me + 4242).to_string();
+    let m = Manager::start(&["--allow-uid", &other]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_with(dir.path(), b"secret");
+    let refused = Channel::open(&m.socket, Instant::now() + Duration::from_secs(5));
+    assert!(
+        matches!(&refused, Err(ProtocolError::Refused { reason }) if reason.contains("not allowed")),
+        "{refused:?}"
+    );
+    let sock = socket_seqpacket();
+    connect(sock.as_raw_fd(), &UnixAddr::new(&m.socket).unwrap()).unwrap();
+    let client = send_one_way(&Channel::resume(sock), &job(Framing::Http, 6), &file);
+    let (head, body) = split_http(&read_all(client));
+    assert!(head.starts_with("HTTP/1.1 500 "), "{head}");
+    assert!(!body.ends_with(b"secret"), "the file was sent");
+}
