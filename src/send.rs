@@ -408,9 +408,17 @@ fn keep_connection(path: &Path, sock: OwnedFd, hello: bool) {
     }
 }
 
-/// Whether a manager answers at the configured socket (for `handoff_available()`).
+/// Whether a manager answers at the configured socket (for `handoff_available()`). For
+/// one-way handoffs that means it accepted this process's hello (it allows this peer and
+/// is not draining); the connection is then kept for the next handoff.
 pub fn manager_answers(settings: &Settings) -> Result<(), String> {
-    Offer::connect(&settings.socket, settings.timeout)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    if settings.confirm {
+        return Offer::connect(&settings.socket, settings.timeout)
+            .map(drop)
+            .map_err(|e| e.to_string());
+    }
+    let channel = Channel::open(&settings.socket, Instant::now() + settings.timeout)
+        .map_err(|e| e.to_string())?;
+    keep_connection(&settings.socket, channel.into_fd(), true);
+    Ok(())
 }
