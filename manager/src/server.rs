@@ -568,18 +568,30 @@ impl Server {
                     }
                 }
                 Ok(Some(Incoming::Handoff(rcv))) => {
+                    if let Some(why) = refuse {
+                        // Not a worker this manager serves: its request is answered, never
+                        // run, and the connection carries nothing more.
+                        warn!("refused handoff of {:?}: {why}", rcv.job.file_name);
+                        self.answer(rcv, Refusal::Invalid);
+                        return self.finish(id);
+                    }
                     h.since = Instant::now();
                     let became_idle = !matches!(h.stage, Stage::Idle);
                     h.stage = Stage::Idle;
-                    self.on_handoff(rcv, refuse);
+                    self.on_handoff(rcv);
                     if became_idle {
                         self.bound_idle();
                     }
                 }
                 Ok(Some(Incoming::BadHandoff(bad))) => {
-                    h.since = Instant::now();
-                    h.stage = Stage::Idle;
                     self.on_bad_handoff(bad);
+                    if refuse.is_some() {
+                        return self.finish(id);
+                    }
+                    if let Some(h) = self.conns.get_mut(&id) {
+                        h.since = Instant::now();
+                        h.stage = Stage::Idle;
+                    }
                 }
                 Ok(None) => return self.finish(id),
                 Err(e) if e.is_would_block() => {
@@ -627,12 +639,7 @@ impl Server {
 
     /// A one-way handoff arrived: the manager owns its request now. It starts, waits for
     /// a place, or is answered by the manager.
-    fn on_handoff(&mut self, rcv: Received, refuse: Option<String>) {
-        if let Some(why) = refuse {
-            // Not a worker this manager serves: its request is answered, never run.
-            warn!("refused handoff of {:?}: {why}", rcv.job.file_name);
-            return self.answer(rcv, Refusal::Invalid);
-        }
+    fn on_handoff(&mut self, rcv: Received) {
         self.counters.add_fallbacks(&rcv.job.fallbacks);
         if let Err(e) = download::validate(&rcv) {
             warn!("refused handoff of {:?}: {e}", rcv.job.file_name);

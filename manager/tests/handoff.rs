@@ -1800,8 +1800,23 @@ fn peers_outside_the_allowed_uids_cannot_hand_off_one_way() {
     );
     let sock = socket_seqpacket();
     connect(sock.as_raw_fd(), &UnixAddr::new(&m.socket).unwrap()).unwrap();
-    let client = send_one_way(&Channel::resume(sock), &job(Framing::Http, 6), &file);
-    let (head, body) = split_http(&read_all(client));
+    let ch = Channel::resume(sock);
+    let first = send_one_way(&ch, &job(Framing::Http, 6), &file);
+    let (head, body) = split_http(&read_all(first));
     assert!(head.starts_with("HTTP/1.1 500 "), "{head}");
     assert!(!body.ends_with(b"secret"), "the file was sent");
+    // The connection carries nothing more: a second handoff is refused by the kernel, or
+    // closed unread, and never run.
+    let (ours, second) = UnixStream::pair().unwrap();
+    let sent = ch.hand_off(
+        &job(Framing::Http, 6).encode_one_way().unwrap(),
+        ours.as_fd(),
+        file.as_fd(),
+    );
+    drop(ours);
+    let got = read_all(second);
+    assert!(
+        !got.ends_with(b"secret"),
+        "a second handoff on a refused peer's connection was run ({sent:?})"
+    );
 }
