@@ -36,11 +36,12 @@ impl Ini {
 pub const SOCKET: Ini = Ini::new(c"handoff.socket", c"/run/handoff/manager.sock");
 pub const FALLBACK: Ini = Ini::new(c"handoff.fallback", c"stream");
 pub const TIMEOUT_MS: Ini = Ini::new(c"handoff.timeout_ms", c"1000");
-/// Measured break-even (docs/benchmarks.md, S3, 2026-11-29): behind nginx the worker
-/// streaming a 64 KiB file was 1.10x as fast as a handoff, and a handoff 1.05x as fast at
-/// 128 KiB. Behind a FastCGI server such a body goes into the server's buffers, so it cannot
-/// hold the worker on a slow client.
-pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"131072");
+/// Measured break-even with the one-way handoff (docs/benchmarks.md, S3, 2026-12-03, two
+/// runs): behind nginx the worker streaming a 16 KiB file was 1.05-1.12x as fast as a
+/// handoff, and a handoff 1.18-1.50x as fast at 64 KiB (1.35x at 128 KiB). Behind a FastCGI
+/// server such a body goes into the server's buffers, so it cannot hold the worker on a slow
+/// client.
+pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"65536");
 
 /// `On`: the confirmed two-phase handoff (the worker waits for the manager's accept, and
 /// serves the request itself if the manager refuses it); `Off`: one-way handoff (the
@@ -145,7 +146,7 @@ mod tests {
     #[test]
     fn defaults_are_what_the_code_reads_when_a_value_does_not_parse() {
         assert_eq!(TIMEOUT_MS.default_number(), 1000);
-        assert_eq!(INLINE_BELOW.default_number(), 128 * 1024);
+        assert_eq!(INLINE_BELOW.default_number(), 64 * 1024);
         assert_eq!(
             parse_fallback(FALLBACK.default.to_str().unwrap()),
             Fallback::Stream
