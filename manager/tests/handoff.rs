@@ -646,15 +646,10 @@ fn max_downloads_refuses_in_the_handshake_and_the_access_log_records_each_downlo
     let got = read_all(slow_client);
     assert!(got.ends_with(&body));
     m.wait_log("outcome=complete");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let text = std::fs::read_to_string(&access).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("\"complete\"")) {
-            break line.to_string();
-        }
-        assert!(Instant::now() < deadline, "no access log line");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let line = wait_for_access_lines(&access, 1)
+        .into_iter()
+        .find(|l| l.contains("\"complete\""))
+        .expect("a complete download in the access log");
     assert!(
         line.contains(&format!("\"bytes_sent\":{}", body.len())),
         "{line}"
