@@ -83,6 +83,7 @@
 # Focused runs (any mode): BENCH_SCENARIOS (default "S1 S2 S3 S5"),
 # BENCH_BACKENDS (replaces the backend list of S1, S2 and S3; in S1 the idle baselines run
 # only when named: idle-fpm, idle-cli), BENCH_S1_NS (client counts, e.g. "1000"),
+# BENCH_S3_SIZES (S3 file sizes, e.g. "4k 16k 64k 128k"; of 4k 16k 64k 128k 256k),
 # BENCH_S1_ARRIVALS ("ramp", "burst", "cold", or several; default "ramp burst cold" in --full,
 # ramp otherwise), BENCH_S1_QUIET (seconds of quiet before each cold burst, default 10),
 # BENCH_NGINX_WORKERS (nginx's worker_processes, default auto), e.g.
@@ -164,6 +165,10 @@ S1_QUIET="${BENCH_S1_QUIET:-10}"
 NGINX_WORKERS="${BENCH_NGINX_WORKERS:-auto}"
 [ -n "${BENCH_S1_NS:-}" ] && read -r -a S1_NS <<<"$BENCH_S1_NS"
 [ -n "${BENCH_S1_ARRIVALS:-}" ] && read -r -a S1_ARRIVALS <<<"$BENCH_S1_ARRIVALS"
+[ -n "${BENCH_S3_SIZES:-}" ] && read -r -a S3_SIZES <<<"$BENCH_S3_SIZES"
+for size in "${S3_SIZES[@]}"; do
+    case "$size" in 4k | 16k | 64k | 128k | 256k) ;; *) die "BENCH_S3_SIZES: no file f$size" ;; esac
+done
 for a in "${S1_ARRIVALS[@]}"; do
     case "$a" in ramp | burst | cold) ;; *) die "BENCH_S1_ARRIVALS: $a is not ramp, burst or cold" ;; esac
 done

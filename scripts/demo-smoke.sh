@@ -65,7 +65,7 @@ code="$(curl -s -o /dev/null -w '%{http_code}' "$base/download.php?name=..%2Fdat
 [ "$code" = 404 ] || fail "a name with a directory part gave HTTP $code, expected 404"
 
 # The manager logs one line per finished download: proof that it, not the worker, sent
-# big.bin. hello.txt is below handoff.inline_below (128 KiB): the worker sends it itself.
+# big.bin. hello.txt is below handoff.inline_below (64 KiB): the worker sends it itself.
 deadline=$((SECONDS + 10))
 until grep -q 'big.bin.*outcome=complete' "$DIR/run/logs/manager.log"; do
     [ "$SECONDS" -lt "$deadline" ] || fail "manager.log does not show big.bin completed"

@@ -385,6 +385,12 @@ impl<'r> Neutered<'r> {
         })
     }
 
+    /// The connection itself (a duplicate the worker holds while its descriptor number
+    /// is `/dev/null`): what a one-way handoff sends.
+    pub fn connection(&self) -> BorrowedFd<'_> {
+        self.saved.as_fd()
+    }
+
     /// Puts the real connection back (the manager never started), blocking or not as the
     /// SAPI had it (the manager may have switched the shared file description), and
     /// close-on-exec as it was.

@@ -1,7 +1,8 @@
 //! `send_file()` itself, the side that acts: read the request, the script's response so far
 //! and the settings from PHP into a [`Context`], let [`crate::decision`] decide, then
 //! carry it out: stream in-process, or hand the connection and the file to the manager
-//! (the two-phase handshake, the kept manager connection, the fallback counters).
+//! (one way by default, or with the confirmed two-phase handshake; the kept manager
+//! connection; the fallback counters).
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use handoff_core::conditional::Conditions;
 use handoff_core::plan::{FileInfo, Options, Plan};
-use handoff_core::protocol::{FallbackCause, Fallbacks, Job, Offer, ProtocolError};
+use handoff_core::protocol::{Channel, FallbackCause, Fallbacks, Job, Offer, ProtocolError};
 
 use crate::connection::{self, Connection, Neutered};
 use crate::decision::{self, Context, Decision, Declined, Sapi};
@@ -207,8 +208,9 @@ fn client_address(conn: &Connection) -> String {
         .unwrap_or_default()
 }
 
-/// The two-phase handoff. `Ok` means the manager owns the connection and the worker's
-/// copy is harmless; `Err` means the worker still owns it, untouched, and must serve it.
+/// Hands the request to the manager, one way or (`handoff.confirm`) with the two-phase
+/// handshake. `Ok` means the manager owns the connection and the worker's copy is
+/// harmless; `Err` means the worker still owns it, untouched, and must serve it.
 fn hand_off(
     conn: &Connection,
     plan: &Plan,
@@ -229,6 +231,102 @@ fn hand_off(
         tag: options.tag.clone().unwrap_or_default(),
         rate_group: options.rate_group.clone().unwrap_or_default(),
     };
+    if settings.confirm {
+        hand_off_confirmed(conn, &job, file, settings)
+    } else {
+        hand_off_one_way(conn, &job, file, settings)
+    }
+}
+
+/// The one-way handoff: one non-blocking send on the kept connection, nothing read back.
+///
+/// The worker's copy of the connection is made harmless *before* the send, so that from
+/// the instant the kernel queues the job not a byte can come from this process; a send
+/// that fails (the manager's queue on this connection is full, the manager closed it or
+/// is gone) handed nothing over, and the connection is put back for the fallback.
+fn hand_off_one_way(
+    conn: &Connection,
+    job: &Job,
+    file: &File,
+    settings: &Settings,
+) -> Result<(), Declined> {
+    let bytes = job
+        .encode_one_way()
+        .map_err(|e| Declined::new(FallbackCause::Failed, format!("handoff not possible: {e}")))?;
+    let deadline = Instant::now() + settings.timeout;
+    let open = || {
+        Channel::open(&settings.socket, deadline).map_err(|e| match e {
+            ProtocolError::Refused { .. } => {
+                // The manager read the report that came with nothing: not counted there.
+                Declined::new(FallbackCause::Refused, format!("handoff not accepted: {e}"))
+            }
+            _ => Declined::new(
+                FallbackCause::Unreachable,
+                format!("manager unreachable: {e}"),
+            ),
+        })
+    };
+    let (mut channel, reused) = match kept_connection(&settings.socket, true) {
+        Some(sock) => (Channel::resume(sock), true),
+        None => (open()?, false),
+    };
+    let neutered = Neutered::new(conn).map_err(|e| Declined::new(FallbackCause::Failed, e))?;
+    let mut sent = channel.hand_off(&bytes, neutered.connection(), file.as_fd());
+    if reused && sent.as_ref().is_err_and(ProtocolError::is_stale_connection) {
+        // The manager closed the kept connection (idle, restarted, draining) before this
+        // job: nothing was handed over. Once more on a fresh connection.
+        sent = match open() {
+            Ok(fresh) => {
+                channel = fresh;
+                channel.hand_off(&bytes, neutered.connection(), file.as_fd())
+            }
+            Err(declined) => {
+                restore(neutered)?;
+                return Err(declined);
+            }
+        };
+    }
+    match sent {
+        Ok(()) => {
+            neutered.commit();
+            reported(&job.fallbacks);
+            keep_connection(&settings.socket, channel.into_fd(), true);
+            Ok(())
+        }
+        Err(e) => {
+            restore(neutered)?;
+            if e.is_would_block() {
+                // The manager is behind: its queue on this connection is full. The
+                // connection itself is fine.
+                keep_connection(&settings.socket, channel.into_fd(), true);
+                return Err(Declined::new(
+                    FallbackCause::Refused,
+                    "handoff not accepted: the manager's queue is full".to_string(),
+                ));
+            }
+            Err(Declined::new(
+                FallbackCause::Failed,
+                format!("handoff not sent: {e}"),
+            ))
+        }
+    }
+}
+
+/// Puts the worker's connection back after a handoff that handed nothing over.
+fn restore(neutered: Neutered<'_>) -> Result<(), Declined> {
+    neutered
+        .restore()
+        .map_err(|e| Declined::new(FallbackCause::Failed, e))
+}
+
+/// The confirmed two-phase handoff (`handoff.confirm`): the worker waits for the
+/// manager's accept, and serves the request itself after a refusal.
+fn hand_off_confirmed(
+    conn: &Connection,
+    job: &Job,
+    file: &File,
+    settings: &Settings,
+) -> Result<(), Declined> {
     let deadline = Instant::now() + settings.timeout;
     let connect = || {
         Offer::connect_until(&settings.socket, deadline).map_err(|e| {
@@ -240,18 +338,18 @@ fn hand_off(
     };
     // The connection of this process's last handoff, if it went to the same socket; a
     // connection the manager closed since is replaced by a fresh one, once.
-    let (mut offer, reused) = match kept_connection(&settings.socket) {
+    let (mut offer, reused) = match kept_connection(&settings.socket, false) {
         Some(sock) => (Offer::resume(sock, deadline), true),
         None => (connect()?, false),
     };
-    let mut proposed = offer.propose(&job, conn.fd(), file.as_fd());
+    let mut proposed = offer.propose(job, conn.fd(), file.as_fd());
     if reused
         && proposed
             .as_ref()
             .is_err_and(ProtocolError::is_stale_connection)
     {
         offer = connect()?;
-        proposed = offer.propose(&job, conn.fd(), file.as_fd());
+        proposed = offer.propose(job, conn.fd(), file.as_fd());
     }
     match proposed {
         Ok(()) => reported(&job.fallbacks),
@@ -275,7 +373,9 @@ fn hand_off(
     match offer.go() {
         Ok(sock) => {
             neutered.commit();
-            keep_connection(&settings.socket, sock);
+            // A connection made for a confirmed handoff never said hello: kept for the
+            // next confirmed one only.
+            keep_connection(&settings.socket, sock, false);
             Ok(())
         }
         Err(e) => {
@@ -295,25 +395,37 @@ fn hand_off(
 /// request at a time per process (NTS), so the lock is never contended; after a fork
 /// (mod_php's children, php-fpm's workers) each process connects for itself, since the
 /// connection is made on the first handoff, not before the fork.
-static KEPT: Mutex<Option<(PathBuf, OwnedFd)>> = Mutex::new(None);
+/// The flag says whether the connection was opened with a hello, as one-way handoffs need
+/// (a confirmed handoff may use either kind).
+static KEPT: Mutex<Option<(PathBuf, OwnedFd, bool)>> = Mutex::new(None);
 
-fn kept_connection(path: &Path) -> Option<OwnedFd> {
+/// The kept connection to `path`, if there is one fit for the handoff (`one_way`: it
+/// must have said hello).
+fn kept_connection(path: &Path, one_way: bool) -> Option<OwnedFd> {
     let mut kept = KEPT.lock().ok()?;
     match kept.take() {
-        Some((p, sock)) if p == path => Some(sock),
+        Some((p, sock, hello)) if p == path && (hello || !one_way) => Some(sock),
         _ => None,
     }
 }
 
-fn keep_connection(path: &Path, sock: OwnedFd) {
+fn keep_connection(path: &Path, sock: OwnedFd, hello: bool) {
     if let Ok(mut kept) = KEPT.lock() {
-        *kept = Some((path.to_path_buf(), sock));
+        *kept = Some((path.to_path_buf(), sock, hello));
     }
 }
 
-/// Whether a manager answers at the configured socket (for `handoff_available()`).
+/// Whether a manager answers at the configured socket (for `handoff_available()`). For
+/// one-way handoffs that means it accepted this process's hello (it allows this peer and
+/// is not draining); the connection is then kept for the next handoff.
 pub fn manager_answers(settings: &Settings) -> Result<(), String> {
-    Offer::connect(&settings.socket, settings.timeout)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    if settings.confirm {
+        return Offer::connect(&settings.socket, settings.timeout)
+            .map(drop)
+            .map_err(|e| e.to_string());
+    }
+    let channel = Channel::open(&settings.socket, Instant::now() + settings.timeout)
+        .map_err(|e| e.to_string())?;
+    keep_connection(&settings.socket, channel.into_fd(), true);
+    Ok(())
 }

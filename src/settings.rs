@@ -36,11 +36,12 @@ impl Ini {
 pub const SOCKET: Ini = Ini::new(c"handoff.socket", c"/run/handoff/manager.sock");
 pub const FALLBACK: Ini = Ini::new(c"handoff.fallback", c"stream");
 pub const TIMEOUT_MS: Ini = Ini::new(c"handoff.timeout_ms", c"1000");
-/// Measured break-even (docs/benchmarks.md, S3, 2026-11-29): behind nginx the worker
-/// streaming a 64 KiB file was 1.10x as fast as a handoff, and a handoff 1.05x as fast at
-/// 128 KiB. Behind a FastCGI server such a body goes into the server's buffers, so it cannot
-/// hold the worker on a slow client.
-pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"131072");
+/// Measured break-even with the one-way handoff (docs/benchmarks.md, S3, 2026-12-03, two
+/// runs): behind nginx the worker streaming a 16 KiB file was 1.05-1.12x as fast as a
+/// handoff, and a handoff 1.18-1.50x as fast at 64 KiB (1.35x at 128 KiB). Behind a FastCGI
+/// server such a body goes into the server's buffers, so it cannot hold the worker on a slow
+/// client.
+pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"65536");
 /// The most bytes a stream without a file of its own (php://memory, a pipe, a socket,
 /// `https://`, a user wrapper) may have to be sent: it is copied into an anonymous memory
 /// file first, shared memory that `memory_limit` does not count and that every worker
@@ -50,8 +51,13 @@ pub const INLINE_BELOW: Ini = Ini::new(c"handoff.inline_below", c"131072");
 /// a file is sent by its descriptor, never copied). 0: no limit.
 pub const MAX_COPY_BYTES: Ini = Ini::new(c"handoff.max_copy_bytes", c"268435456");
 
+/// `On`: the confirmed two-phase handoff (the worker waits for the manager's accept, and
+/// serves the request itself if the manager refuses it); `Off`: one-way handoff (the
+/// worker sends and moves on; the manager answers what it cannot run).
+pub const CONFIRM: Ini = Ini::new(c"handoff.confirm", c"0");
+
 /// The settings as PHP registers them.
-pub static INI_ENTRIES: IniEntryDefs<6> = IniEntryDefs::new([
+pub static INI_ENTRIES: IniEntryDefs<7> = IniEntryDefs::new([
     // Where the request's connection goes is the administrator's choice, never a script's:
     // with ini_set() any script (a compromised plugin) could send its clients' connections
     // to a Unix socket of its own. php.ini, `-d`, the pool's php_admin_value and Apache's
@@ -74,6 +80,7 @@ pub static INI_ENTRIES: IniEntryDefs<6> = IniEntryDefs::new([
         MAX_COPY_BYTES.default,
         IniEntryPermission::All,
     ),
+    IniEntryDef::new(CONFIRM.name, CONFIRM.default, IniEntryPermission::All),
     IniEntryDef::end(),
 ]);
 
@@ -100,6 +107,8 @@ pub struct Settings {
     pub inline_below: u64,
     /// The largest stream that is copied into memory to be sent; 0: no limit.
     pub max_copy_bytes: u64,
+    /// Use the confirmed two-phase handoff instead of the one-way one.
+    pub confirm: bool,
 }
 
 pub fn current() -> Settings {
@@ -120,13 +129,24 @@ pub fn current() -> Settings {
     let max_copy_bytes = ffi::ini_string(MAX_COPY_BYTES.name())
         .and_then(|s| number(&s))
         .unwrap_or_else(|| MAX_COPY_BYTES.default_number());
+    let confirm = ffi::ini_string(CONFIRM.name()).is_some_and(|v| parse_bool(&v));
     Settings {
         socket: PathBuf::from(socket),
         fallback,
         timeout: Duration::from_millis(timeout_ms),
         inline_below,
         max_copy_bytes,
+        confirm,
     }
+}
+
+/// php.ini stores `On`/`yes`/`true` as "1" and `Off`/`no`/`false`/`none` as "";
+/// `ini_set()` stores the string given.
+fn parse_bool(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "1" | "on" | "yes" | "true"
+    )
 }
 
 /// php.ini reads an unquoted `off`, `false` or `no` as boolean false and stores an empty
@@ -145,13 +165,24 @@ mod tests {
     #[test]
     fn defaults_are_what_the_code_reads_when_a_value_does_not_parse() {
         assert_eq!(TIMEOUT_MS.default_number(), 1000);
-        assert_eq!(INLINE_BELOW.default_number(), 128 * 1024);
+        assert_eq!(INLINE_BELOW.default_number(), 64 * 1024);
         assert_eq!(MAX_COPY_BYTES.default_number(), 256 * 1024 * 1024);
         assert_eq!(
             parse_fallback(FALLBACK.default.to_str().unwrap()),
             Fallback::Stream
         );
         assert_eq!(SOCKET.name(), "handoff.socket");
+    }
+
+    #[test]
+    fn confirm_is_off_unless_switched_on() {
+        assert!(!parse_bool(CONFIRM.default.to_str().unwrap()));
+        for v in ["1", "On", "yes", " true "] {
+            assert!(parse_bool(v), "{v:?}");
+        }
+        for v in ["", "0", "off", "no", "false", "none", "2"] {
+            assert!(!parse_bool(v), "{v:?}");
+        }
     }
 
     #[test]

@@ -112,3 +112,15 @@ fn status_header_is_answered_alike_on_both_paths() {
 fn raw_header_bytes_are_kept_on_both_paths() {
     scenarios::raw_header_bytes_same_on_both_paths(Kind::CliServer);
 }
+
+/// The manager at capacity answers a one-way handoff with its own 503 on the raw
+/// connection (HTTP/1.1).
+#[test]
+fn at_capacity_the_manager_answers_503() {
+    let stack = Stack::start(Config::new(Kind::CliServer).without_manager());
+    let manager = crate::util::faults::RestartableManager::started_for(
+        &stack,
+        &["--max-downloads", "1", "--max-waiting", "0"],
+    );
+    scenarios::at_capacity_the_manager_answers_503(&stack, || manager.log());
+}

@@ -1,6 +1,8 @@
 //! Faults during a handoff, with real nginx + php-fpm and `php -S`: handoff-manager killed
-//! (SIGKILL) before it confirms, right after it confirms, and mid-stream, a hundred
-//! handoffs per point; and a php-fpm worker killed in the middle of the handshake.
+//! (SIGKILL) with one-way handoffs queued and not yet read, mid-stream, and, for the
+//! confirmed handshake (`handoff.confirm`), before it confirms and right after it confirms,
+//! up to a hundred handoffs per point; and a php-fpm worker killed in the middle of the
+//! confirmed handshake.
 //!
 //! What every client must get: the complete file, byte-exact, or a clean prefix of it
 //! followed by a closed connection; never bytes from two writers, never a second head.
@@ -40,12 +42,21 @@ const STALLED: Duration = Duration::from_secs(3);
 /// A stack whose manager the test runs itself (to stop, kill and restart it). The worker
 /// waits up to 10 s for the manager: only the kill, never this timeout, may end its wait.
 fn stack(kind: Kind, children: u32) -> (Stack, RestartableManager) {
-    let stack = Stack::start(
+    stack_with(Config::new(kind).children(children))
+}
+
+/// [`stack`] whose workers use the confirmed two-phase handshake (`handoff.confirm`).
+fn confirmed_stack(kind: Kind, children: u32) -> (Stack, RestartableManager) {
+    stack_with(
         Config::new(kind)
-            .without_manager()
             .children(children)
-            .ini("handoff.timeout_ms", "10000"),
-    );
+            .ini("handoff.confirm", "1"),
+    )
+}
+
+fn stack_with(config: Config) -> (Stack, RestartableManager) {
+    let kind = config.kind;
+    let stack = Stack::start(config.without_manager().ini("handoff.timeout_ms", "10000"));
     let mut manager = RestartableManager::new(&stack.manager_socket, stack.path());
     if kind == Kind::Apache && crate::util::is_root() {
         // Apache's children run as www-data, the manager as root.
@@ -89,11 +100,132 @@ fn fallback_then_resume(stack: &Stack, manager: &mut RestartableManager, sha: &s
     manager.wait_outcome("complete", SMALL, 1);
 }
 
-/// Point 1: the manager dies before it confirms. It is stopped, so the request's worker
+/// One-way handoffs killed before the manager read them.
+const QUEUED_ROUNDS: usize = 20;
+
+/// Point 0, the one-way handoff: the manager is stopped, so the worker's handoff stays
+/// queued, unread, on its kept connection; the worker does not wait for it (send_file()
+/// returns true while the manager is stopped); then the manager is killed. Such a handoff,
+/// and only such a one, is lost: the kernel closes its connection, so the client gets
+/// nginx's 502 or an empty reply, never a byte of the file. Counted per run.
+fn killed_with_handoffs_queued(kind: Kind) {
+    let (stack, mut manager) = stack(kind, 1);
+    let size = MIB;
+    stack.data_file("queued.bin", size, 8);
+    let content = fs::read(stack.data().join("queued.bin")).expect("read queued.bin");
+    let sha = stack.data_file("small.bin", SMALL, 9);
+    manager.start();
+    let mut lost = 0;
+    for i in 0..QUEUED_ROUNDS {
+        // A handoff first, so that the worker holds a kept connection to this manager.
+        let warm = download_exact(&stack, "small.bin", &sha, SMALL, &format!("&warm={i}"));
+        assert_eq!(warm, "true", "#{i}: warm-up handoff");
+        manager.signal(Signal::SIGSTOP);
+        let name = format!("queued{i}");
+        let (mut curl, head, body) = stack
+            .curl(&name, &format!("/download.php?f=queued.bin&result={name}"))
+            .spawn(stack.client_dir().join(format!("{name}.curl.log")));
+        assert_eq!(
+            stack.wait_result(&name),
+            "true",
+            "#{i}: send_file() must hand off one way while the manager is stopped"
+        );
+        manager.kill();
+        let status = curl
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("#{i}: curl still running 30 s after the kill"));
+        let r = response_from(&head, &body);
+        assert!(
+            (status.success() && r.status == 502) || status.code() == Some(52),
+            "#{i}: expected a 502 or an empty reply, got curl {status}, status {}:\n{}\n{}",
+            r.status,
+            r.head_text,
+            curl.log_text()
+        );
+        let got = r.body();
+        assert!(
+            !got.windows(64).any(|w| w == &content[..64]) && got.len() < 4096,
+            "#{i}: the client got {} body bytes, some of them the file's",
+            got.len()
+        );
+        lost += 1;
+        fallback_then_resume(&stack, &mut manager, &sha, &format!("queued{i}"));
+    }
+    eprintln!(
+        "kill -9 with one-way handoffs queued ({kind:?}): {lost} of {QUEUED_ROUNDS} lost \
+         (each unread when the manager died), 0 corrupt"
+    );
+    stack.assert_clean_logs();
+}
+
+#[test]
+fn manager_killed_with_handoffs_queued_fpm() {
+    killed_with_handoffs_queued(Kind::Fpm);
+}
+
+#[test]
+fn manager_killed_with_handoffs_queued_cli_server() {
+    killed_with_handoffs_queued(Kind::CliServer);
+}
+
+/// Back-pressure never blocks a worker: with the manager stopped, one-way handoffs queue
+/// on the worker's kept connection until its send buffer is full; the next send gets
+/// `EAGAIN`, and that request is served in-process (send_file() returns false, body
+/// byte-exact) at once. Once the manager runs again, every queued handoff is served.
+#[test]
+fn a_full_handoff_queue_falls_back_in_process_and_the_queued_are_served() {
+    let (stack, mut manager) = stack(Kind::Fpm, 1);
+    let sha = stack.data_file("small.bin", SMALL, 10);
+    manager.start();
+    let warm = download_exact(&stack, "small.bin", &sha, SMALL, "&warm=1");
+    assert_eq!(warm, "true", "warm-up handoff");
+    manager.signal(Signal::SIGSTOP);
+    let mut queued = Vec::new();
+    let fell_back = loop {
+        let name = format!("q{}", queued.len());
+        let (curl, head, body) = stack
+            .curl(&name, &format!("/download.php?f=small.bin&result={name}"))
+            .spawn(stack.client_dir().join(format!("{name}.curl.log")));
+        match stack.wait_result(&name).as_str() {
+            "true" => queued.push((name, curl, head, body)),
+            "false" => break (name, curl, head, body),
+            other => panic!("{name}: send_file() returned {other}"),
+        }
+        assert!(queued.len() < 5000, "the queue never filled");
+    };
+    assert!(
+        queued.len() > 10,
+        "only {} handoffs were queued",
+        queued.len()
+    );
+    eprintln!(
+        "one-way handoffs queued on one kept connection before EAGAIN: {}",
+        queued.len()
+    );
+    let (name, mut curl, head, body) = fell_back;
+    let status = curl
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{name}: the fallback did not finish"));
+    assert!(status.success(), "{name}: curl {status}");
+    let r = response_from(&head, &body);
+    assert_eq!(r.body_sha(), sha, "{name}: the request served in-process");
+    manager.signal(Signal::SIGCONT);
+    for (name, mut curl, head, body) in queued {
+        let status = curl
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{name}: still running after SIGCONT"));
+        assert!(status.success(), "{name}: curl {status}");
+        let r = response_from(&head, &body);
+        assert_eq!(r.status, 200, "{name}:\n{}", r.head_text);
+        assert_eq!(r.body_sha(), sha, "{name}: queued handoff");
+    }
+}
+
+/// Point 1 (`handoff.confirm`): the manager dies before it confirms. It is stopped, so the request's worker
 /// connects (into the backlog), sends the job and blocks in recv() for the answer; then it
 /// is killed. The worker must see the socket close, fall back and send the whole file.
 fn killed_before_confirming(kind: Kind) {
-    let (stack, mut manager) = stack(kind, 1);
+    let (stack, mut manager) = confirmed_stack(kind, 1);
     let sha = stack.data_file("small.bin", SMALL, 1);
     manager.start();
     for i in 0..HANDOFFS_PER_POINT {
@@ -139,11 +271,11 @@ fn manager_killed_before_confirming_cli_server() {
     killed_before_confirming(Kind::CliServer);
 }
 
-/// Point 2: the manager confirms (Accept) and dies before "go" (see [`CrashAfterAccept`]
+/// Point 2 (`handoff.confirm`): the manager confirms (Accept) and dies before "go" (see [`CrashAfterAccept`]
 /// for why this is a stand-in). The worker's go fails; it must take its connection back
 /// and send the whole file itself.
 fn crashed_after_confirming(kind: Kind) {
-    let (stack, mut manager) = stack(kind, 1);
+    let (stack, mut manager) = confirmed_stack(kind, 1);
     let sha = stack.data_file("small.bin", SMALL, 2);
     for i in 0..HANDOFFS_PER_POINT {
         let stand_in = CrashAfterAccept::bind(&stack.manager_socket);
@@ -491,7 +623,7 @@ fn fallbacks_while_the_manager_was_down_reach_its_metrics() {
 /// answers 502 (or closes) and the client gets no byte of the file.
 #[test]
 fn fpm_worker_killed_mid_handshake() {
-    let (stack, mut manager) = stack(Kind::Fpm, 1);
+    let (stack, mut manager) = confirmed_stack(Kind::Fpm, 1);
     let size = MIB;
     stack.data_file("victim.bin", size, 5);
     let content = fs::read(stack.data().join("victim.bin")).expect("read victim.bin");

@@ -312,3 +312,15 @@ fn status_header_is_the_status_on_both_paths() {
 fn raw_header_bytes_are_kept_on_both_paths() {
     scenarios::raw_header_bytes_same_on_both_paths(Kind::Fpm);
 }
+
+/// The manager at capacity answers a one-way handoff with its own 503 through nginx.
+#[test]
+fn at_capacity_the_manager_answers_503() {
+    let stack = Stack::start(Config::new(Kind::Fpm).children(2).without_manager());
+    let manager = crate::util::faults::RestartableManager::started_for(
+        &stack,
+        &["--max-downloads", "1", "--max-waiting", "0"],
+    );
+    scenarios::at_capacity_the_manager_answers_503(&stack, || manager.log());
+    stack.assert_clean_logs();
+}

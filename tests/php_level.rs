@@ -90,6 +90,17 @@ fn handoff_available_tells_whether_the_manager_answers() {
         );
     };
     available("false");
+    {
+        // A manager that does not allow this peer refuses its hello: no handoff possible.
+        let other = (nix::unistd::getuid().as_raw() + 4242).to_string();
+        let proc = crate::util::manager::spawn_manager_with(
+            &socket,
+            &dir.path().join("manager-strict.log"),
+            &["--allow-uid", &other],
+        );
+        let _strict = handoff_stack::start_manager(proc, &socket);
+        available("false");
+    }
     let _manager = start_manager(&socket, &dir.path().join("manager.log"));
     available("true");
 }

@@ -3,7 +3,24 @@
 //! Transport: a Unix `SOCK_SEQPACKET` socket, so every message arrives whole or not at all
 //! and a closed peer is seen as end-of-file. A connection carries one handoff after
 //! another (a PHP process keeps its connection between requests, so a handoff costs no
-//! connect or accept). Each handoff:
+//! connect or accept).
+//!
+//! **One-way handoff** (the default, [`Channel`]): a new connection starts with the
+//! worker's hello, which the manager answers with [`Reply::Accept`] (this peer may hand
+//! off, and this manager takes one-way handoffs) or [`Reply::Refuse`]. That is the only
+//! answer the worker ever waits for. Each handoff is then one message, a job of kind
+//! "handoff" with its two descriptors, sent without waiting (`MSG_DONTWAIT`): once the
+//! kernel has queued it, the manager owns the request. The worker's copy of the
+//! connection was made harmless before the send, so a send that fails (`EAGAIN` when the
+//! manager has fallen behind and the socket's send buffer is full, a closed manager)
+//! leaves the worker owning its request, and nothing was written.
+//!
+//! The manager never closes a connection with a handoff queued on it: it first shuts the
+//! connection for reading (from then on the worker's send fails with `EPIPE` and nothing is
+//! handed over), then reads and runs what was queued before that, then closes.
+//!
+//! **Confirmed handoff** (`handoff.confirm`): two phases, for a worker that must be able to
+//! serve the request itself after the manager got the descriptors. Each handoff:
 //!
 //! 1. worker → manager: a [`Job`] message with exactly two descriptors attached by
 //!    `SCM_RIGHTS`: the client connection, then the open file.
@@ -40,7 +57,8 @@
 //! worker's report of the requests it served itself since its last report, one count per
 //! [`FallbackCause`] in code order (the manager adds them to its metrics). `tag` and
 //! `rate_group` are the script's `tag` and `rate_group` options, empty when not given.
-//! Replies are `"HO" version kind` followed, for a refusal, by the reason text.
+//! Replies are `"HO" version kind` followed, for a refusal, by the reason text. A one-way
+//! handoff has the job's layout with kind 6; a hello is `"HO" version 7`.
 //!
 //! This is the only module that touches `SCM_RIGHTS` (through [`crate::sys`]). The
 //! worker's side of the handshake is [`Offer`]; the manager's side is `manager/src/server.rs`.
@@ -72,6 +90,8 @@ const KIND_ACCEPT: u8 = 2;
 const KIND_REFUSE: u8 = 3;
 const KIND_GO: u8 = 4;
 const KIND_DRAIN: u8 = 5;
+const KIND_HANDOFF: u8 = 6;
+const KIND_HELLO: u8 = 7;
 const FIXED_LEN: usize = 22;
 
 pub use crate::plan::Framing;
@@ -149,14 +169,16 @@ pub struct Job {
     pub rate_group: String,
 }
 
-/// A manager's answer to a job, a worker's go-ahead, or a new manager's request that the
-/// old one hand over the socket path (`--takeover`).
+/// A manager's answer to a job or a hello, a worker's go-ahead or hello, or a new
+/// manager's request that the old one hand over the socket path (`--takeover`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Accept,
     Refuse(String),
     Go,
     Drain,
+    /// A worker's first message on a connection for one-way handoffs.
+    Hello,
 }
 
 /// What a peer opened a connection with.
@@ -165,9 +187,33 @@ pub enum Reply {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Incoming {
+    /// A confirmed handoff: answer it, and start only on the worker's go.
     Job(Received),
+    /// A one-way handoff: the manager owns the request from now on.
+    Handoff(Received),
+    /// A one-way handoff that cannot be run as sent; the manager still owns its request.
+    BadHandoff(BadHandoff),
+    /// A worker opens a connection for one-way handoffs.
+    Hello,
     /// A new manager took over the socket path: stop taking handoffs and finish.
     Drain,
+}
+
+/// A malformed one-way handoff: why, and the client connection with what is needed to
+/// answer on it (when the message said that much and carried its two descriptors).
+#[derive(Debug)]
+pub struct BadHandoff {
+    pub error: ProtocolError,
+    pub answer: Option<Answerable>,
+}
+
+/// A connection the manager can still answer (with an error response) though its job was
+/// malformed: the framing and request id come from the job's fixed part.
+#[derive(Debug)]
+pub struct Answerable {
+    pub conn: OwnedFd,
+    pub framing: Framing,
+    pub request_id: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -323,9 +369,18 @@ fn check_preamble(buf: &[u8]) -> Result<u8, ProtocolError> {
 }
 
 impl Job {
-    /// Serialises the job; fails if the head could split the response or a field is too
-    /// long for the format.
+    /// Serialises the job for a confirmed handoff; fails if the head could split the
+    /// response or a field is too long for the format.
     pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
+        self.encode_as(KIND_JOB)
+    }
+
+    /// Serialises the job for a one-way handoff ([`Channel::hand_off`]).
+    pub fn encode_one_way(&self) -> Result<Vec<u8>, ProtocolError> {
+        self.encode_as(KIND_HANDOFF)
+    }
+
+    fn encode_as(&self, kind: u8) -> Result<Vec<u8>, ProtocolError> {
         self.head.validate()?;
         let pieces = u16::try_from(self.body.len()).map_err(|_| ProtocolError::FieldTooLong {
             field: "piece count",
@@ -341,7 +396,7 @@ impl Job {
         let request_id = self.request_id;
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&[VERSION, KIND_JOB, framing, 0]);
+        out.extend_from_slice(&[VERSION, kind, framing, 0]);
         out.extend_from_slice(&request_id.to_be_bytes());
         out.extend_from_slice(&self.head.status.to_be_bytes());
         out.extend_from_slice(&count.to_be_bytes());
@@ -387,13 +442,13 @@ impl Job {
         Ok(out)
     }
 
-    /// Parses and validates a job message.
+    /// Parses and validates a job message (of either kind).
     pub fn decode(buf: &[u8]) -> Result<Job, ProtocolError> {
         if buf.len() > MAX_MESSAGE {
             return Err(ProtocolError::TooLarge { len: buf.len() });
         }
         let kind = check_preamble(buf)?;
-        if kind != KIND_JOB {
+        if kind != KIND_JOB && kind != KIND_HANDOFF {
             return Err(ProtocolError::Kind { kind });
         }
         if buf.len() < FIXED_LEN {
@@ -491,6 +546,7 @@ impl Reply {
             Reply::Refuse(reason) => (KIND_REFUSE, reason.as_str()),
             Reply::Go => (KIND_GO, ""),
             Reply::Drain => (KIND_DRAIN, ""),
+            Reply::Hello => (KIND_HELLO, ""),
         };
         let text = clip_reason(text);
         let mut out = Vec::with_capacity(4 + text.len());
@@ -505,10 +561,11 @@ impl Reply {
             KIND_ACCEPT if buf.len() == 4 => Ok(Reply::Accept),
             KIND_GO if buf.len() == 4 => Ok(Reply::Go),
             KIND_DRAIN if buf.len() == 4 => Ok(Reply::Drain),
+            KIND_HELLO if buf.len() == 4 => Ok(Reply::Hello),
             KIND_REFUSE => Ok(Reply::Refuse(
                 clip_reason(&String::from_utf8_lossy(&buf[4..])).to_owned(),
             )),
-            KIND_ACCEPT | KIND_GO | KIND_DRAIN => Err(ProtocolError::Trailing {
+            KIND_ACCEPT | KIND_GO | KIND_DRAIN | KIND_HELLO => Err(ProtocolError::Trailing {
                 extra: buf.len() - 4,
             }),
             kind => Err(ProtocolError::Kind { kind }),
@@ -533,9 +590,12 @@ pub struct Received {
     pub file: OwnedFd,
 }
 
-/// Reads the first message of a connection: a job and its descriptors, or a drain request.
-/// Every received descriptor is owned (and so closed) whatever the outcome. `Ok(None)`
-/// means the peer closed the socket.
+/// Reads the next message of a connection: a job and its descriptors, a hello, or a drain
+/// request. Every received descriptor is owned (and so closed) whatever the outcome.
+/// `Ok(None)` means the peer closed the socket.
+///
+/// A malformed one-way handoff is not an error but [`Incoming::BadHandoff`]: its request
+/// belongs to the manager, which answers it if it can.
 pub fn recv_job(sock: BorrowedFd<'_>) -> Result<Option<Incoming>, ProtocolError> {
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
     let msg = recv_with_fds(sock, &mut buf).map_err(ProtocolError::io("recvmsg"))?;
@@ -545,14 +605,45 @@ pub fn recv_job(sock: BorrowedFd<'_>) -> Result<Option<Incoming>, ProtocolError>
     if len == 0 && fds.is_empty() {
         return Ok(None);
     }
-    if flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(ProtocolError::ControlTruncated);
+    let one_way = len >= 4 && matches!(check_preamble(&buf[..4]), Ok(KIND_HANDOFF));
+    let checked = check_message(&buf, len, flags);
+    if one_way {
+        let job = checked.and_then(|()| Job::decode(&buf[..len]));
+        return Ok(Some(match (job, fds.len()) {
+            (Ok(job), 2) => {
+                let file = fds.pop().ok_or(ProtocolError::FdCount { got: 0 })?;
+                let conn = fds.pop().ok_or(ProtocolError::FdCount { got: 1 })?;
+                Incoming::Handoff(Received { job, conn, file })
+            }
+            (Ok(_), got) => Incoming::BadHandoff(BadHandoff {
+                error: ProtocolError::FdCount { got },
+                answer: None,
+            }),
+            (Err(error), got) => {
+                // The descriptors are trusted to be (connection, file) only when exactly
+                // two came, nothing was cut off, and the fixed part names the framing.
+                let answer = match (got, fixed_framing(&buf[..len.min(buf.len())])) {
+                    (2, Some((framing, request_id))) if !flags.contains(MsgFlags::MSG_CTRUNC) => {
+                        fds.truncate(1);
+                        fds.pop().map(|conn| Answerable {
+                            conn,
+                            framing,
+                            request_id,
+                        })
+                    }
+                    _ => None,
+                };
+                Incoming::BadHandoff(BadHandoff { error, answer })
+            }
+        }));
     }
-    if flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_MESSAGE {
-        return Err(ProtocolError::MessageTruncated);
-    }
-    if fds.is_empty() && matches!(Reply::decode(&buf[..len]), Ok(Reply::Drain)) {
-        return Ok(Some(Incoming::Drain));
+    checked?;
+    if fds.is_empty() {
+        match Reply::decode(&buf[..len]) {
+            Ok(Reply::Drain) => return Ok(Some(Incoming::Drain)),
+            Ok(Reply::Hello) => return Ok(Some(Incoming::Hello)),
+            _ => {}
+        }
     }
     let job = Job::decode(&buf[..len])?;
     if fds.len() != 2 {
@@ -561,6 +652,31 @@ pub fn recv_job(sock: BorrowedFd<'_>) -> Result<Option<Incoming>, ProtocolError>
     let file = fds.pop().ok_or(ProtocolError::FdCount { got: 0 })?;
     let conn = fds.pop().ok_or(ProtocolError::FdCount { got: 1 })?;
     Ok(Some(Incoming::Job(Received { job, conn, file })))
+}
+
+/// The checks every received message must pass before its bytes are parsed.
+fn check_message(buf: &[u8], len: usize, flags: MsgFlags) -> Result<(), ProtocolError> {
+    if flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(ProtocolError::ControlTruncated);
+    }
+    if flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_MESSAGE || len > buf.len() {
+        return Err(ProtocolError::MessageTruncated);
+    }
+    Ok(())
+}
+
+/// The framing and request id from a job's fixed part, if the message has that much and
+/// names a known framing.
+fn fixed_framing(buf: &[u8]) -> Option<(Framing, u16)> {
+    if buf.len() < 8 {
+        return None;
+    }
+    let framing = match buf[4] {
+        0 => Framing::Http,
+        1 => Framing::FastCgi,
+        _ => return None,
+    };
+    Some((framing, u16::from_be_bytes([buf[6], buf[7]])))
 }
 
 /// Sends a reply (either direction). Never blocks longer than the socket's send timeout.
@@ -677,7 +793,7 @@ impl Offer {
         match recv_reply(self.sock.as_fd(), MsgFlags::empty()).map_err(ProtocolError::timed_out)? {
             Reply::Accept => Ok(()),
             Reply::Refuse(reason) => Err(ProtocolError::Refused { reason }),
-            Reply::Go | Reply::Drain => Err(ProtocolError::Kind { kind: KIND_GO }),
+            Reply::Go | Reply::Drain | Reply::Hello => Err(ProtocolError::Kind { kind: KIND_GO }),
         }
     }
 
@@ -706,6 +822,75 @@ impl Offer {
         )
         .map_err(ProtocolError::io("send"))?;
         Ok(self.sock)
+    }
+}
+
+/// The worker's connection for one-way handoffs, kept between requests.
+///
+/// ```text
+/// let channel = Channel::open(path, deadline)?;  // hello answered: one-way handoffs go
+/// // ... make the worker's copy of the connection harmless ...
+/// channel.hand_off(&job_bytes, conn, file)?;     // Ok: the manager owns the request
+/// ```
+///
+/// Opening waits for the manager's answer to the hello (bounded by the deadline); a
+/// handoff never waits and reads nothing.
+#[derive(Debug)]
+pub struct Channel {
+    sock: OwnedFd,
+}
+
+impl Channel {
+    /// Connects and says hello; `Ok` once the manager has accepted this peer for one-way
+    /// handoffs. Everything ends by `deadline`.
+    pub fn open(path: &Path, deadline: Instant) -> Result<Channel, ProtocolError> {
+        let offer = Offer::connect_until(path, deadline)?;
+        offer.arm(sockopt::SendTimeout)?;
+        send_reply(offer.sock.as_fd(), &Reply::Hello).map_err(ProtocolError::timed_out)?;
+        offer.arm(sockopt::ReceiveTimeout)?;
+        match recv_reply(offer.sock.as_fd(), MsgFlags::empty()).map_err(ProtocolError::timed_out)? {
+            Reply::Accept => Ok(Channel { sock: offer.sock }),
+            Reply::Refuse(reason) => Err(ProtocolError::Refused { reason }),
+            Reply::Go | Reply::Drain | Reply::Hello => Err(ProtocolError::Kind { kind: KIND_GO }),
+        }
+    }
+
+    /// A connection that carried a hello before (kept by the worker between requests).
+    pub fn resume(sock: OwnedFd) -> Channel {
+        Channel { sock }
+    }
+
+    /// The connection, to keep for the next handoff.
+    pub fn into_fd(self) -> OwnedFd {
+        self.sock
+    }
+
+    /// Hands the request over in one non-blocking send: `Ok` means the kernel queued the
+    /// job with both descriptors, and the manager owns the request. Any error means
+    /// nothing was handed over: [`ProtocolError::WouldBlock`] when the manager has fallen
+    /// behind (the socket's send buffer holds as many queued handoffs as it can), a stale
+    /// connection ([`ProtocolError::is_stale_connection`]) when the manager closed it.
+    /// `job` is a message from [`Job::encode_one_way`].
+    pub fn hand_off(
+        &self,
+        job: &[u8],
+        conn: BorrowedFd<'_>,
+        file: BorrowedFd<'_>,
+    ) -> Result<(), ProtocolError> {
+        let fds = [conn.as_raw_fd(), file.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &[IoSlice::new(job)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(ProtocolError::io("sendmsg"))?;
+        // A SEQPACKET send is all or nothing; anything else is not a handoff.
+        if sent != job.len() {
+            return Err(ProtocolError::Truncated { len: sent });
+        }
+        Ok(())
     }
 }
 
@@ -804,11 +989,121 @@ mod tests {
     }
 
     #[test]
+    fn one_way_jobs_round_trip_and_are_told_apart() {
+        let j = job();
+        let one_way = j.encode_one_way().unwrap();
+        let confirmed = j.encode().unwrap();
+        assert_eq!(Job::decode(&one_way).unwrap(), j);
+        assert_ne!(one_way[3], confirmed[3]);
+        assert_eq!(one_way[4..], confirmed[4..]);
+        assert_eq!(fixed_framing(&one_way), Some((Framing::FastCgi, 1)));
+        assert_eq!(fixed_framing(&one_way[..7]), None);
+    }
+
+    fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+        nix::sys::socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    fn stream_pair() -> (OwnedFd, OwnedFd) {
+        nix::sys::socket::socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_one_way_handoff_arrives_with_its_descriptors() {
+        let (worker, manager) = seqpacket_pair();
+        let (conn, _client) = stream_pair();
+        let (file, _other) = stream_pair();
+        let channel = Channel::resume(worker);
+        channel
+            .hand_off(&job().encode_one_way().unwrap(), conn.as_fd(), file.as_fd())
+            .unwrap();
+        match recv_job(manager.as_fd()).unwrap() {
+            Some(Incoming::Handoff(r)) => assert_eq!(r.job, job()),
+            other => panic!("expected a one-way handoff, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_malformed_one_way_handoff_keeps_its_connection_to_answer_on() {
+        let (worker, manager) = seqpacket_pair();
+        let (conn, _client) = stream_pair();
+        let (file, _other) = stream_pair();
+        let mut bytes = job().encode_one_way().unwrap();
+        bytes.push(0);
+        Channel::resume(worker)
+            .hand_off(&bytes, conn.as_fd(), file.as_fd())
+            .unwrap();
+        match recv_job(manager.as_fd()).unwrap() {
+            Some(Incoming::BadHandoff(BadHandoff {
+                error: ProtocolError::Trailing { extra: 1 },
+                answer: Some(a),
+            })) => {
+                assert_eq!((a.framing, a.request_id), (Framing::FastCgi, 1));
+            }
+            other => panic!("expected an answerable bad handoff, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_is_would_block_and_hands_nothing_over() {
+        let (worker, manager) = seqpacket_pair();
+        let (conn, _client) = stream_pair();
+        let (file, _other) = stream_pair();
+        let channel = Channel::resume(worker);
+        let bytes = job().encode_one_way().unwrap();
+        let mut sent = 0;
+        let err = loop {
+            match channel.hand_off(&bytes, conn.as_fd(), file.as_fd()) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 100_000, "the queue never filled");
+        };
+        assert!(err.is_would_block(), "{err:?}");
+        assert!(sent > 10, "only {sent} handoffs were queued");
+        eprintln!(
+            "{sent} one-way handoffs of {} bytes queued before EAGAIN",
+            bytes.len()
+        );
+        // Exactly the queued ones arrive; the refused send left nothing behind.
+        let mut got = 0;
+        while let Ok(Some(Incoming::Handoff(_))) = recv_job(manager.as_fd()) {
+            got += 1;
+        }
+        assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn a_connection_shut_for_reading_refuses_the_handoff() {
+        let (worker, manager) = seqpacket_pair();
+        let (conn, _client) = stream_pair();
+        let (file, _other) = stream_pair();
+        nix::sys::socket::shutdown(manager.as_raw_fd(), nix::sys::socket::Shutdown::Read).unwrap();
+        let err = Channel::resume(worker)
+            .hand_off(&job().encode_one_way().unwrap(), conn.as_fd(), file.as_fd())
+            .unwrap_err();
+        assert!(err.is_stale_connection(), "{err:?}");
+    }
+
+    #[test]
     fn replies_round_trip() {
         for r in [
             Reply::Accept,
             Reply::Go,
             Reply::Drain,
+            Reply::Hello,
             Reply::Refuse("busy".into()),
         ] {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);

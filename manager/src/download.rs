@@ -82,15 +82,7 @@ pub fn validate(rcv: &Received) -> Result<(), Rejected> {
             return Err(Rejected::Label);
         }
     }
-    let st = fstat(rcv.conn.as_raw_fd()).map_err(Rejected::Stat)?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
-        return Err(Rejected::NotASocket);
-    }
-    let ty = getsockopt(&rcv.conn, sockopt::SockType).map_err(Rejected::Stat)?;
-    let listening = getsockopt(&rcv.conn, sockopt::AcceptConn).map_err(Rejected::Stat)?;
-    if ty != nix::sys::socket::SockType::Stream || listening {
-        return Err(Rejected::NotAStream);
-    }
+    validate_connection(&rcv.conn)?;
     let st = fstat(rcv.file.as_raw_fd()).map_err(Rejected::Stat)?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
         return Err(Rejected::NotAFile);
@@ -110,6 +102,21 @@ pub fn validate(rcv: &Received) -> Result<(), Rejected> {
     // Every later count of body bytes (what is planned, sent, still to frame) is then
     // exact, and never wraps.
     handoff_core::plan::checked_body_len(&rcv.job.body).ok_or(Rejected::BodyTooLong)?;
+    Ok(())
+}
+
+/// Checks that a received connection descriptor is a connected stream socket (something a
+/// response can be written to).
+pub fn validate_connection(conn: &OwnedFd) -> Result<(), Rejected> {
+    let st = fstat(conn.as_raw_fd()).map_err(Rejected::Stat)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(Rejected::NotASocket);
+    }
+    let ty = getsockopt(conn, sockopt::SockType).map_err(Rejected::Stat)?;
+    let listening = getsockopt(conn, sockopt::AcceptConn).map_err(Rejected::Stat)?;
+    if ty != nix::sys::socket::SockType::Stream || listening {
+        return Err(Rejected::NotAStream);
+    }
     Ok(())
 }
 

@@ -39,8 +39,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Under a bandwidth cap, a download that has waited this long is served first whatever
 /// its size: the starvation bound of shortest-remaining-first.
 const STARVE: Duration = Duration::from_secs(1);
-/// The download loops' nice value, above the handshake thread's (which keeps the
-/// process's): a PHP worker waiting for its answer is served before bytes are moved.
+/// The download loops' nice value, above the PHP workers' (the process's): moving bytes
+/// yields to the requests the workers serve. The handshake thread runs at the same value
+/// (`server.rs`, `HANDSHAKE_NICE`).
 const LOOP_NICE: i32 = 5;
 
 /// What the handshake loop tells a download loop.

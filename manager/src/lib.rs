@@ -23,6 +23,8 @@
 //!   and removing the socket file at shutdown.
 //! - [`pacing`]: relay pacing: downloads relayed by a web server are fed no faster than
 //!   its measured pace (plus headroom), so that a burst of new downloads does not stall it.
+//! - [`waiting`]: one-way handoffs waiting for a place under `--max-downloads`, smallest
+//!   first, and the 503 / 500 responses the manager writes when it must refuse one.
 //! - [`download_loop`]: the download loops, one thread and one mio `Poll` each.
 //! - [`stats`] and [`metrics`]: shared counters, the live download list, `/metrics`,
 //!   `/status` and `handoff-manager status`.
@@ -46,3 +48,4 @@ pub mod server;
 pub mod stats;
 mod sys;
 pub mod systemd;
+pub mod waiting;

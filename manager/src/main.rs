@@ -53,8 +53,10 @@ struct Args {
     /// kernel supports it).
     #[arg(long)]
     no_sandbox: bool,
-    /// Refuse new handoffs while this many downloads run or wait for their go (0 = no
-    /// limit); refused requests are served by PHP itself, or throw, per handoff.fallback.
+    /// Most downloads running or waiting for their go (0 = no limit). Beyond it a one-way
+    /// handoff waits (--max-waiting, --wait-timeout), and a confirmed one
+    /// (handoff.confirm) is refused and served by PHP itself, or throws, per
+    /// handoff.fallback.
     #[arg(long, default_value_t = 0)]
     max_downloads: usize,
     /// Most handshakes held at once (each may hold a 64 KiB job for up to
@@ -62,6 +64,19 @@ struct Args {
     /// between handoffs do not count.
     #[arg(long, default_value_t = 1024)]
     max_handshakes: usize,
+    /// Most worker connections kept open idle between handoffs (each PHP process keeps
+    /// one); past it the connection idle longest is closed, without losing a handoff
+    /// queued on it, and its worker reconnects on its next handoff.
+    #[arg(long, default_value_t = 1024)]
+    max_idle_connections: usize,
+    /// One-way handoffs that may wait for a place while --max-downloads downloads run
+    /// (smallest first); past it the client gets 503 with Retry-After, written by the
+    /// manager.
+    #[arg(long, default_value_t = 1024)]
+    max_waiting: usize,
+    /// Seconds a one-way handoff may wait for a place before its client gets 503.
+    #[arg(long, default_value_t = 10)]
+    wait_timeout: u64,
     /// Write one JSON line per finished download to this file (`-` = stderr).
     #[arg(long)]
     access_log: Option<PathBuf>,
@@ -205,6 +220,9 @@ fn main() -> anyhow::Result<()> {
         sandbox: !args.no_sandbox,
         max_downloads: args.max_downloads,
         max_handshakes: args.max_handshakes.max(1),
+        max_idle: args.max_idle_connections.max(1),
+        max_waiting: args.max_waiting,
+        wait_timeout: Duration::from_secs(args.wait_timeout),
         access_log: args.access_log,
         threads: args.threads,
         metrics: args.metrics,

@@ -3,9 +3,18 @@
 //! loaded download loop ([`crate::download_loop`], one thread per CPU by default).
 //!
 //! Guarantees:
-//! - A worker connection carries one handoff after another: after a go it waits for the
-//!   worker's next job (a PHP process keeps its connection between requests), and is closed
-//!   after a refusal, after `IDLE_TIMEOUT` without a job, or when the manager drains.
+//! - A worker connection carries one handoff after another: after a go or a one-way
+//!   handoff it waits for the worker's next job (a PHP process keeps its connection between
+//!   requests), and is closed after a refusal, after `IDLE_TIMEOUT` without a job, when
+//!   more than `max_idle` connections are idle (the oldest first), or when the manager
+//!   drains.
+//! - A connection is never closed with a one-way handoff queued on it: it is shut for
+//!   reading first (the worker's next send fails with `EPIPE`, and the worker still owns
+//!   that request), and what was queued before is read and run.
+//! - A one-way handoff is the manager's from the moment it is read: it runs, waits for a
+//!   place (`max_waiting`, `wait_timeout`; smallest first), or its client gets a response
+//!   written by the manager (503 with `Retry-After`, or 500 for an invalid job), logged and
+//!   counted ([`crate::waiting`]).
 //! - A malformed or unacceptable handoff is refused with a reason (logged, and told to the
 //!   worker, which then serves the request itself); its descriptors are closed; everyone
 //!   else keeps being served.
@@ -45,14 +54,24 @@ use crate::download_loop::{self, Command, Handle, LoopConfig, Schedule};
 use crate::listener::{listen_on, remove_socket_file, same_user, tell_previous_to_drain, Bound};
 use crate::sandbox;
 use crate::stats::Counters;
+use crate::waiting::{self, Queue, Refusal};
 use handoff_core::io_class::{classify, classify_io, IoClass};
-use handoff_core::protocol::{self, Incoming, ProtocolError, Received, Reply};
+use handoff_core::protocol::{self, BadHandoff, Incoming, ProtocolError, Received, Reply};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// How often handshake timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// The handshake thread's nice value. A one-way handoff wakes this thread without anyone
+/// waiting for it; at the PHP workers' own priority the wake-up preempts the worker that
+/// sent the job on its core, and the worker's request is held until the manager yields.
+/// Measured on a shared 2-core machine, S3 4 KiB through nginx: worker hold p99 1.7-2.9 ms
+/// at nice 0, 0.7-1.1 ms at 5, no better at 10. (A worker with `handoff.confirm` waits for
+/// this thread and pays for it under CPU contention.)
+const HANDSHAKE_NICE: i32 = 5;
+/// How often a free place is looked for while one-way handoffs wait for one.
+const WAITING_TICK: Duration = Duration::from_millis(5);
 /// A worker connection with no handoff for this long is closed; the PHP process reconnects
 /// on its next handoff.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -86,6 +105,14 @@ pub struct Config {
     /// Most handshakes held at once (connected workers that have not yet said go, or been
     /// refused); each may hold a 64 KiB job and two descriptors until `handshake_timeout`.
     pub max_handshakes: usize,
+    /// Most worker connections kept idle between handoffs; past it the connection idle
+    /// longest is closed (its worker reconnects on its next handoff).
+    pub max_idle: usize,
+    /// One-way handoffs that may wait for a place under `max_downloads`; more are answered
+    /// with 503.
+    pub max_waiting: usize,
+    /// How long a one-way handoff may wait for a place before it is answered with 503.
+    pub wait_timeout: Duration,
     /// JSON access log: a file, `-` for stderr, or none.
     pub access_log: Option<PathBuf>,
     /// Number of download loops (threads); 0 means one per CPU.
@@ -169,6 +196,8 @@ pub struct Server {
     draining_until: Option<Instant>,
     /// Accepted jobs waiting for their go (counted against `max_downloads`).
     awaiting_go: usize,
+    /// One-way handoffs waiting for a place under `max_downloads`.
+    waiting: Queue,
     /// The download loops.
     loops: Vec<Handle>,
     pub counters: Arc<Counters>,
@@ -302,6 +331,7 @@ impl Server {
         );
         notifier.notify("READY=1");
         Ok(Server {
+            waiting: Queue::new(config.max_waiting, config.wait_timeout),
             config,
             poll,
             listener: Some(listener),
@@ -319,10 +349,16 @@ impl Server {
 
     /// Runs until a stop signal has been handled and the downloads are over.
     pub fn run(&mut self) -> Result<(), ServerError> {
+        crate::sys::lower_thread_priority(HANDSHAKE_NICE);
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         loop {
-            match self.poll.poll(&mut events, Some(TICK)) {
+            let tick = if self.waiting.is_empty() {
+                TICK
+            } else {
+                WAITING_TICK
+            };
+            match self.poll.poll(&mut events, Some(tick)) {
                 Ok(()) => {}
                 Err(e) if classify_io(&e) == IoClass::Retry => continue,
                 Err(e) => {
@@ -344,11 +380,13 @@ impl Server {
                     }
                 }
             }
+            self.start_waiting(now);
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
                 self.check_timeouts(now);
             }
-            if let (Some(until), true) = (self.draining_until, self.conns.is_empty()) {
+            let idle = self.conns.is_empty() && self.waiting.is_empty();
+            if let (Some(until), true) = (self.draining_until, idle) {
                 // Only now: every accepted handshake has been started or has failed, so
                 // no job can reach a loop that has already ended.
                 for l in &self.loops {
@@ -366,11 +404,12 @@ impl Server {
         }
         let c = &self.counters;
         info!(
-            "stopped: {} accepted, {} refused ({} at the limit), {} dropped before go, \
-             {} complete, {} failed, {} bytes sent",
+            "stopped: {} accepted, {} refused ({} at the limit, {} answered by the manager), \
+             {} dropped before go, {} complete, {} failed, {} bytes sent",
             Counters::get(&c.accepted),
             Counters::get(&c.refused),
             Counters::get(&c.refused_full),
+            Counters::get(&c.refused_answered),
             Counters::get(&c.dropped_before_go),
             Counters::get(&c.complete),
             Counters::get(&c.failed),
@@ -379,7 +418,13 @@ impl Server {
         Ok(())
     }
 
+    /// Accepts the waiting worker connections, then closes the idle ones past `max_idle`.
     fn accept_workers(&mut self, now: Instant) {
+        self.accept_new(now);
+        self.bound_idle();
+    }
+
+    fn accept_new(&mut self, now: Instant) {
         let Some(listener) = &self.listener else {
             return;
         };
@@ -481,9 +526,10 @@ impl Server {
             self.draining_until = Some(now + self.config.grace);
             self.notifier.notify("STOPPING=1");
             self.stop_listening();
-            // Idle worker connections are closed at once: their next handoff finds the
-            // connection gone before anything was accepted, and reconnects (to the new
-            // manager after a takeover).
+            // Idle worker connections are closed at once, after the one-way handoffs queued
+            // on them are read: their next handoff finds the connection shut before
+            // anything was handed over, and reconnects (to the new manager after a
+            // takeover).
             let idle: Vec<usize> = self
                 .conns
                 .iter()
@@ -491,7 +537,7 @@ impl Server {
                 .map(|(&id, _)| id)
                 .collect();
             for id in idle {
-                self.finish(id);
+                self.close_idle(id);
             }
         }
     }
@@ -518,7 +564,10 @@ impl Server {
             if let Stage::AwaitingGo(_) = h.stage {
                 // Anything but go means the worker keeps the request.
                 match protocol::recv_reply(h.sock.as_fd(), MsgFlags::MSG_DONTWAIT) {
-                    Ok(Reply::Go) => self.start_download(id),
+                    Ok(Reply::Go) => {
+                        self.start_download(id);
+                        self.bound_idle();
+                    }
                     Err(e) if e.is_would_block() => return,
                     Err(ProtocolError::Closed) => {
                         info!("worker went away before go; job dropped, nothing written");
@@ -545,6 +594,37 @@ impl Server {
                     h.since = Instant::now();
                     self.on_job(id, rcv, refuse);
                 }
+                Ok(Some(Incoming::Hello)) => {
+                    if !self.on_hello(id, refuse) {
+                        return;
+                    }
+                }
+                Ok(Some(Incoming::Handoff(rcv))) => {
+                    if let Some(why) = refuse {
+                        // Not a worker this manager serves: its request is answered, never
+                        // run, and the connection carries nothing more.
+                        warn!("refused handoff of {:?}: {why}", rcv.job.file_name);
+                        self.answer(rcv, Refusal::Invalid);
+                        return self.finish(id);
+                    }
+                    h.since = Instant::now();
+                    let became_idle = !matches!(h.stage, Stage::Idle);
+                    h.stage = Stage::Idle;
+                    self.on_handoff(rcv);
+                    if became_idle {
+                        self.bound_idle();
+                    }
+                }
+                Ok(Some(Incoming::BadHandoff(bad))) => {
+                    self.on_bad_handoff(bad);
+                    if refuse.is_some() {
+                        return self.finish(id);
+                    }
+                    if let Some(h) = self.conns.get_mut(&id) {
+                        h.since = Instant::now();
+                        h.stage = Stage::Idle;
+                    }
+                }
                 Ok(None) => return self.finish(id),
                 Err(e) if e.is_would_block() => {
                     if let (Stage::AwaitingJob { refuse: slot }, Some(why)) = (&mut h.stage, refuse)
@@ -559,6 +639,172 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// A worker opens a connection for one-way handoffs: accept it (the connection then
+    /// waits idle for handoffs) or refuse it (a peer that may not hand off, or a manager
+    /// that is stopping) and close it. Whether the connection is still open.
+    fn on_hello(&mut self, id: usize, refuse: Option<String>) -> bool {
+        let refuse = refuse.or_else(|| {
+            self.draining_until
+                .is_some()
+                .then(|| "manager is shutting down".to_string())
+        });
+        if let Some(why) = refuse {
+            warn!("refused a worker connection: {why}");
+            self.refuse(id, why);
+            return false;
+        }
+        let Some(h) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        if let Err(e) = protocol::send_reply(h.sock.as_fd(), &Reply::Accept) {
+            debug!("worker gone before its hello was answered: {e}");
+            self.finish(id);
+            return false;
+        }
+        h.since = Instant::now();
+        h.stage = Stage::Idle;
+        self.bound_idle();
+        self.conns.contains_key(&id)
+    }
+
+    /// A one-way handoff arrived: the manager owns its request now. It starts, waits for
+    /// a place, or is answered by the manager.
+    fn on_handoff(&mut self, rcv: Received) {
+        self.counters.add_fallbacks(&rcv.job.fallbacks);
+        if let Err(e) = download::validate(&rcv) {
+            warn!("refused handoff of {:?}: {e}", rcv.job.file_name);
+            return self.answer(rcv, Refusal::Invalid);
+        }
+        if self.waiting.is_empty() && self.has_place() {
+            debug!("one-way handoff of {:?} starts", rcv.job.file_name);
+            return self.dispatch(rcv);
+        }
+        if let Err(rcv) = self.waiting.push(rcv, Instant::now()) {
+            Counters::add(&self.counters.refused_full, 1);
+            warn!(
+                "refused handoff of {:?}: {} handoffs wait for a place (--max-waiting)",
+                rcv.job.file_name,
+                self.waiting.len()
+            );
+            let retry_after = self.waiting.retry_after();
+            self.answer(*rcv, Refusal::Busy { retry_after });
+        }
+    }
+
+    /// A one-way handoff whose job cannot be read: its client gets a 500 if the connection
+    /// came with it and the framing is known; otherwise there is nothing to answer on.
+    fn on_bad_handoff(&mut self, bad: BadHandoff) {
+        let BadHandoff { error, answer } = bad;
+        Counters::add(&self.counters.refused, 1);
+        match answer {
+            Some(a) => {
+                warn!("rejected malformed one-way handoff: {error}; answered with 500");
+                match a.conn.try_clone() {
+                    Ok(file) => {
+                        Counters::add(&self.counters.refused_answered, 1);
+                        self.dispatch(waiting::refusal_unread(
+                            a.conn,
+                            file,
+                            a.framing,
+                            a.request_id,
+                        ));
+                    }
+                    Err(e) => warn!("cannot answer a malformed handoff: {e}"),
+                }
+            }
+            None => {
+                warn!("rejected malformed one-way handoff: {error}; no connection to answer on")
+            }
+        }
+    }
+
+    /// Writes the manager's own response on a refused one-way handoff's connection (if it
+    /// is a connection at all); counts and logs it.
+    fn answer(&mut self, rcv: Received, refusal: Refusal) {
+        Counters::add(&self.counters.refused, 1);
+        if download::validate_connection(&rcv.conn).is_err() {
+            warn!("the refused handoff's connection is not a socket; closed");
+            return;
+        }
+        Counters::add(&self.counters.refused_answered, 1);
+        self.dispatch(waiting::refusal(rcv, refusal));
+    }
+
+    /// Whether one more download may start under `--max-downloads`.
+    fn has_place(&self) -> bool {
+        let max = self.config.max_downloads;
+        if max == 0 {
+            return true;
+        }
+        let running: usize = self
+            .loops
+            .iter()
+            .map(|l| l.load.load(Ordering::Relaxed))
+            .sum();
+        running + self.awaiting_go < max
+    }
+
+    /// Starts waiting one-way handoffs while there is a place; answers those that waited
+    /// too long with 503 (all of them once the grace period of a drain is over).
+    fn start_waiting(&mut self, now: Instant) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        while self.has_place() {
+            let Some(rcv) = self.waiting.pop() else {
+                break;
+            };
+            self.dispatch(rcv);
+        }
+        let all = self.draining_until.is_some_and(|until| now >= until);
+        let retry_after = self.waiting.retry_after();
+        for rcv in self.waiting.expired(now, all) {
+            Counters::add(&self.counters.refused_full, 1);
+            warn!(
+                "refused handoff of {:?}: no place within --wait-timeout; answered with 503",
+                rcv.job.file_name
+            );
+            self.answer(rcv, Refusal::Busy { retry_after });
+        }
+    }
+
+    /// Closes the idle connections past `max_idle`, the one idle longest first.
+    fn bound_idle(&mut self) {
+        let mut idle: Vec<(Instant, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, h)| matches!(h.stage, Stage::Idle))
+            .map(|(&id, h)| (h.since, id))
+            .collect();
+        if idle.len() <= self.config.max_idle {
+            return;
+        }
+        idle.sort_unstable();
+        let excess = idle.len() - self.config.max_idle;
+        debug!("closing {excess} idle worker connection(s) (--max-idle-connections)");
+        for (_, id) in idle.into_iter().take(excess) {
+            self.close_idle(id);
+        }
+    }
+
+    /// Closes an idle connection without losing a one-way handoff queued on it: shut for
+    /// reading (a later send fails in the worker, which keeps that request), run what was
+    /// queued before, then close.
+    fn close_idle(&mut self, id: usize) {
+        let Some(h) = self.conns.get(&id) else {
+            return;
+        };
+        if let Err(e) =
+            nix::sys::socket::shutdown(h.sock.as_raw_fd(), nix::sys::socket::Shutdown::Read)
+        {
+            debug!("shutting an idle worker connection: {e}");
+        }
+        // Reads until end-of-file, which a socket shut for reading reports once its
+        // queue is empty; that closes it.
+        self.on_handshake(id);
+        self.finish(id);
     }
 
     /// A new manager asks this one to hand over the socket path.
@@ -655,6 +901,11 @@ impl Server {
         if draining {
             self.finish(id);
         }
+        self.dispatch(rcv);
+    }
+
+    /// Gives a job to the least loaded download loop.
+    fn dispatch(&mut self, rcv: Received) {
         // Least loaded first; a loop that is gone (it can only have panicked: loops end
         // only when told to drain, after the last handshake) hands the job back.
         let mut order: Vec<&Handle> = self.loops.iter().collect();
@@ -696,7 +947,7 @@ impl Server {
             };
             if matches!(h.stage, Stage::Idle) {
                 debug!("closing a worker connection idle for {IDLE_TIMEOUT:?}");
-                self.finish(id);
+                self.close_idle(id);
                 continue;
             }
             if matches!(h.stage, Stage::AwaitingGo(_)) && late_go(&h.sock) {

@@ -14,6 +14,9 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Refusals because `--max-downloads` downloads were running.
     pub refused_full: AtomicU64,
+    /// Refused one-way handoffs whose clients got a response written by the manager (503
+    /// or 500).
+    pub refused_answered: AtomicU64,
     pub dropped_before_go: AtomicU64,
     pub complete: AtomicU64,
     pub failed: AtomicU64,
@@ -57,7 +60,7 @@ impl Counters {
 
     /// Prometheus text exposition of every counter.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 13] = [
             (
                 "handoff_handoffs_accepted_total",
                 "counter",
@@ -75,6 +78,12 @@ impl Counters {
                 "counter",
                 "Handoffs refused at --max-downloads.",
                 &self.refused_full,
+            ),
+            (
+                "handoff_handoffs_refused_answered_total",
+                "counter",
+                "Refused one-way handoffs answered by the manager (503 at capacity, 500 invalid).",
+                &self.refused_answered,
             ),
             (
                 "handoff_handoffs_dropped_before_go_total",

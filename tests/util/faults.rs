@@ -210,6 +210,8 @@ impl CrashAfterAccept {
                     std::thread::sleep(Duration::from_millis(1))
                 }
                 Ok(Some(Incoming::Drain)) => return Err("got a drain request".into()),
+                // The stand-in confirms: it serves workers with handoff.confirm on.
+                Ok(Some(other)) => return Err(format!("not a confirmed handoff: {other:?}")),
                 Ok(None) => return Err("the worker closed before sending a job".into()),
                 Err(e) => return Err(format!("recv_job: {e}")),
             }

@@ -264,15 +264,34 @@ pub fn fallback_streams_in_process(stack: &Stack) {
     );
 }
 
-/// Test 4, manager side: an `echo` after a handed-off send_file() never reaches the client.
+/// Test 4, manager side: after a handed-off send_file() the worker writes nothing to the
+/// connection: an `echo` and `flush()` after it, a shutdown function that echoes, sets a
+/// header and flushes, and the end of the request never reach the client (bodies
+/// byte-exact, one head, no `X-Late`).
 pub fn output_after_handoff_is_dropped(stack: &Stack) {
     for (seed, size) in [1, 100_000, 5 * MIB].into_iter().enumerate() {
         let name = format!("garbage-{size}.bin");
         let sha = stack.data_file(&name, size, seed as u64 + 30);
-        let returned = download_exact(stack, &name, &sha, size, "&garbage=1");
+        for extra in ["&garbage=1", "&garbage=1&shutdown=1"] {
+            let returned = download_exact(stack, &name, &sha, size, extra);
+            assert_eq!(
+                returned, "true",
+                "send_file() with the manager up, {size} bytes ({extra})"
+            );
+        }
+        let r = stack.get(
+            &format!("late-{size}"),
+            &format!("/download.php?f={name}&shutdown=1&garbage=1"),
+        );
+        assert!(
+            r.header("X-Late").is_none() && r.head_text.matches("HTTP/").count() == 1,
+            "a late header or a second head reached the client:\n{}",
+            r.head_text
+        );
         assert_eq!(
-            returned, "true",
-            "send_file() with the manager up, {size} bytes"
+            r.body_sha(),
+            sha,
+            "body with a shutdown function, {size} bytes"
         );
     }
 }
@@ -739,4 +758,47 @@ pub fn raw_header_bytes_same_on_both_paths(kind: Kind) {
             "handed off: {handed_off}: send_file()"
         );
     }
+}
+
+/// At `--max-downloads` (1 here, `--max-waiting 0`) a one-way handoff cannot wait: its
+/// client gets the manager's own complete `503` with `Retry-After`, through the real web
+/// server, while the running download completes byte-exact; `send_file()` returned `true`
+/// (the manager owned the request). Needs a stack whose manager runs with those flags;
+/// `manager_log` reads that manager's log.
+pub fn at_capacity_the_manager_answers_503(stack: &Stack, manager_log: impl Fn() -> String) {
+    let size = 64 * MIB;
+    let sha = stack.data_file("busy.bin", size, 11);
+    stack.data_file("second.bin", 200_000, 12);
+    let (mut slow, head, body) = stack
+        .curl("busy", "/download.php?f=busy.bin")
+        .args(&["--limit-rate", "8M"])
+        .spawn(stack.client_dir().join("busy.curl.log"));
+    super::wait_until(
+        "the slow download running",
+        Duration::from_secs(20),
+        || manager_log().contains("one-way handoff of"),
+        || slow.check_alive(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = stack.get("second", "/download.php?f=second.bin&result=second");
+    assert_eq!(r.status, 503, "at capacity:\n{}", r.head_text);
+    assert!(r.header("Retry-After").is_some(), "{}", r.head_text);
+    assert_eq!(
+        r.header("Content-Length"),
+        Some(r.body().len().to_string().as_str()),
+        "{}",
+        r.head_text
+    );
+    let secret = stack.path().display().to_string();
+    assert!(
+        !String::from_utf8_lossy(&r.body()).contains(&secret) && !r.head_text.contains(&secret),
+        "the 503 names a path"
+    );
+    assert_eq!(stack.wait_result("second"), "true", "the manager owned it");
+    let status = slow
+        .wait_exit(Duration::from_secs(120))
+        .expect("the slow download did not finish within 120 s");
+    assert!(status.success(), "curl for the slow download: {status}");
+    let r = response_from(&head, &body);
+    assert_eq!(r.body_sha(), sha, "the running download");
 }

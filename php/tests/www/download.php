@@ -8,6 +8,8 @@
 //   bogus_length=1  the script sets a wrong Content-Length (must be replaced)
 //   result=NAME   write var_export(send_file(...)) to results/NAME afterwards
 //   garbage=1     echo after send_file(): must never reach the client
+//   shutdown=1    a shutdown function echoes, sets a header and flushes: must never reach
+//                 the client either
 //   status_header=V   the script sets header('Status: V'), the old CGI idiom
 //   raw_header=HEX    the script sets header('X-Raw: ' . hex2bin(HEX)): bytes that need not
 //                     be UTF-8
@@ -60,6 +62,14 @@ if (isset($_GET['headers'])) {
     http_response_code(203);
 }
 
+if (isset($_GET['shutdown'])) {
+    register_shutdown_function(function () {
+        @header('X-Late: from a shutdown function');
+        echo "shutdown garbage";
+        flush();
+    });
+}
+
 $returned = send_file($path, $options);
 
 if (isset($_GET['result'])) {
@@ -67,4 +77,5 @@ if (isset($_GET['result'])) {
 }
 if (isset($_GET['garbage'])) {
     echo "garbage";
+    flush();
 }
