@@ -13,8 +13,9 @@
 //!   means the endpoint will not take it: dropped at once.
 //! - Each record has a unique `id` (also sent as the `Handoff-Record-Id` header): a retry
 //!   may repeat a delivery whose answer was lost, and the receiver deduplicates by it.
-//! - Only loopback endpoints are accepted, checked at start-up ([`Endpoint::parse`]): the
-//!   records are for the application on this machine, never for the network.
+//! - Only loopback endpoints are accepted, checked at start-up ([`Endpoint::parse`], with
+//!   the `url` crate's WHATWG parser): the records are for the application on this
+//!   machine, never for the network.
 //! - Records still queued when the manager exits are lost.
 
 use std::collections::VecDeque;
@@ -39,12 +40,18 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
+    #[error("{url:?} is not a URL: {source}")]
+    Syntax {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error("{url:?}: only http:// URLs are supported")]
     Scheme { url: String },
     #[error("{url:?}: no host")]
     NoHost { url: String },
-    #[error("{url:?}: the path must not contain spaces or control characters")]
-    Path { url: String },
+    #[error("{url:?}: user names and passwords are not supported")]
+    Credentials { url: String },
     #[error("{url:?}: bad port")]
     Port { url: String },
     #[error("{url:?}: cannot resolve the host: {source}")]
@@ -66,40 +73,45 @@ pub enum EndpointError {
 pub struct Endpoint {
     pub url: String,
     addrs: Vec<SocketAddr>,
+    /// The `Host` header: the URL's host, and its port if it named one.
     host: String,
+    /// The request target: path and query, percent-encoded.
     path: String,
 }
 
 impl Endpoint {
-    /// Parses `http://host[:port][/path]` and checks that every address of `host` is a
-    /// loopback address.
+    /// Parses an `http://` URL (WHATWG rules, with the `url` crate: anything that does
+    /// not parse is refused, never guessed at) and checks that every address of its host
+    /// is a loopback address.
     pub fn parse(url: &str) -> Result<Endpoint, EndpointError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| EndpointError::Scheme { url: url.into() })?;
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
-            Some(i) => (&rest[..i], rest[i..].to_string()),
-            None => (rest, "/".to_string()),
+        let parsed = url::Url::parse(url).map_err(|source| EndpointError::Syntax {
+            url: url.into(),
+            source,
+        })?;
+        if parsed.scheme() != "http" {
+            return Err(EndpointError::Scheme { url: url.into() });
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(EndpointError::Credentials { url: url.into() });
+        }
+        let host = parsed
+            .host()
+            .ok_or_else(|| EndpointError::NoHost { url: url.into() })?;
+        let port = parsed
+            .port_or_known_default()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| EndpointError::Port { url: url.into() })?;
+        let addrs: Vec<SocketAddr> = match host {
+            url::Host::Ipv4(ip) => vec![SocketAddr::from((ip, port))],
+            url::Host::Ipv6(ip) => vec![SocketAddr::from((ip, port))],
+            url::Host::Domain(name) => (name, port)
+                .to_socket_addrs()
+                .map_err(|source| EndpointError::Resolve {
+                    url: url.into(),
+                    source,
+                })?
+                .collect(),
         };
-        if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(EndpointError::Path { url: url.into() });
-        }
-        if authority.is_empty() || authority.contains('@') {
-            return Err(EndpointError::NoHost { url: url.into() });
-        }
-        let (host, port) =
-            split_host_port(authority).ok_or(EndpointError::Port { url: url.into() })?;
-        if host.is_empty() {
-            return Err(EndpointError::NoHost { url: url.into() });
-        }
-        let addrs: Vec<SocketAddr> = (host, port)
-            .to_socket_addrs()
-            .map_err(|source| EndpointError::Resolve {
-                url: url.into(),
-                source,
-            })?
-            .collect();
         if addrs.is_empty() {
             return Err(EndpointError::NoHost { url: url.into() });
         }
@@ -109,31 +121,21 @@ impl Endpoint {
                 addr,
             });
         }
+        let host_header = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let path = match parsed.query() {
+            Some(q) => format!("{}?{q}", parsed.path()),
+            None => parsed.path().to_string(),
+        };
         Ok(Endpoint {
             url: url.into(),
             addrs,
-            host: authority.to_string(),
+            host: host_header,
             path,
         })
     }
-}
-
-/// `host`, `host:port`, `[v6]`, `[v6]:port`; the port defaults to 80.
-fn split_host_port(authority: &str) -> Option<(&str, u16)> {
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    let port = match port {
-        Some(p) => p.parse().ok().filter(|&p| p != 0)?,
-        None => 80,
-    };
-    Some((host, port))
 }
 
 /// How `--on-complete` was configured.
@@ -451,10 +453,31 @@ mod tests {
         ));
         assert!(matches!(
             Endpoint::parse("http://user@127.0.0.1/"),
-            Err(EndpointError::NoHost { .. })
+            Err(EndpointError::Credentials { .. })
         ));
         assert!(Endpoint::parse("http:///x").is_err());
-        assert!(Endpoint::parse("http://127.0.0.1/a b").is_err());
+        // A space or control character never reaches the request line: it is encoded.
+        let e = Endpoint::parse("http://localhost/a b\n").unwrap();
+        assert_eq!(e.path, "/a%20b");
+        assert_eq!(e.host, "localhost");
+    }
+
+    /// A port glued to an IPv6 literal without its colon was once taken for port 80.
+    #[test]
+    fn urls_that_do_not_parse_are_refused() {
+        for bad in [
+            "http://[::1]8080/x",
+            "http://127.0.0.1:80a/",
+            "http://127.0.0.1:65536/",
+            "http://[::1/",
+            "http://",
+            "127.0.0.1:8080/x",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad} was accepted");
+        }
+        let e = Endpoint::parse("http://[::1]:8080/x").unwrap();
+        assert_eq!(e.addrs, vec!["[::1]:8080".parse().unwrap()]);
+        assert_eq!(e.host, "[::1]:8080");
     }
 
     #[test]

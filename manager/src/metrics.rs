@@ -95,6 +95,20 @@ fn human(bytes: f64) -> String {
     format!("{v:.1} {}", UNITS[u])
 }
 
+/// A name from a download (file, tag, client) made safe for a terminal: control and other
+/// unprintable characters are escaped as the log escapes them (`\n`, `\u{1b}`), so a file
+/// name can neither forge a status line nor drive the terminal.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\'' => out.push(c),
+            c => out.extend(c.escape_debug()),
+        }
+    }
+    out
+}
+
 fn render(v: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     writeln!(
@@ -114,7 +128,7 @@ fn render(v: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
             .filter_map(|(cause, n)| {
                 n.as_u64()
                     .filter(|&n| n > 0)
-                    .map(|n| format!("{cause} {n}"))
+                    .map(|n| format!("{} {n}", printable(cause)))
             })
             .collect();
         if !seen.is_empty() {
@@ -134,7 +148,7 @@ fn render(v: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
         let filled = (frac * 20.0).round() as usize;
         let tag = d["tag"]
             .as_str()
-            .map(|t| format!("  tag={t}"))
+            .map(|t| format!("  tag={}", printable(t)))
             .unwrap_or_default();
         writeln!(
             out,
@@ -146,8 +160,8 @@ fn render(v: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
             human(sent as f64),
             human(planned as f64),
             human(sent as f64 * 1000.0 / ms as f64),
-            d["client"].as_str().unwrap_or(""),
-            d["file"].as_str().unwrap_or(""),
+            printable(d["client"].as_str().unwrap_or("")),
+            printable(d["file"].as_str().unwrap_or("")),
             tag
         )?;
     }
@@ -175,6 +189,26 @@ mod tests {
         assert!(text.contains("big.iso  tag=order:9\n"), "{text}");
         assert!(
             text.contains("\nfallbacks reported by PHP: unreachable 4\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_escapes_control_characters_in_names() {
+        let forged = "a.bin\n200 [####################] 100.0% \u{1b}[31mred\u{202e}";
+        let v = serde_json::json!({
+            "downloads": [{"client": "c\r", "file": forged, "status": 200,
+                           "sent": 1, "planned": 2, "elapsed_ms": 1}]
+        });
+        let mut out = Vec::new();
+        render(&v, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "one line per download:\n{text}");
+        assert!(!text.contains(['\u{1b}', '\r', '\u{202e}']), "{text:?}");
+        assert!(
+            text.contains(
+                "c\\r  a.bin\\n200 [####################] 100.0% \\u{1b}[31mred\\u{202e}\n"
+            ),
             "{text}"
         );
     }
