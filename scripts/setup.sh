@@ -42,6 +42,7 @@ PACKAGES=(
     valgrind                    # the PHP-level tests also run under memcheck
     php-zip                     # php/demo builds a ZIP with ZipArchive
     php-symfony-http-foundation php-laravel-framework   # php/src's framework integrations are tested against these
+    prometheus                  # tests/operate.rs: a real Prometheus scrapes the manager's metrics
 )
 
 missing=()

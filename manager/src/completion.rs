@@ -181,12 +181,6 @@ pub struct Record {
 
 impl Record {
     pub fn to_json(&self) -> String {
-        let (outcome, reason) = match &self.outcome {
-            Outcome::Complete => ("complete", None),
-            Outcome::Aborted(why) => ("aborted", Some(why.as_str())),
-            Outcome::TimedOut => ("timed_out", None),
-            Outcome::Truncated => ("truncated", None),
-        };
         let ranges: Vec<[u64; 2]> = self.ranges.iter().map(|&(a, b)| [a, b]).collect();
         serde_json::json!({
             "id": self.id,
@@ -197,8 +191,8 @@ impl Record {
             "ranges": ranges,
             "bytes_planned": self.bytes_planned,
             "bytes_sent": self.bytes_sent,
-            "outcome": outcome,
-            "reason": reason,
+            "outcome": self.outcome.label(),
+            "reason": self.outcome.reason(),
             "start": crate::access_log::rfc3339(self.started),
             "duration_ms": self.duration.as_millis() as u64,
             "client": self.client,
