@@ -344,3 +344,162 @@ fn grafana_dashboard_queries_name_exported_metrics() {
         assert!(on_dashboard, "{family} is not on the dashboard");
     }
 }
+
+/// HMAC-SHA256 of `TIMESTAMP.BODY` under `key`, as `sha256=HEX`, computed by `openssl`
+/// (independently of the manager and of PHP).
+fn openssl_sign(key: &str, timestamp: u64, body: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key, "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(format!("{timestamp}.{body}").as_bytes())
+            .expect("feed openssl");
+    }
+    let out = child.wait_with_output().expect("openssl output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    format!("sha256={}", text.split_whitespace().next().unwrap_or(""))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Signed completion records travel over a Unix socket (`unix:/path|/request`, as through
+/// a volume shared by two containers) to the PHP receiver example behind nginx + php-fpm,
+/// which stores the genuine record, and refuses the same delivery played again, a record
+/// whose body was changed, one signed with another key, one without a signature and a
+/// correctly signed but stale one; a fresh, correctly signed record is accepted (so the
+/// refusals are the checks at work, not a receiver that refuses everything).
+#[test]
+fn signed_records_reach_the_php_receiver_which_refuses_forged_and_replayed_ones() {
+    const KEY: &str = "test-key-0123456789abcdef";
+    let (stack, manager) = stack_with(|dir| {
+        std::fs::write(dir.join("record.key"), format!("{KEY}\n")).expect("write the key");
+        vec![
+            "--on-complete".into(),
+            format!(
+                "unix:{}|/handoff-done.php",
+                dir.join("nginx.sock").display()
+            ),
+            "--on-complete-secret".into(),
+            dir.join("record.key").display().to_string(),
+        ]
+    });
+    let size = 100_000;
+    stack.data_file("paid.bin", size, 24);
+    let got = stack.get("paid", "/download.php?f=paid.bin&tag=order:24");
+    assert_eq!((got.status, got.body_len()), (200, size));
+    let records = stack.path().join("records");
+    let stored = || -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&records).into_iter().flatten().flatten() {
+            if let Ok(v) = serde_json::from_str(&read_lossy(&entry.path())) {
+                out.push(v);
+            }
+        }
+        out
+    };
+    wait_until(
+        "the receiver stores the record",
+        Duration::from_secs(20),
+        || stored().len() == 1,
+        || Ok(()),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            manager.report(),
+            read_lossy(&stack.path().join("fpm.log"))
+        )
+    });
+    let genuine = stored().remove(0);
+    let body = genuine["body"].as_str().expect("body").to_string();
+    let timestamp = genuine["timestamp"]
+        .as_str()
+        .expect("timestamp")
+        .to_string();
+    let signature = genuine["signature"]
+        .as_str()
+        .expect("signature")
+        .to_string();
+    let record: serde_json::Value = serde_json::from_str(&body).expect("the record is JSON");
+    assert_eq!(record["tag"], "order:24");
+    assert_eq!(record["outcome"], "complete");
+    assert_eq!(record["bytes_sent"], size);
+    let ts: u64 = timestamp.parse().expect("a numeric timestamp");
+    assert!(unix_now().abs_diff(ts) < 60, "timestamp {ts}");
+    assert_eq!(
+        signature,
+        openssl_sign(KEY, ts, &body),
+        "the manager's signature"
+    );
+
+    let post = |name: &str, body: &str, headers: &[String]| -> u16 {
+        let mut curl = stack.curl(name, "/handoff-done.php").args(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
+        for h in headers {
+            curl = curl.args(&["-H", h]);
+        }
+        curl.run().status
+    };
+    let signed = |ts: u64, sig: &str| {
+        vec![
+            format!("Handoff-Timestamp: {ts}"),
+            format!("Handoff-Signature: {sig}"),
+        ]
+    };
+    let forged_body = body.replace(&format!("\"bytes_sent\":{size}"), "\"bytes_sent\":1");
+    assert_ne!(forged_body, body);
+    let other_id = body.replace(
+        record["id"].as_str().expect("id"),
+        "forged-but-correctly-signed",
+    );
+    let now = unix_now();
+    for (name, payload, headers, want) in [
+        ("replayed", &body, signed(ts, &signature), 409),
+        ("changed", &forged_body, signed(ts, &signature), 401),
+        (
+            "other-key",
+            &body,
+            signed(now, &openssl_sign("another-key-0123456789", now, &body)),
+            401,
+        ),
+        ("unsigned", &other_id, Vec::new(), 401),
+        (
+            "stale",
+            &other_id,
+            signed(now - 3600, &openssl_sign(KEY, now - 3600, &other_id)),
+            401,
+        ),
+    ] {
+        assert_eq!(
+            post(name, payload, &headers),
+            want,
+            "{name}: {}",
+            read_lossy(&stack.path().join("fpm.log"))
+        );
+        assert_eq!(stored().len(), 1, "{name} was stored");
+    }
+    assert_eq!(
+        post(
+            "fresh",
+            &other_id,
+            &signed(now, &openssl_sign(KEY, now, &other_id))
+        ),
+        204
+    );
+    assert_eq!(stored().len(), 2, "the fresh, signed record is stored");
+}
