@@ -503,3 +503,60 @@ fn signed_records_reach_the_php_receiver_which_refuses_forged_and_replayed_ones(
     );
     assert_eq!(stored().len(), 2, "the fresh, signed record is stored");
 }
+
+/// `handoff-manager health` (the probe of the Kubernetes manifest and the compose file)
+/// exits 0 while the manager takes handoffs; after SIGTERM, while a download still runs
+/// to its end, it exits 1 with `draining`, and the download completes byte-exact.
+#[test]
+fn health_says_draining_after_sigterm_while_the_download_finishes() {
+    let metrics = free_local_addr().to_string();
+    let (mut stack, manager) = stack_with(|_| vec!["--metrics".into(), metrics.clone()]);
+    let health = || {
+        let out = Command::new(manager_binary())
+            .args(["health", "--metrics", &metrics])
+            .output()
+            .expect("run handoff-manager health");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    wait_until(
+        "the manager is healthy",
+        Duration::from_secs(10),
+        || health() == (Some(0), "ok\n".into()),
+        || Ok(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", health(), manager.report()));
+    let size = 2 * MIB;
+    let sha = stack.data_file("drain.bin", size, 24);
+    let (proc, head, body) = stack
+        .curl("drain", "/download.php?f=drain.bin&rate=1048576")
+        .spawn(stack.path().join("curl-drain.log"));
+    let curl = stack.adopt(proc);
+    wait_until(
+        "the download runs",
+        Duration::from_secs(10),
+        || http_get(&metrics, "/status").contains("drain.bin"),
+        || Ok(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", manager.report()));
+    manager.signal(Signal::SIGTERM);
+    wait_until(
+        "health says draining",
+        Duration::from_secs(10),
+        || health() == (Some(1), "draining\n".into()),
+        || Ok(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", health(), manager.report()));
+    stack
+        .adopted(curl)
+        .wait_exit(Duration::from_secs(30))
+        .expect("curl finishes");
+    let got = crate::util::response_from(&head, &body);
+    assert_eq!(
+        got.body_sha(),
+        sha,
+        "the download finished during the drain"
+    );
+}

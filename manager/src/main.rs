@@ -153,6 +153,13 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9901")]
         metrics: SocketAddr,
     },
+    /// Exit 0 if the manager started with --metrics takes handoffs (`GET /healthz` answers
+    /// 200), 1 otherwise: a probe for Kubernetes and Docker health checks.
+    Health {
+        /// The manager's --metrics address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        metrics: SocketAddr,
+    },
 }
 
 fn parse_uid(s: &str) -> Result<u32, String> {
@@ -183,9 +190,18 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    if let Some(Cmd::Status { metrics }) = args.command {
-        return handoff_manager::metrics::print_status(metrics, &mut std::io::stdout())
-            .with_context(|| format!("reading status from {metrics}"));
+    match args.command {
+        Some(Cmd::Status { metrics }) => {
+            return handoff_manager::metrics::print_status(metrics, &mut std::io::stdout())
+                .with_context(|| format!("reading status from {metrics}"));
+        }
+        Some(Cmd::Health { metrics }) => {
+            let (healthy, answer) = handoff_manager::metrics::health(metrics)
+                .with_context(|| format!("asking {metrics} for /healthz"))?;
+            print!("{answer}");
+            std::process::exit(if healthy { 0 } else { 1 });
+        }
+        None => {}
     }
     let secret = match &args.on_complete_secret {
         Some(path) => Some(completion::Secret::read(path).context("--on-complete-secret")?),

@@ -134,23 +134,40 @@ fn answer(
     stream.flush()
 }
 
-/// `handoff-manager status`: fetches `/status` from a running manager and renders the
-/// running downloads with progress bars and rates.
-pub fn print_status(addr: SocketAddr, out: &mut impl Write) -> io::Result<()> {
+/// One GET to a running manager's metrics listener: the status code and the body.
+fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     io::Read::read_to_string(&mut stream, &mut response)?;
-    let body = response
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP body"))?;
+        .ok_or_else(|| bad("no HTTP body"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no HTTP status"))?;
+    Ok((status, body.to_string()))
+}
+
+/// `handoff-manager health`: whether `/healthz` answers 200, and what it said.
+pub fn health(addr: SocketAddr) -> io::Result<(bool, String)> {
+    let (status, body) = get(addr, "/healthz")?;
+    Ok((status == 200, body))
+}
+
+/// `handoff-manager status`: fetches `/status` from a running manager and renders the
+/// running downloads with progress bars and rates.
+pub fn print_status(addr: SocketAddr, out: &mut impl Write) -> io::Result<()> {
+    let (_, body) = get(addr, "/status")?;
     let v: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        serde_json::from_str(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     render(&v, out)
 }
 
