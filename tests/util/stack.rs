@@ -388,7 +388,7 @@ impl Stack {
 
     fn start_manager(&mut self, kind: Kind) {
         // Apache's children run as another user (www-data) than the manager (root): the
-        // socket's group lets them in, as the README advises, and nobody else.
+        // socket's group lets them in, as docs/deployment.md advises, and nobody else.
         let args: &[&str] = if kind == Kind::Apache && is_root() {
             &["--socket-mode", "0660", "--socket-group", "www-data"]
         } else {
