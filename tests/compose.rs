@@ -229,9 +229,13 @@ mod up {
             let ids =
                 docker(&["exec", &id, "sh", "-c", "echo $(id -u):$(id -g)"]).unwrap_or_default();
             assert_eq!(ids.trim(), user, "{service} runs as");
+            // The root mount is read-only (a non-root user could not write /etc anyway).
+            let mounts = docker(&["exec", &id, "cat", "/proc/1/mounts"]).unwrap_or_default();
+            let root = mounts.lines().find(|l| l.split(' ').nth(1) == Some("/"));
             assert!(
-                docker(&["exec", &id, "touch", "/etc/handoff-written"]).is_none(),
-                "{service}: the root file system is writable"
+                root.and_then(|l| l.split(' ').nth(3))
+                    .is_some_and(|opts| opts.split(',').any(|o| o == "ro")),
+                "{service}: the root file system is not read-only: {root:?}"
             );
             let status = docker(&["exec", &id, "cat", "/proc/1/status"]).unwrap_or_default();
             for (field, want) in [
