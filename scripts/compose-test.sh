@@ -15,6 +15,9 @@
 #    build and container; nginx on 127.0.0.1 and a free port), then the Rust test
 #    `compose::up::` (tests/compose.rs) checks the running stack, then
 #    `docker-compose down -v`, also on failure.
+# 5. docker/add-handoff.Dockerfile, the documented way to add handoff to an existing php-fpm
+#    image, applied to a plain Debian 13 php8.4-fpm image: the result lists the extension,
+#    has send_file() and runs handoff-manager.
 #
 # Prints 'compose tests: N passed, N failed, N skipped' as its last line.
 set -euo pipefail
@@ -131,12 +134,33 @@ HANDOFF_COMPOSE_URL="http://127.0.0.1:$port" HANDOFF_COMPOSE_PROJECT="$PROJECT" 
 if [ "$status" -ne 0 ]; then
     compose logs --tail 50 || true
 fi
-awk '/^test result:/ {
+
+# 5. The multi-stage addition to an image that lacks handoff.
+log "docker/add-handoff.Dockerfile onto a plain php8.4-fpm image"
+start=$SECONDS
+added=1
+printf '%s\n' 'FROM debian:trixie-slim' \
+    'RUN apt-get update && apt-get install -y --no-install-recommends php8.4-fpm && rm -rf /var/lib/apt/lists/*' \
+    | docker build -q --network host -t handoff-test-plain-php:local - >/dev/null \
+    && docker build -q --network host -f docker/add-handoff.Dockerfile \
+        --build-arg PHP_IMAGE=handoff-test-plain-php:local -t handoff-test-added:local docker \
+        >/dev/null \
+    && docker run --rm --network host handoff-test-added:local sh -c \
+        'php -m | grep -qx handoff && php -r "exit(function_exists(\"send_file\") ? 0 : 1);" && handoff-manager --version' \
+    || added=0
+log "add-handoff: $([ "$added" -eq 1 ] && echo passed || echo FAILED) in $((SECONDS - start)) s"
+if [ "$added" -ne 1 ]; then
+    status=1
+fi
+awk -v added="$added" '/^test result:/ {
         for (i = 1; i <= NF; i++) {
             if ($i == "passed;") passed += $(i - 1)
             if ($i == "failed;") failed += $(i - 1)
         }
      }
-     END { printf "compose tests: %d passed, %d failed, 0 skipped\n", passed, failed }' "$results"
+     END {
+        passed += added; failed += 1 - added
+        printf "compose tests: %d passed, %d failed, 0 skipped\n", passed, failed
+     }' "$results"
 rm -f "$results"
 exit "$status"

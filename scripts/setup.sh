@@ -44,6 +44,8 @@ PACKAGES=(
     valgrind                    # the PHP-level tests also run under memcheck
     php-zip                     # php/demo builds a ZIP with ZipArchive
     php-symfony-http-foundation php-laravel-framework   # php/src's framework integrations are tested against these
+    prometheus                  # tests/operate.rs: a real Prometheus scrapes the manager's metrics
+    python3-venv                # kubernetes-validate (PyPI) below
 )
 
 missing=()
@@ -87,6 +89,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     trap - EXIT
 else
     log "all Debian packages present"
+fi
+
+# kubernetes-validate from PyPI, in its own venv: tests/kubernetes.rs validates the manifest
+# against the Kubernetes API schemas the package ships (no cluster, no network at test time).
+KUBE_VALIDATE_VERSION=1.37.0
+KUBE_VALIDATE="${HANDOFF_KUBE_VALIDATE:-/opt/handoff/kubernetes-validate-$KUBE_VALIDATE_VERSION}"
+if [ ! -x "$KUBE_VALIDATE/bin/kubernetes-validate" ]; then
+    log "installing kubernetes-validate $KUBE_VALIDATE_VERSION into $KUBE_VALIDATE"
+    rm -rf "$KUBE_VALIDATE"
+    python3 -m venv "$KUBE_VALIDATE"
+    "$KUBE_VALIDATE/bin/pip" install --quiet "kubernetes-validate==$KUBE_VALIDATE_VERSION" </dev/null
 fi
 
 # Rust: rustup's toolchain, not Debian's cargo (0.66 / rustc 1.63 in bookworm is too old).

@@ -204,7 +204,56 @@ mod up {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// In order: the demo's 200 MiB file arrives byte-exact through nginx, php-fpm and the
+    /// Every service runs as the numeric user of deploy/kubernetes/handoff.yaml, with a
+    /// read-only root file system, no effective or bounding capabilities and
+    /// no-new-privileges, and its health check passes (php started only after the
+    /// manager's, nginx after php's: `depends_on: condition: service_healthy`). Called
+    /// first by the one test below, which later kills the manager.
+    fn services_are_healthy_non_root_read_only_without_capabilities() {
+        for (service, user) in [
+            ("manager", "10001:33"),
+            ("php", "33:33"),
+            ("nginx", "33:33"),
+        ] {
+            let id = container(service);
+            wait_until(
+                &format!("{service} is healthy"),
+                Duration::from_secs(180),
+                || {
+                    docker(&["inspect", "-f", "{{.State.Health.Status}}", &id])
+                        .is_some_and(|s| s.trim() == "healthy")
+                },
+                || Ok(()),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", logs(service)));
+            let ids =
+                docker(&["exec", &id, "sh", "-c", "echo $(id -u):$(id -g)"]).unwrap_or_default();
+            assert_eq!(ids.trim(), user, "{service} runs as");
+            // The root mount is read-only (a non-root user could not write /etc anyway).
+            let mounts = docker(&["exec", &id, "cat", "/proc/1/mounts"]).unwrap_or_default();
+            let root = mounts.lines().find(|l| l.split(' ').nth(1) == Some("/"));
+            assert!(
+                root.and_then(|l| l.split(' ').nth(3))
+                    .is_some_and(|opts| opts.split(',').any(|o| o == "ro")),
+                "{service}: the root file system is not read-only: {root:?}"
+            );
+            let status = docker(&["exec", &id, "cat", "/proc/1/status"]).unwrap_or_default();
+            for (field, want) in [
+                ("CapEff:", "0000000000000000"),
+                ("CapBnd:", "0000000000000000"),
+                ("NoNewPrivs:", "1"),
+            ] {
+                let got = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .map(str::trim);
+                assert_eq!(got, Some(want), "{service}: {field}\n{status}");
+            }
+        }
+    }
+
+    /// In order: every service is healthy and hardened (above); the demo's 200 MiB file
+    /// arrives byte-exact through nginx, php-fpm and the
     /// manager, each in its own container, and the manager logs it as a complete download
     /// (handed off); the manager's container has no data mount and cannot see the data
     /// directory; killed mid-download (`docker kill`), the manager leaves the client a clean
@@ -212,6 +261,7 @@ mod up {
     #[test]
     #[ignore = "needs the stack of scripts/compose-test.sh"]
     fn big_file_through_three_containers() {
+        services_are_healthy_non_root_read_only_without_capabilities();
         let url = env("HANDOFF_COMPOSE_URL");
         let dir = tempfile::tempdir().expect("temp dir");
         let download = format!("{url}/download.php?name=big.bin");

@@ -15,7 +15,7 @@ use crate::util::{free_local_addr, read_lossy, wait_until, Config, Kind, Stack, 
 
 /// nginx + php-fpm (two workers) and a manager started with the flags `args` gives for
 /// the stack's directory.
-fn stack_with(args: impl FnOnce(&Path) -> Vec<String>) -> (Stack, RestartableManager) {
+pub(crate) fn stack_with(args: impl FnOnce(&Path) -> Vec<String>) -> (Stack, RestartableManager) {
     let stack = Stack::start(Config::new(Kind::Fpm).without_manager().children(2));
     let args = args(stack.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -24,12 +24,15 @@ fn stack_with(args: impl FnOnce(&Path) -> Vec<String>) -> (Stack, RestartableMan
 }
 
 /// One GET to the manager's metrics listener; the body, or "" if it does not answer.
-fn http_get(addr: &str, path: &str) -> String {
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out.split_once("\r\n\r\n")

@@ -17,6 +17,7 @@ mod fpm;
 mod frameworks;
 mod front_ends;
 mod kubernetes;
+mod operate;
 mod pacing;
 mod php_level;
 mod records;

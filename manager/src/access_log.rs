@@ -3,7 +3,8 @@
 //!
 //! Fields: `time` (RFC 3339, UTC), `client`, `file` (the name the script passed; never
 //! sent to clients), `tag` (the script's `tag` option, or null), `status`, `range` (the `Content-Range` sent, if any), `bytes_sent`,
-//! `bytes_planned`, `outcome` (`complete` | `aborted` | `timeout` | `truncated`),
+//! `bytes_planned`, `outcome` (`complete` | `aborted` | `timed_out` | `truncated`: the same words as the
+//! completion records, the metrics' `outcome` label and `status`),
 //! `reason` (for aborted downloads), `duration_ms`.
 
 use std::fs::{File, OpenOptions};
@@ -60,12 +61,6 @@ impl AccessLog {
 }
 
 fn format_entry(e: &Entry<'_>, now: SystemTime) -> String {
-    let (outcome, reason) = match e.outcome {
-        Outcome::Complete => ("complete", None),
-        Outcome::Aborted(why) => ("aborted", Some(why.as_str())),
-        Outcome::TimedOut => ("timeout", None),
-        Outcome::Truncated => ("truncated", None),
-    };
     let value = serde_json::json!({
         "time": rfc3339(now),
         "client": e.client,
@@ -75,8 +70,8 @@ fn format_entry(e: &Entry<'_>, now: SystemTime) -> String {
         "range": e.range,
         "bytes_sent": e.bytes_sent,
         "bytes_planned": e.bytes_planned,
-        "outcome": outcome,
-        "reason": reason,
+        "outcome": e.outcome.label(),
+        "reason": e.outcome.reason(),
         "duration_ms": e.duration.as_millis() as u64,
     });
     format!("{value}\n")
@@ -138,5 +133,30 @@ mod tests {
         assert_eq!(v["outcome"], "aborted");
         assert_eq!(v["reason"], "Broken pipe");
         assert_eq!(v["duration_ms"], 1500);
+    }
+
+    /// The access log, the completion records and the metrics say `timed_out` alike.
+    #[test]
+    fn a_timed_out_download_is_timed_out_in_every_report() {
+        let e = Entry {
+            client: "c",
+            file: "f",
+            tag: None,
+            status: 200,
+            range: None,
+            bytes_sent: 0,
+            bytes_planned: 10,
+            outcome: &Outcome::TimedOut,
+            duration: Duration::ZERO,
+        };
+        let v: serde_json::Value = serde_json::from_str(&format_entry(&e, UNIX_EPOCH)).unwrap();
+        assert_eq!(v["outcome"], "timed_out");
+        assert!(v["reason"].is_null());
+        assert_eq!(Outcome::TimedOut.to_string(), "outcome=timed_out");
+        let c = crate::stats::Counters::default();
+        c.count_outcome(&Outcome::TimedOut);
+        assert!(c
+            .prometheus()
+            .contains("\nhandoff_downloads_failed_total{outcome=\"timed_out\"} 1\n"));
     }
 }

@@ -1,6 +1,13 @@
 //! Completion records: one JSON object per finished download, POSTed to the application's
-//! own endpoint (`--on-complete http://127.0.0.1/...`), so that it learns whether a user
-//! got the file without parsing logs.
+//! own endpoint (`--on-complete http://127.0.0.1/...`, or `unix:/path/app.sock|/done.php`
+//! for a receiver in another container that shares a volume), so that it learns whether a
+//! user got the file without parsing logs.
+//!
+//! - With `--on-complete-secret FILE`, every POST carries `Handoff-Timestamp` (Unix
+//!   seconds at sending) and `Handoff-Signature: sha256=HEX`, the HMAC-SHA256 of
+//!   `TIMESTAMP.BODY` under the secret: the receiver can tell a record from the manager
+//!   from a forged one, and a stale timestamp or an `id` seen before from a replay
+//!   (`php/src/CompletionRecord.php` checks all three). A retry is signed anew.
 //!
 //! Guarantees:
 //! - A download loop never waits for delivery. It only pushes the record onto a bounded
@@ -13,13 +20,16 @@
 //!   means the endpoint will not take it: dropped at once.
 //! - Each record has a unique `id` (also sent as the `Handoff-Record-Id` header): a retry
 //!   may repeat a delivery whose answer was lost, and the receiver deduplicates by it.
-//! - Only loopback endpoints are accepted, checked at start-up ([`Endpoint::parse`]): the
-//!   records are for the application on this machine, never for the network.
+//! - Only loopback endpoints are accepted, checked at start-up ([`Endpoint::parse`], with
+//!   the `url` crate's WHATWG parser): the records are for the application on this
+//!   machine, never for the network.
 //! - Records still queued when the manager exits are lost.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,12 +49,18 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
+    #[error("{url:?} is not a URL: {source}")]
+    Syntax {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error("{url:?}: only http:// URLs are supported")]
     Scheme { url: String },
     #[error("{url:?}: no host")]
     NoHost { url: String },
-    #[error("{url:?}: the path must not contain spaces or control characters")]
-    Path { url: String },
+    #[error("{url:?}: user names and passwords are not supported")]
+    Credentials { url: String },
     #[error("{url:?}: bad port")]
     Port { url: String },
     #[error("{url:?}: cannot resolve the host: {source}")]
@@ -58,6 +74,17 @@ pub enum EndpointError {
          machine (127.0.0.0/8, ::1, localhost)"
     )]
     NotLocal { url: String, addr: SocketAddr },
+    #[error("{url:?}: expected unix:/absolute/path.sock, optionally followed by |/request/path")]
+    Unix { url: String },
+}
+
+/// How records reach the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// Loopback TCP addresses, resolved at start-up.
+    Tcp(Vec<SocketAddr>),
+    /// A Unix stream socket, e.g. in a volume shared with the receiver's container.
+    Unix(PathBuf),
 }
 
 /// Where records go: a loopback address, resolved once at start-up (the sandbox may hide
@@ -65,41 +92,50 @@ pub enum EndpointError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub url: String,
-    addrs: Vec<SocketAddr>,
+    target: Target,
+    /// The `Host` header: the URL's host, and its port if it named one.
     host: String,
+    /// The request target: path and query, percent-encoded.
     path: String,
 }
 
 impl Endpoint {
-    /// Parses `http://host[:port][/path]` and checks that every address of `host` is a
-    /// loopback address.
+    /// Parses an `http://` URL (WHATWG rules, with the `url` crate: anything that does
+    /// not parse is refused, never guessed at) and checks that every address of its host
+    /// is a loopback address; or `unix:/path.sock[|/request/path]`, a Unix socket that
+    /// speaks HTTP (the request path defaults to `/`).
     pub fn parse(url: &str) -> Result<Endpoint, EndpointError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| EndpointError::Scheme { url: url.into() })?;
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
-            Some(i) => (&rest[..i], rest[i..].to_string()),
-            None => (rest, "/".to_string()),
+        if let Some(rest) = url.strip_prefix("unix:") {
+            return Self::parse_unix(url, rest);
+        }
+        let parsed = url::Url::parse(url).map_err(|source| EndpointError::Syntax {
+            url: url.into(),
+            source,
+        })?;
+        if parsed.scheme() != "http" {
+            return Err(EndpointError::Scheme { url: url.into() });
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(EndpointError::Credentials { url: url.into() });
+        }
+        let host = parsed
+            .host()
+            .ok_or_else(|| EndpointError::NoHost { url: url.into() })?;
+        let port = parsed
+            .port_or_known_default()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| EndpointError::Port { url: url.into() })?;
+        let addrs: Vec<SocketAddr> = match host {
+            url::Host::Ipv4(ip) => vec![SocketAddr::from((ip, port))],
+            url::Host::Ipv6(ip) => vec![SocketAddr::from((ip, port))],
+            url::Host::Domain(name) => (name, port)
+                .to_socket_addrs()
+                .map_err(|source| EndpointError::Resolve {
+                    url: url.into(),
+                    source,
+                })?
+                .collect(),
         };
-        if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(EndpointError::Path { url: url.into() });
-        }
-        if authority.is_empty() || authority.contains('@') {
-            return Err(EndpointError::NoHost { url: url.into() });
-        }
-        let (host, port) =
-            split_host_port(authority).ok_or(EndpointError::Port { url: url.into() })?;
-        if host.is_empty() {
-            return Err(EndpointError::NoHost { url: url.into() });
-        }
-        let addrs: Vec<SocketAddr> = (host, port)
-            .to_socket_addrs()
-            .map_err(|source| EndpointError::Resolve {
-                url: url.into(),
-                source,
-            })?
-            .collect();
         if addrs.is_empty() {
             return Err(EndpointError::NoHost { url: url.into() });
         }
@@ -109,37 +145,104 @@ impl Endpoint {
                 addr,
             });
         }
+        let host_header = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let path = match parsed.query() {
+            Some(q) => format!("{}?{q}", parsed.path()),
+            None => parsed.path().to_string(),
+        };
         Ok(Endpoint {
             url: url.into(),
-            addrs,
-            host: authority.to_string(),
+            target: Target::Tcp(addrs),
+            host: host_header,
             path,
+        })
+    }
+
+    fn parse_unix(url: &str, rest: &str) -> Result<Endpoint, EndpointError> {
+        let bad = || EndpointError::Unix { url: url.into() };
+        let (socket, path) = rest.split_once('|').unwrap_or((rest, "/"));
+        let clean = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_control() || c == ' ');
+        if !socket.starts_with('/') || !clean(socket) || !path.starts_with('/') || !clean(path) {
+            return Err(bad());
+        }
+        Ok(Endpoint {
+            url: url.into(),
+            target: Target::Unix(PathBuf::from(socket)),
+            host: "localhost".into(),
+            path: path.into(),
         })
     }
 }
 
-/// `host`, `host:port`, `[v6]`, `[v6]:port`; the port defaults to 80.
-fn split_host_port(authority: &str) -> Option<(&str, u16)> {
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
+/// The key of `--on-complete-secret`: the file's bytes without a final newline.
+#[derive(Clone)]
+pub struct Secret(Arc<Vec<u8>>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("reading {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path:?}: the secret must be at least 16 bytes (it is {len})")]
+    Short { path: PathBuf, len: usize },
+}
+
+impl Secret {
+    /// Reads the secret at start-up, before the sandbox closes the filesystem.
+    pub fn read(path: &std::path::Path) -> Result<Secret, SecretError> {
+        let mut key = std::fs::read(path).map_err(|source| SecretError::Read {
+            path: path.into(),
+            source,
+        })?;
+        while key.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+            key.pop();
         }
-    };
-    let port = match port {
-        Some(p) => p.parse().ok().filter(|&p| p != 0)?,
-        None => 80,
-    };
-    Some((host, port))
+        if key.len() < 16 {
+            return Err(SecretError::Short {
+                path: path.into(),
+                len: key.len(),
+            });
+        }
+        Ok(Secret(Arc::new(key)))
+    }
+
+    /// `sha256=HEX`: HMAC-SHA256 of `TIMESTAMP.BODY`.
+    pub fn sign(&self, timestamp: u64, body: &str) -> String {
+        use hmac::{Hmac, Mac};
+        // HMAC takes a key of any length.
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(&self.0) else {
+            return String::new();
+        };
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut out = String::from("sha256=");
+        for b in digest {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
 }
 
 /// How `--on-complete` was configured.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub endpoint: Endpoint,
+    /// Signs every record (`--on-complete-secret`).
+    pub secret: Option<Secret>,
     /// Records that may wait for delivery; more are dropped.
     pub queue: usize,
     /// How long range requests of one tag and file are joined (`--join-window`).
@@ -179,12 +282,6 @@ pub struct Record {
 
 impl Record {
     pub fn to_json(&self) -> String {
-        let (outcome, reason) = match &self.outcome {
-            Outcome::Complete => ("complete", None),
-            Outcome::Aborted(why) => ("aborted", Some(why.as_str())),
-            Outcome::TimedOut => ("timed_out", None),
-            Outcome::Truncated => ("truncated", None),
-        };
         let ranges: Vec<[u64; 2]> = self.ranges.iter().map(|&(a, b)| [a, b]).collect();
         serde_json::json!({
             "id": self.id,
@@ -195,8 +292,8 @@ impl Record {
             "ranges": ranges,
             "bytes_planned": self.bytes_planned,
             "bytes_sent": self.bytes_sent,
-            "outcome": outcome,
-            "reason": reason,
+            "outcome": self.outcome.label(),
+            "reason": self.outcome.reason(),
             "start": crate::access_log::rfc3339(self.started),
             "duration_ms": self.duration.as_millis() as u64,
             "client": self.client,
@@ -236,9 +333,10 @@ impl Completions {
         });
         let queue = completions.clone();
         let endpoint = settings.endpoint;
+        let secret = settings.secret;
         std::thread::Builder::new()
             .name("on-complete".into())
-            .spawn(move || queue.deliver_forever(&endpoint))?;
+            .spawn(move || queue.deliver_forever(&endpoint, secret.as_ref()))?;
         Ok(completions)
     }
 
@@ -319,17 +417,27 @@ impl Completions {
         }
     }
 
-    fn deliver_forever(&self, endpoint: &Endpoint) {
+    fn deliver_forever(&self, endpoint: &Endpoint, secret: Option<&Secret>) {
         while let Some(record) = self.pop() {
-            self.deliver(endpoint, &record);
+            self.deliver(endpoint, secret, &record);
         }
     }
 
-    fn deliver(&self, endpoint: &Endpoint, record: &Record) {
+    fn deliver(&self, endpoint: &Endpoint, secret: Option<&Secret>, record: &Record) {
         let body = record.to_json();
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
-            match post(endpoint, &record.id, &body) {
+            let signature = secret.map(|s| {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                format!(
+                    "Handoff-Timestamp: {now}\r\nHandoff-Signature: {}\r\n",
+                    s.sign(now, &body)
+                )
+            });
+            match post(endpoint, &record.id, signature.as_deref(), &body) {
                 Ok(()) => {
                     Counters::add(&self.counters.records_delivered, 1);
                     return;
@@ -365,33 +473,47 @@ enum Failure {
     Refused(u16),
 }
 
-/// One POST; `Ok` on a 2xx answer.
-fn post(endpoint: &Endpoint, id: &str, body: &str) -> Result<(), Failure> {
-    let retry = |e: io::Error| Failure::Retry(e.to_string());
-    let mut last = None;
-    let mut stream = None;
-    for addr in &endpoint.addrs {
-        match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
+/// A connection to the receiver, over TCP or a Unix socket.
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+/// Connects to the receiver, with the I/O time-outs set.
+fn connect(endpoint: &Endpoint) -> io::Result<Box<dyn Conn>> {
+    match &endpoint.target {
+        Target::Unix(path) => {
+            let s = UnixStream::connect(path)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            Ok(Box::new(s))
+        }
+        Target::Tcp(addrs) => {
+            let mut last = None;
+            for addr in addrs {
+                match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
+                    Ok(s) => {
+                        s.set_read_timeout(Some(IO_TIMEOUT))?;
+                        s.set_write_timeout(Some(IO_TIMEOUT))?;
+                        return Ok(Box::new(s));
+                    }
+                    Err(e) => last = Some(e),
+                }
             }
-            Err(e) => last = Some(e),
+            Err(last.unwrap_or_else(|| io::Error::other("no address")))
         }
     }
-    let Some(mut stream) = stream else {
-        return Err(Failure::Retry(
-            last.map_or_else(|| "no address".into(), |e| e.to_string()),
-        ));
-    };
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(retry)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(retry)?;
+}
+
+/// One POST; `Ok` on a 2xx answer. `signature` holds the signing header lines, if any.
+fn post(endpoint: &Endpoint, id: &str, signature: Option<&str>, body: &str) -> Result<(), Failure> {
+    let retry = |e: io::Error| Failure::Retry(e.to_string());
+    let mut stream = connect(endpoint).map_err(retry)?;
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nHandoff-Record-Id: {id}\r\nConnection: close\r\n\r\n",
+         Content-Length: {}\r\nHandoff-Record-Id: {id}\r\n{}Connection: close\r\n\r\n",
         endpoint.path,
         endpoint.host,
-        body.len()
+        body.len(),
+        signature.unwrap_or("")
     );
     stream.write_all(head.as_bytes()).map_err(retry)?;
     stream.write_all(body.as_bytes()).map_err(retry)?;
@@ -423,14 +545,62 @@ fn post(endpoint: &Endpoint, id: &str, body: &str) -> Result<(), Failure> {
 mod tests {
     use super::*;
 
+    fn tcp(addr: &str) -> Target {
+        Target::Tcp(vec![addr.parse().unwrap()])
+    }
+
+    #[test]
+    fn unix_endpoints_name_an_absolute_socket_and_a_request_path() {
+        let e = Endpoint::parse("unix:/run/app/records.sock|/hooks/done.php?x=1").unwrap();
+        assert_eq!(e.target, Target::Unix("/run/app/records.sock".into()));
+        assert_eq!(e.path, "/hooks/done.php?x=1");
+        assert_eq!(e.host, "localhost");
+        assert_eq!(Endpoint::parse("unix:/a.sock").unwrap().path, "/");
+        for bad in [
+            "unix:",
+            "unix:a.sock",
+            "unix:/a.sock|done.php",
+            "unix:/a b.sock",
+        ] {
+            assert!(
+                matches!(Endpoint::parse(bad), Err(EndpointError::Unix { .. })),
+                "{bad} was accepted"
+            );
+        }
+    }
+
+    /// The signature is HMAC-SHA256 of `TIMESTAMP.BODY`; the expected value was computed
+    /// with Python's `hmac` module.
+    #[test]
+    fn signatures_depend_on_key_timestamp_and_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef\n").unwrap();
+        let key = Secret::read(&path).unwrap();
+        let sig = key.sign(1_700_000_000, "{}");
+        assert_eq!(
+            sig,
+            "sha256=e4f8e2ecae2295b2ddb2f0b5584c8275e226c0ebe9b3b819e70156bb67122e3e"
+        );
+        assert_ne!(sig, key.sign(1_700_000_001, "{}"));
+        assert_ne!(sig, key.sign(1_700_000_000, "{ }"));
+        std::fs::write(&path, "0123456789abcdeF").unwrap();
+        assert_ne!(sig, Secret::read(&path).unwrap().sign(1_700_000_000, "{}"));
+        std::fs::write(&path, "short\n").unwrap();
+        assert!(matches!(
+            Secret::read(&path),
+            Err(SecretError::Short { len: 5, .. })
+        ));
+    }
+
     #[test]
     fn loopback_http_urls_only() {
         let e = Endpoint::parse("http://127.0.0.1:8080/hooks/done.php?x=1").unwrap();
-        assert_eq!(e.addrs, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(e.target, tcp("127.0.0.1:8080"));
         assert_eq!(e.path, "/hooks/done.php?x=1");
         assert_eq!(e.host, "127.0.0.1:8080");
         let e = Endpoint::parse("http://[::1]").unwrap();
-        assert_eq!(e.addrs, vec!["[::1]:80".parse().unwrap()]);
+        assert_eq!(e.target, tcp("[::1]:80"));
         assert_eq!(e.path, "/");
         assert!(Endpoint::parse("http://127.0.0.2:9/").is_ok());
         assert!(matches!(
@@ -451,10 +621,31 @@ mod tests {
         ));
         assert!(matches!(
             Endpoint::parse("http://user@127.0.0.1/"),
-            Err(EndpointError::NoHost { .. })
+            Err(EndpointError::Credentials { .. })
         ));
         assert!(Endpoint::parse("http:///x").is_err());
-        assert!(Endpoint::parse("http://127.0.0.1/a b").is_err());
+        // A space or control character never reaches the request line: it is encoded.
+        let e = Endpoint::parse("http://localhost/a b\n").unwrap();
+        assert_eq!(e.path, "/a%20b");
+        assert_eq!(e.host, "localhost");
+    }
+
+    /// A port glued to an IPv6 literal without its colon was once taken for port 80.
+    #[test]
+    fn urls_that_do_not_parse_are_refused() {
+        for bad in [
+            "http://[::1]8080/x",
+            "http://127.0.0.1:80a/",
+            "http://127.0.0.1:65536/",
+            "http://[::1/",
+            "http://",
+            "127.0.0.1:8080/x",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad} was accepted");
+        }
+        let e = Endpoint::parse("http://[::1]:8080/x").unwrap();
+        assert_eq!(e.target, tcp("[::1]:8080"));
+        assert_eq!(e.host, "[::1]:8080");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::debug;
@@ -28,6 +29,7 @@ use crate::fcgi;
 use crate::join::FileId;
 use crate::rate_group::Member;
 use handoff_core::bucket::TokenBucket;
+use crate::stats::Counters;
 use handoff_core::io_class::{classify, IoClass};
 use handoff_core::plan::Piece;
 use handoff_core::protocol::{Framing, Job, Received};
@@ -45,13 +47,41 @@ pub enum Outcome {
     Truncated,
 }
 
+impl Outcome {
+    /// Every outcome's word, in [`Outcome::index`] order.
+    pub const LABELS: [&'static str; 4] = ["complete", "aborted", "timed_out", "truncated"];
+
+    /// The one word for this outcome in the log, the access log, completion records,
+    /// metrics and status.
+    pub fn label(&self) -> &'static str {
+        Self::LABELS[self.index()]
+    }
+
+    /// Position in [`Outcome::LABELS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Outcome::Complete => 0,
+            Outcome::Aborted(_) => 1,
+            Outcome::TimedOut => 2,
+            Outcome::Truncated => 3,
+        }
+    }
+
+    /// Why an aborted download ended.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Aborted(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Complete => f.write_str("outcome=complete"),
-            Outcome::Aborted(why) => write!(f, "outcome=aborted reason={why:?}"),
-            Outcome::TimedOut => f.write_str("outcome=aborted reason=\"send timeout\""),
-            Outcome::Truncated => f.write_str("outcome=truncated"),
+        write!(f, "outcome={}", self.label())?;
+        match self.reason() {
+            Some(why) => write!(f, " reason={why:?}"),
+            None => Ok(()),
         }
     }
 }
@@ -206,6 +236,10 @@ pub struct Download {
     /// send timeout runs only then, not while the download waits for its own rate.
     stalled_since: Option<Instant>,
     linger: Duration,
+    /// When the first byte (of the head) was written.
+    first_byte: Option<Instant>,
+    /// Where body bytes are counted as they are written (`handoff_bytes_sent_total`).
+    counters: Option<Arc<Counters>>,
 }
 
 impl Download {
@@ -279,7 +313,28 @@ impl Download {
             last_progress: now,
             stalled_since: None,
             linger,
+            first_byte: None,
+            counters: None,
         }
+    }
+
+    /// Counts this download's body bytes into `counters` as they are written, so that a
+    /// long download shows in the metrics while it runs.
+    pub fn count_into(&mut self, counters: Arc<Counters>) {
+        self.counters = Some(counters);
+    }
+
+    /// The one place where body bytes become sent.
+    fn add_sent(&mut self, n: u64) {
+        self.sent += n;
+        if let Some(c) = &self.counters {
+            Counters::add(&c.bytes_sent, n);
+        }
+    }
+
+    /// When the first byte of the response was written, if one was.
+    pub fn first_byte(&self) -> Option<Instant> {
+        self.first_byte
     }
 
     pub fn socket(&self) -> &OwnedFd {
@@ -394,7 +449,7 @@ impl Download {
                         if self.out_pos == self.out.len() {
                             self.out.clear();
                             self.out_pos = 0;
-                            self.sent += self.body_in_out;
+                            self.add_sent(self.body_in_out);
                             self.body_in_out = 0;
                         }
                     }
@@ -420,7 +475,7 @@ impl Download {
                         let n64 = n as u64;
                         self.pos += n64;
                         self.run_left -= n64;
-                        self.sent += n64;
+                        self.add_sent(n64);
                         self.written += n64;
                         spent += n;
                         self.progressed(now);
@@ -447,6 +502,7 @@ impl Download {
     }
 
     fn progressed(&mut self, now: Instant) {
+        self.first_byte.get_or_insert(now);
         self.last_progress = now;
         self.stalled_since = None;
     }

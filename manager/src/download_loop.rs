@@ -461,7 +461,8 @@ impl Loop {
         if let Err(e) = set_nonblocking(&rcv.conn) {
             warn!("cannot make the connection non-blocking: {e}; dropped");
             self.load.fetch_sub(1, Ordering::Relaxed);
-            Counters::add(&self.counters.failed, 1);
+            self.counters
+                .count_outcome(&Outcome::Aborted("not started".into()));
             return;
         }
         // A group without a rate (which the extension never sends) would crawl at 1 B/s:
@@ -474,7 +475,8 @@ impl Loop {
                 rcv.job.file_name, rcv.job.rate_group, rcv.job.rate
             );
         }
-        let download = Download::new(rcv, now, self.config.linger_timeout, group);
+        let mut download = Download::new(rcv, now, self.config.linger_timeout, group);
+        download.count_into(self.counters.clone());
         let id = self.next;
         self.next += 1;
         if let Err(e) = self.poll.registry().register(
@@ -484,7 +486,8 @@ impl Loop {
         ) {
             warn!("cannot watch a download: {e}; dropped");
             self.load.fetch_sub(1, Ordering::Relaxed);
-            Counters::add(&self.counters.failed, 1);
+            self.counters
+                .count_outcome(&Outcome::Aborted("not started".into()));
             return;
         }
         Counters::add(&self.counters.accepted, 1);
@@ -582,13 +585,14 @@ impl Loop {
             .deregister(&mut SourceFd(&d.socket().as_raw_fd()));
         self.load.fetch_sub(1, Ordering::Relaxed);
         self.counters.active.fetch_sub(1, Ordering::Relaxed);
-        Counters::add(&self.counters.bytes_sent, d.sent);
-        if outcome == Outcome::Complete {
-            Counters::add(&self.counters.complete, 1);
-        } else {
-            Counters::add(&self.counters.failed, 1);
-        }
+        self.counters.count_outcome(&outcome);
         let duration = d.started.elapsed();
+        self.counters.download_seconds.observe(duration);
+        if let Some(first) = d.first_byte() {
+            self.counters
+                .first_byte_seconds
+                .observe(first.duration_since(d.started));
+        }
         info!(
             "download client={:?} file={:?} status={} bytes={} planned={} {} duration_ms={}",
             d.client,

@@ -117,9 +117,15 @@ struct Args {
     relay_start_bytes: u64,
     /// POST one JSON completion record per finished download to this http:// URL on a
     /// loopback address (the application's own endpoint), e.g.
-    /// http://127.0.0.1/handoff-done.php.
+    /// http://127.0.0.1/handoff-done.php, or over a Unix socket that speaks HTTP, e.g.
+    /// 'unix:/run/app/http.sock|/handoff-done.php' (the request path defaults to /).
     #[arg(long, value_parser = parse_endpoint)]
     on_complete: Option<Endpoint>,
+    /// Sign every completion record with HMAC-SHA256 under the key in this file (at least
+    /// 16 bytes; a final newline is ignored): headers Handoff-Timestamp and
+    /// Handoff-Signature (php/src/CompletionRecord.php verifies them).
+    #[arg(long, requires = "on_complete")]
+    on_complete_secret: Option<PathBuf>,
     /// Completion records that may wait for delivery; more are dropped (and counted).
     #[arg(long, default_value_t = 10_000)]
     on_complete_queue: usize,
@@ -172,6 +178,13 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9901")]
         metrics: SocketAddr,
     },
+    /// Exit 0 if the manager started with --metrics takes handoffs (`GET /healthz` answers
+    /// 200), 1 otherwise: a probe for Kubernetes and Docker health checks.
+    Health {
+        /// The manager's --metrics address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        metrics: SocketAddr,
+    },
 }
 
 fn parse_uid(s: &str) -> Result<u32, String> {
@@ -202,10 +215,23 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    if let Some(Cmd::Status { metrics }) = args.command {
-        return handoff_manager::metrics::print_status(metrics, &mut std::io::stdout())
-            .with_context(|| format!("reading status from {metrics}"));
+    match args.command {
+        Some(Cmd::Status { metrics }) => {
+            return handoff_manager::metrics::print_status(metrics, &mut std::io::stdout())
+                .with_context(|| format!("reading status from {metrics}"));
+        }
+        Some(Cmd::Health { metrics }) => {
+            let (healthy, answer) = handoff_manager::metrics::health(metrics)
+                .with_context(|| format!("asking {metrics} for /healthz"))?;
+            print!("{answer}");
+            std::process::exit(if healthy { 0 } else { 1 });
+        }
+        None => {}
     }
+    let secret = match &args.on_complete_secret {
+        Some(path) => Some(completion::Secret::read(path).context("--on-complete-secret")?),
+        None => None,
+    };
     let config = Config {
         socket: args.socket,
         socket_mode: args.socket_mode,
@@ -233,6 +259,7 @@ fn main() -> anyhow::Result<()> {
         schedule: args.schedule,
         on_complete: args.on_complete.map(|endpoint| completion::Settings {
             endpoint,
+            secret,
             queue: args.on_complete_queue,
             join_window: args.join_window,
             join_entries: args.join_entries,

@@ -259,6 +259,8 @@ impl Server {
             let user = sandbox::lookup_user(user)?;
             sandbox::drop_to(&user, &config.socket)?;
         }
+        // Listed later by the metrics thread, but opened now, before the sandbox.
+        let open_fds = config.metrics.map(|_| crate::metrics::OpenFds::open());
         if config.sandbox {
             // A container's seccomp profile may forbid Landlock's system calls: run
             // unsandboxed then, and say so, rather than not at all.
@@ -318,11 +320,14 @@ impl Server {
             })
             .collect::<io::Result<Vec<_>>>()
             .map_err(io_err("starting download loops"))?;
-        if let Some(addr) = config.metrics {
+        if let (Some(addr), Some(open_fds)) = (config.metrics, open_fds) {
             let boards = loops.iter().map(|w| w.board.clone()).collect();
-            crate::metrics::serve(addr, counters.clone(), boards)
+            crate::metrics::serve(addr, counters.clone(), boards, open_fds)
                 .map_err(io_err("starting the metrics listener"))?;
-            info!("metrics on http://{addr}/metrics, status on http://{addr}/status");
+            info!(
+                "metrics on http://{addr}/metrics, status on http://{addr}/status, \
+                 health on http://{addr}/healthz"
+            );
         }
         info!(
             "listening on {} (mode {:o}), {threads} download loop(s)",
@@ -525,6 +530,7 @@ impl Server {
         if self.draining_until.is_none() {
             self.draining_until = Some(now + self.config.grace);
             self.notifier.notify("STOPPING=1");
+            self.counters.draining.store(true, Ordering::Relaxed);
             self.stop_listening();
             // Idle worker connections are closed at once, after the one-way handoffs queued
             // on them are read: their next handoff finds the connection shut before
@@ -896,6 +902,9 @@ impl Server {
         let Stage::AwaitingGo(rcv) = std::mem::replace(&mut h.stage, Stage::Idle) else {
             return;
         };
+        // `since` is when the job arrived: the worker waited this long for its answer
+        // and sent go.
+        self.counters.handoff_seconds.observe(h.since.elapsed());
         h.since = Instant::now();
         self.awaiting_go -= 1;
         if draining {
@@ -919,7 +928,10 @@ impl Server {
             }
         }
         warn!("no download loop is running; download dropped");
-        Counters::add(&self.counters.failed, 1);
+        self.counters
+            .count_outcome(&crate::download::Outcome::Aborted(
+                "no download loop".into(),
+            ));
     }
 
     /// Ends the handshakes that ran past `handshake_timeout`.
