@@ -16,6 +16,7 @@ mod faults;
 mod fpm;
 mod frameworks;
 mod front_ends;
+mod global_functions;
 mod kubernetes;
 mod pacing;
 mod php_level;

@@ -63,6 +63,8 @@ pub struct Config {
     pub fpm_children: u32,
     /// Extra `-d` settings for PHP (php.ini lines under Apache).
     pub ini: Vec<(String, String)>,
+    /// Extra lines for php-fpm's pool (`php_admin_value[...] = ...`).
+    pub pool_lines: Vec<String>,
     /// nginx also serves `data/` statically on a second socket ([`Stack::static_endpoint`]),
     /// the reference the differential test compares `send_file()` with.
     pub static_files: bool,
@@ -88,6 +90,7 @@ impl Config {
             manager: true,
             fpm_children: 2,
             ini,
+            pool_lines: Vec::new(),
             static_files: false,
             fpm_tcp: false,
             fpm_keepalive: false,
@@ -132,6 +135,12 @@ impl Config {
     /// Adds a `-d key=value` PHP setting.
     pub fn ini(mut self, key: &str, value: &str) -> Config {
         self.ini.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds a line to php-fpm's pool, e.g. `php_admin_value[handoff.socket] = ...`.
+    pub fn pool_line(mut self, line: &str) -> Config {
+        self.pool_lines.push(line.to_string());
         self
     }
 }
@@ -415,6 +424,7 @@ impl Stack {
         fpm.children = config.fpm_children;
         fpm.tcp = config.fpm_tcp;
         fpm.ini = config.ini.clone();
+        fpm.pool_lines = config.pool_lines.clone();
         // php-fpm.sock is 0660 (deploy/php-fpm-pool.conf): nginx, lighttpd and Caddy run as
         // this same user; Apache's children (mod_proxy_fcgi) as www-data, when root starts it.
         if config.kind == Kind::ApacheFcgi && is_root() {
