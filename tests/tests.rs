@@ -20,6 +20,7 @@ mod global_functions;
 mod kubernetes;
 mod pacing;
 mod php_level;
+mod php_package;
 mod records;
 mod streams;
 mod valgrind;
