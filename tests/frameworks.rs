@@ -293,23 +293,26 @@ fn laravel_response_handoff() {
     assert_eq!(r.body_len(), size - MIB);
     wait_handed_off(&stack, "lv.bin", 206, size - MIB);
 
-    // ->deleteFileAfterSend() on the macro's response.
-    let sha = stack.data_file("lv-temp.bin", MIB, 62);
-    let r = stack.get(
-        "lv-delete",
-        "/laravel.php?f=lv-temp.bin&delete=1&result=lv-delete",
-    );
-    assert_eq!(r.status, 200, "{}", r.head_text);
-    assert_eq!(r.body_sha(), sha);
-    assert_eq!(
-        stack.wait_result("lv-delete"),
-        format!("sent {HANDOFF_FILE_RESPONSE}")
-    );
-    assert!(
-        !stack.data().join("lv-temp.bin").exists(),
-        "deleted after send"
-    );
-    wait_handed_off(&stack, "lv-temp.bin", 200, MIB);
+    // ->deleteFileAfterSend() on the macro's response, and its 'delete' option.
+    for (n, how) in ["1", "option"].into_iter().enumerate() {
+        let name = format!("lv-temp-{how}.bin");
+        let sha = stack.data_file(&name, MIB, 62 + n as u64);
+        let r = stack.get(
+            &format!("lv-delete-{how}"),
+            &format!("/laravel.php?f={name}&delete={how}&result=lv-delete-{how}"),
+        );
+        assert_eq!(r.status, 200, "{}", r.head_text);
+        assert_eq!(r.body_sha(), sha);
+        assert_eq!(
+            stack.wait_result(&format!("lv-delete-{how}")),
+            format!("sent {HANDOFF_FILE_RESPONSE}")
+        );
+        assert!(
+            !stack.data().join(&name).exists(),
+            "{name}: deleted after send"
+        );
+        wait_handed_off(&stack, &name, 200, MIB);
+    }
     stack.assert_clean_logs();
 }
 

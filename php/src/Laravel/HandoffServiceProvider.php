@@ -23,12 +23,14 @@ use Illuminate\Support\ServiceProvider;
  *   unchanged: `response()->download()` and `response()->file()` return a
  *   HandoffFileResponse, and `Storage::disk(...)->download()` / `->response()` on a `local`
  *   disk send the file with send_file(). `config('handoff.options')` (tag, rate,
- *   rate_group) applies to all of them.
+ *   rate_group) applies to all of them. The defaults are php/config/handoff.php
+ *   (`HANDOFF_DOWNLOADS` in .env), published with `--tag=handoff-config`.
  */
 class HandoffServiceProvider extends ServiceProvider
 {
     public function register(): void
     {
+        $this->mergeConfigFrom(\dirname(__DIR__, 2) . '/config/handoff.php', 'handoff');
         if (!$this->downloadsHandOff()) {
             return;
         }
@@ -40,6 +42,7 @@ class HandoffServiceProvider extends ServiceProvider
 
     public function boot(): void
     {
+        $this->publishes([\dirname(__DIR__, 2) . '/config/handoff.php' => $this->app->configPath('handoff.php')], 'handoff-config');
         if ($this->downloadsHandOff()) {
             $options = $this->options();
             $this->app['filesystem']->extend('local', function ($app, array $config) use ($options) {

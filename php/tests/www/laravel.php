@@ -10,7 +10,7 @@
 //            (response()->download()), file (response()->file()), storage
 //            (Storage::disk('local')->download())
 //   name     the download name
-//   delete=1 ->deleteFileAfterSend()
+//   delete=1 ->deleteFileAfterSend(); delete=option: handoff()'s 'delete' option
 //   downloads=1   config handoff.downloads (php/tests/laravel/config/handoff.php)
 //   tag=T    the download's tag: handoff()'s options, and config handoff.options
 //   result=NAME   write "sent <response class>" to results/NAME once the response was sent
@@ -46,8 +46,12 @@ $app->booted(function ($app) use ($dir) {
             case 'storage':
                 return Illuminate\Support\Facades\Storage::disk('local')->download($f, $name, $headers);
         }
-        $response = response()->handoff($path, $name, $headers, 'attachment', null !== $tag ? ['tag' => $tag] : []);
-        if ($request->query('delete')) {
+        $options = null !== $tag ? ['tag' => $tag] : [];
+        if ('option' === $request->query('delete')) {
+            $options['delete'] = true;
+        }
+        $response = response()->handoff($path, $name, $headers, 'attachment', $options);
+        if ('1' === $request->query('delete')) {
             $response->deleteFileAfterSend();
         }
 
