@@ -4,6 +4,9 @@
 // sent (output captured), and status, headers (but Date) and body must be identical.
 // Prints one PASS/FAIL line per check; exits 1 if any failed.
 require '/usr/share/php/Symfony/Component/HttpFoundation/autoload.php';
+// symfony/mime guesses Content-Type; Debian 12's HttpFoundation autoloader loads it, later
+// ones leave it to the application.
+require '/usr/share/php/Symfony/Component/Mime/autoload.php';
 require __DIR__ . '/../../autoload.php';
 
 use Handoff\Symfony\HandoffFileResponse;

@@ -11,7 +11,8 @@
 //   delete=1 deleteFileAfterSend()
 //   tag=T    HandoffSubscriber(['tag' => T])
 //   result=NAME   write the response's class to results/NAME once it was sent
-foreach (['HttpFoundation', 'HttpKernel', 'EventDispatcher'] as $component) {
+// Mime guesses Content-Type (Debian 12's HttpFoundation autoloader loads it, later ones not).
+foreach (['HttpFoundation', 'Mime', 'HttpKernel', 'EventDispatcher'] as $component) {
     require "/usr/share/php/Symfony/Component/$component/autoload.php";
 }
 require __DIR__ . '/../../autoload.php';
