@@ -72,7 +72,7 @@ log "computing checksums of the demo files"
 # nginx (deploy/nginx-site.conf.template) the way the integration tests do, each in its own
 # process group, and stops them in reverse order on SIGTERM. The manager's socket is 0660:
 # only the invoking user may connect; this local demo runs php-fpm as that user too (see
-# README "Running in production"). The workers find the demo data through HANDOFF_DEMO_DATA
+# docs/deployment.md, "Running in production"). The workers find the demo data through HANDOFF_DEMO_DATA
 # (the pool keeps the environment).
 stack_pid=""
 cleaning=0

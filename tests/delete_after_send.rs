@@ -97,7 +97,7 @@ fn deleted_after_fallback() {
 }
 
 /// `handoff.fallback = off` and no manager: send_file() throws before any byte, and the
-/// file is already gone (it was unlinked right after the open; README, "Temp files that
+/// file is already gone (it was unlinked right after the open; docs/usage.md, "Temp files that
 /// delete themselves", says why this is kept). Pins the documented behaviour: nothing
 /// sent, nothing left, no descriptor held.
 #[test]

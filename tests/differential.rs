@@ -7,8 +7,8 @@
 //! with multipart boundaries replaced by a placeholder first. Our four paths must agree
 //! exactly. Where we differ from nginx, the case names an [`Expected`] difference with the
 //! RFC 9110 section that makes ours right (or acceptable): the test fails when a difference
-//! appears that is not listed, and when a listed one disappears. The README's "HTTP
-//! behaviour" section lists the same differences.
+//! appears that is not listed, and when a listed one disappears. The table "Differences from
+//! nginx" in docs/behaviour.md lists the same differences.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -95,7 +95,7 @@ impl View {
     }
 }
 
-/// Why a difference from nginx is there (the README's table says the same). A difference
+/// Why a difference from nginx is there (the table in docs/behaviour.md says the same). A difference
 /// where nginx is right is a bug of ours: fix it, don't list it.
 enum Why {
     /// Ours is right or acceptable: the reason, with the RFC section.
@@ -868,7 +868,7 @@ fn send_file_matches_nginx_static_except_listed_differences() {
             if !bugs_seen.contains(&(bug.name, target)) {
                 let _ = writeln!(
                     failures,
-                    "\"{}\" no longer shows on {target}: remove it from KNOWN_BUGS and the README",
+                    "\"{}\" no longer shows on {target}: remove it from KNOWN_BUGS and docs/behaviour.md",
                     bug.name
                 );
             }

@@ -152,7 +152,7 @@ fn concurrent_downloads_and_an_aborting_client() {
 /// script's own error page is all the client gets.
 #[test]
 fn fallback_off_throws_without_manager() {
-    // Written the way php.ini and the README write it: unquoted, so PHP's ini parser turns
+    // Written the way php.ini and docs/configuration.md write it: unquoted, so PHP's ini parser turns
     // it into "" (the boolean false), which the extension has to read as off.
     let stack = Stack::start(
         Config::new(Kind::Fpm)

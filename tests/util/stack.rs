@@ -429,7 +429,7 @@ impl Stack {
     fn start_manager(&mut self, kind: Kind, access_log: bool) {
         let mut args: Vec<String> = Vec::new();
         // Apache's children run as another user (www-data) than the manager (root): the
-        // socket's group lets them in, as the README advises, and nobody else.
+        // socket's group lets them in, as docs/deployment.md advises, and nobody else.
         if kind == Kind::Apache && is_root() {
             args.extend(["--socket-mode", "0660", "--socket-group", "www-data"].map(String::from));
         }
