@@ -43,3 +43,21 @@ fn default_keeps_the_global_names() {
         r.head_text
     );
 }
+
+/// Off in php.ini (here `-d`) removes the names in the master before any pool exists; a
+/// pool's `php_admin_value[...] = On` cannot bring them back, and says so by keeping Off:
+/// the application with its own `send_file()` still runs there.
+#[test]
+fn pool_on_after_php_ini_off_keeps_the_names_free() {
+    let stack = Stack::start(
+        Config::new(Kind::Fpm)
+            .ini("handoff.global_functions", "Off")
+            .pool_line("php_admin_value[handoff.global_functions] = On"),
+    );
+    let sha = stack.data_file("own.bin", MIB, 73);
+    let r = stack.get("own", "/own_send_file.php?f=own.bin&result=own");
+    assert_eq!(r.status, 200, "{}", r.head_text);
+    assert_eq!(r.body_sha(), sha);
+    assert_eq!(stack.wait_result("own"), "true own own");
+    stack.assert_clean_logs();
+}
