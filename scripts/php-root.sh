@@ -34,7 +34,7 @@ COMMON=(
     clang libclang-dev gcc libc6-dev   # bindgen (ext-php-rs) and the linker
     # The framework integrations (php/src) are tested against these; Laravel brings
     # Symfony's HttpKernel and EventDispatcher and league/flysystem.
-    php-symfony-http-foundation php-laravel-framework
+    php-symfony-http-foundation php-symfony-mime php-laravel-framework
 )
 # What the tests run in a root (libtest filters); Apache's are skipped.
 TESTS=(fpm:: cli_server:: php_level:: differential:: faults:: streams:: frameworks::

@@ -29,6 +29,12 @@ foreach (['PACKAGES', 'SERVICES', 'CONFIG', 'ROUTES', 'EVENTS'] as $cache) {
 
 $app = new Illuminate\Foundation\Application(realpath(__DIR__ . '/../laravel'));
 $app->useStoragePath("$dir/laravel-storage");
+// Laravel 11 and later merge the framework's own config/ under the application's; Debian
+// installs it as Illuminate/config, not where the code looks for it (four directories above
+// Foundation/Bootstrap). This application's config/ has everything it uses.
+if (method_exists($app, 'dontMergeFrameworkConfiguration')) {
+    $app->dontMergeFrameworkConfiguration();
+}
 $app->singleton(Illuminate\Contracts\Http\Kernel::class, Illuminate\Foundation\Http\Kernel::class);
 $app->singleton(Illuminate\Contracts\Debug\ExceptionHandler::class, Illuminate\Foundation\Exceptions\Handler::class);
 $app->booted(function ($app) use ($dir) {
