@@ -10,11 +10,11 @@ namespace Handoff {
     /**
      * Sends a file as the response: hands the connection and the open file to
      * handoff-manager (returns true), or streams it from this process when the manager
-     * cannot take it and handoff.fallback allows (returns false). Nothing may be echoed or
-     * flushed before; afterwards, output is discarded.
+     * cannot take it and handoff.fallback allows (returns false). Either way the response is
+     * complete when it returns: later output is discarded.
      *
      * @param string|resource|\SplFileObject $file a path, an open stream, or an
-     *        SplFileObject (its stream)
+     *        SplFileObject / SplTempFileObject (its stream)
      * @param array{
      *     content_type?: string,
      *     filename?: string,
@@ -29,7 +29,7 @@ namespace Handoff {
      *        records; rate_group: a bandwidth budget shared by its downloads; delete: unlink
      *        the path once it is open
      * @throws \HandoffException before any byte is sent: missing or unreadable file, bad
-     *         option, output already started, or no fallback allowed
+     *         option, headers already sent, or no fallback allowed
      */
     function send_file(mixed $file, ?array $options = null): bool {}
 
