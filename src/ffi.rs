@@ -59,8 +59,10 @@ pub fn sapi_name() -> String {
 
 /// `SG(headers_sent)`.
 pub fn headers_sent() -> bool {
-    // SAFETY: see `sg`; reading a plain byte of the live globals.
-    unsafe { (*sg()).headers_sent != 0 }
+    // SAFETY: see `sg`; reading a plain byte of the live globals. The field is an integer
+    // up to PHP 8.5 and a `bool` from 8.6 on: comparing with its type's default and setting
+    // it with `From<bool>` fits both.
+    unsafe { (*sg()).headers_sent != Default::default() }
 }
 
 /// `SG(request_info).headers_only`: the request is a HEAD.
@@ -404,7 +406,7 @@ pub fn disable_output() {
     unsafe {
         php_output_discard_all();
         php_output_set_status(PHP_OUTPUT_DISABLED);
-        (*sg()).headers_sent = 1;
+        (*sg()).headers_sent = From::from(true);
         (*sg()).request_info.no_headers = true;
     }
 }
