@@ -31,6 +31,17 @@ fn run_php_ini(script: &str, envs: &[(&str, &Path)], ini: &[String]) -> (String,
     (cmdline, out)
 }
 
+/// stderr, and a report for a script whose stdout is a file's bytes (only their count).
+fn streamed_report(cmdline: &str, out: &Output) -> (String, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = format!(
+        "{cmdline}\nexit: {}\nstdout: {} bytes\nstderr:\n{stderr}",
+        out.status,
+        out.stdout.len()
+    );
+    (stderr, report)
+}
+
 #[test]
 fn errors_throw_handoff_exception() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -54,12 +65,7 @@ fn cli_streams_file_to_stdout_and_returns_false() {
     // The path, and the same bytes as a php://memory stream (copied into a memfd).
     for script in ["stream.php", "send_stream.php"] {
         let (cmdline, out) = run_php(script, &[("HANDOFF_TEST_FILE", &file)]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let report = format!(
-            "{cmdline}\nexit: {}\nstdout: {} bytes\nstderr:\n{stderr}",
-            out.status,
-            out.stdout.len()
-        );
+        let (stderr, report) = streamed_report(&cmdline, &out);
         assert!(out.status.success(), "{report}");
         assert_eq!(out.stdout.len() as u64, 3 * MIB + 17, "{report}");
         assert_eq!(sha256_bytes(&out.stdout), sha, "{report}");
@@ -143,12 +149,7 @@ fn global_functions_off_frees_the_names() {
             &envs,
             &[format!("handoff.global_functions={off}")],
         );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let report = format!(
-            "{cmdline}\nexit: {}\nstdout: {} bytes\nstderr:\n{stderr}",
-            out.status,
-            out.stdout.len()
-        );
+        let (stderr, report) = streamed_report(&cmdline, &out);
         assert!(out.status.success(), "{report}");
         assert_eq!(sha256_bytes(&out.stdout), sha, "{report}");
         assert_eq!(stderr.matches("PASS").count(), 6, "{report}");
