@@ -4,7 +4,7 @@
 #   bash scripts/package-test.sh                  Debian 12 (PHP 8.2) and Debian 13 (PHP 8.4)
 #   bash scripts/package-test.sh bookworm|trixie  one of them
 #
-# For each release: scripts/package.sh builds the .debs (for Debian 13 inside scripts/php84.sh's
+# For each release: scripts/package.sh builds the .debs (for Debian 13 inside scripts/php-root.sh trixie's
 # root, against PHP 8.4), lintian must report no error, and then, in a fresh root unpacked
 # from a cached `debootstrap --variant=minbase` tarball (/var/cache/handoff/, one flock per
 # release; the Debian 13 one is the tarball scripts/compose-test.sh makes):

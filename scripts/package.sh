@@ -3,7 +3,7 @@
 #
 #   bash scripts/package.sh           build, then write target/debian/*.deb for the PHP
 #                                     whose php-config is on PATH (PHP 8.2 on Debian 12)
-#   bash scripts/package.sh --php84   the same inside scripts/php84.sh's Debian 13 root,
+#   bash scripts/package.sh --php84   the same inside the Debian 13 root of scripts/php-root.sh trixie,
 #                                     against PHP 8.4: target/debian/trixie/*.deb
 #
 # Two packages, laid out as Debian's own PHP extensions and daemons are:
@@ -24,7 +24,7 @@ log() { printf '==> package: %s\n' "$*"; }
 die() { printf 'package.sh: error: %s\n' "$*" >&2; exit 1; }
 
 if [ "${1:-}" = "--php84" ]; then
-    exec bash scripts/php84.sh --exec \
+    exec bash scripts/php-root.sh trixie --exec \
         "HANDOFF_DEB_OUT='$REPO/target/debian/trixie' bash scripts/package.sh"
 fi
 

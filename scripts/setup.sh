@@ -29,7 +29,7 @@ PACKAGES=(
     apache2 libapache2-mod-php8.2   # the integration tests run their own Apache with mod_php
                                     # (prefork) and with mod_proxy_fcgi (event) before php-fpm
     lighttpd caddy              # the other FastCGI front ends the tests run before php-fpm
-    debootstrap                 # scripts/php84.sh: a Debian 13 root with PHP 8.4
+    debootstrap                 # scripts/php-root.sh: Debian 13 and sid roots (PHP 8.4, 8.5)
     openssl                     # a self-signed certificate for the mod_ssl test
     clang libclang-dev          # bindgen (ext-php-rs) needs libclang
     gcc g++ libc6-dev make pkg-config   # g++: libFuzzer for scripts/fuzz.sh
@@ -46,6 +46,7 @@ PACKAGES=(
     php-symfony-http-foundation php-laravel-framework   # php/src's framework integrations are tested against these
     prometheus                  # tests/operate.rs: a real Prometheus scrapes the manager's metrics
     python3-venv                # kubernetes-validate (PyPI) below
+    composer                    # tests/php_package.rs: composer validate --strict on composer.json
 )
 
 missing=()

@@ -7,9 +7,10 @@
 # clippy with warnings as errors, release build, a smoke test of scripts/demo.sh, bounded
 # fuzzing (scripts/fuzz.sh), every test of the workspace in release mode (the integration
 # tests load target/release/libhandoff.so into real php / php-fpm / nginx / lighttpd / Caddy
-# / Apache), the integration tests again against PHP 8.4 in a Debian 13 root
-# (scripts/php84.sh), docker-compose.yml built and run for real (scripts/compose-test.sh), and
-# the Debian packages installed into clean Debian 12 and 13 roots (scripts/package-test.sh).
+# / Apache), the integration tests again in two Debian roots (scripts/php-root.sh): PHP 8.4
+# with Symfony 6.4 and Laravel 10.48 (Debian 13), PHP 8.5 with Symfony 7.4 and Laravel 13
+# (sid + experimental), docker-compose.yml built and run for real (scripts/compose-test.sh),
+# and the Debian packages installed into clean Debian 12 and 13 roots (scripts/package-test.sh).
 # Works as root with no stdin and CI=true.
 set -euo pipefail
 
@@ -48,7 +49,7 @@ for f in scripts/*.sh .ci/run docker/*.sh; do
     bash -n "$f"
 done
 shellcheck scripts/*.sh .ci/run docker/*.sh
-for f in php/demo/*.php php/autoload.php php/src/*/*.php; do
+for f in php/demo/*.php php/autoload.php php/src/*/*.php php/stubs/*.php; do
     php -l "$f" >/dev/null
 done
 
@@ -71,7 +72,7 @@ bash scripts/fuzz.sh 30
 
 # Last: CI reads the closing lines. cargo test ends with the doc-tests' "0 passed" (there
 # are none), so each part's totals follow, and the totals over all of them (every test
-# binary, PHP 8.2 on the host, PHP 8.4 in its Debian 13 root, the compose stack) are the
+# binary, PHP 8.2 on the host, PHP 8.4 and 8.5 in their Debian roots, the compose stack) are the
 # last line.
 totals() {
     awk -v label="$1" '/^test result:/ {
@@ -89,8 +90,11 @@ status=0
 step "cargo test --release --workspace (PHP 8.2)"
 cargo test --release --workspace 2>&1 | tee "$results/php82" || status=$?
 
-step "PHP 8.4: the integration tests in a Debian 13 root (scripts/php84.sh)"
-bash scripts/php84.sh 2>&1 | tee "$results/php84" || status=$?
+step "PHP 8.4, Symfony 6.4, Laravel 10.48: the integration tests in a Debian 13 root (scripts/php-root.sh trixie)"
+bash scripts/php-root.sh trixie 2>&1 | tee "$results/php84" || status=$?
+
+step "PHP 8.5, Symfony 7.4, Laravel 13: the integration tests in a Debian sid root (scripts/php-root.sh sid)"
+bash scripts/php-root.sh sid 2>&1 | tee "$results/php85" || status=$?
 
 step "docker-compose up --build for real (scripts/compose-test.sh)"
 bash scripts/compose-test.sh 2>&1 | tee "$results/compose" || status=$?
@@ -102,9 +106,10 @@ bash scripts/package-test.sh 2>&1 | tee "$results/packages" || status=$?
 echo
 totals "php 8.2 tests (host)" "$results/php82"
 totals "php 8.4 tests (Debian 13 root)" "$results/php84"
+totals "php 8.5 tests (Debian sid root)" "$results/php85"
 totals "compose tests" "$results/compose"
 totals "package tests" "$results/packages"
-cat "$results/php82" "$results/php84" "$results/compose" "$results/packages" >"$results/all"
+cat "$results/php82" "$results/php84" "$results/php85" "$results/compose" "$results/packages" >"$results/all"
 totals "tests" "$results/all"
 rm -rf "$results"
 exit "$status"

@@ -61,8 +61,10 @@ pub fn sapi_name() -> String {
 
 /// `SG(headers_sent)`.
 pub fn headers_sent() -> bool {
-    // SAFETY: see `sg`; reading a plain byte of the live globals.
-    unsafe { (*sg()).headers_sent != 0 }
+    // SAFETY: see `sg`; reading a plain byte of the live globals. The field is an integer
+    // up to PHP 8.5 and a `bool` from 8.6 on: comparing with its type's default and setting
+    // it with `From<bool>` fits both.
+    unsafe { (*sg()).headers_sent != Default::default() }
 }
 
 /// `SG(request_info).headers_only`: the request is a HEAD.
@@ -407,7 +409,7 @@ pub fn disable_output() -> Result<(), Bailout> {
     // SAFETY: valid during a request; they only touch request globals.
     unsafe {
         php_output_set_status(PHP_OUTPUT_DISABLED);
-        (*sg()).headers_sent = 1;
+        (*sg()).headers_sent = From::from(true);
         (*sg()).request_info.no_headers = true;
     }
     discard_output_buffers()
@@ -588,6 +590,57 @@ pub fn ini_string(name: &str) -> Option<String> {
         return None;
     }
     c_str_to_string(p)
+}
+
+/// PHP's `on_modify` handler of `handoff.global_functions`, run when the value is set: at
+/// startup by the ini registration (php.ini, `-d`), and in a php-fpm worker by the pool's
+/// `php_admin_value`, before the worker's first request.
+///
+/// Off deletes the global `send_file()` and `handoff_available()` from the function table,
+/// the way PHP's own `disable_functions` does, so a script may declare functions of those
+/// names; `Handoff\send_file()` and `Handoff\available()` stay. No request is running at
+/// either moment (the executor counts its persistent functions at each request's start, so
+/// the smaller table is what every later request sees). Once deleted, the functions cannot
+/// come back in this process: On after Off is refused, and the setting keeps saying Off.
+///
+/// # Safety
+/// Called by PHP with a valid (or null) `new_value`, outside any request.
+pub unsafe extern "C" fn global_functions_changed(
+    _entry: *mut ffi::zend_ini_entry,
+    new_value: *mut ffi::zend_string,
+    _arg1: *mut c_void,
+    _arg2: *mut c_void,
+    _arg3: *mut c_void,
+    _stage: c_int,
+) -> c_int {
+    const SUCCESS: c_int = 0;
+    const FAILURE: c_int = -1;
+    // SAFETY: PHP passes the new value as a live zend_string (or null for no value).
+    let value = match unsafe { new_value.as_ref() } {
+        Some(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        None => String::new(),
+    };
+    // SAFETY: the compiler globals exist for the life of the process; their function table
+    // is set up before any extension starts.
+    let table = unsafe { (*ffi::ext_php_rs_compiler_globals()).function_table };
+    if table.is_null() {
+        return FAILURE;
+    }
+    let wanted = crate::settings::global_functions_wanted(&value);
+    for name in crate::settings::GLOBAL_FUNCTION_NAMES {
+        // SAFETY: `table` is PHP's live function table and `name` is valid for its length.
+        let present =
+            unsafe { !ffi::zend_hash_str_find(table, name.as_ptr().cast(), name.len()).is_null() };
+        if wanted && !present {
+            return FAILURE;
+        }
+        if !wanted && present {
+            // SAFETY: as above; no request runs, so no call frame refers to the function,
+            // and the table's destructor frees it as PHP's disable_functions does.
+            unsafe { ffi::zend_hash_str_del(table, name.as_ptr().cast(), name.len()) };
+        }
+    }
+    SUCCESS
 }
 
 /// A request variable from the SAPI (FastCGI params under php-fpm).

@@ -64,8 +64,23 @@ fn throw(e: error::SendFileError) -> PhpException {
 /// (ext-php-rs' argument fast path) and re-raises the bailout from a frame of its own.
 /// So the parameters must stay borrowed types: an owned one (a `String`, a `Vec`) would live
 /// in the handler's frame, which the `longjmp` skips.
+///
+/// Registered twice: as `Handoff\send_file()`, always, and as the global `send_file()`
+/// unless `handoff.global_functions` is Off. Both PHP names call [`send_file_or_resume`];
+/// their frames hold only references too.
+#[php_function]
+#[php(name = "Handoff\\send_file")]
+pub fn handoff_send_file(file: &Zval, options: Option<&ZendHashTable>) -> PhpResult<bool> {
+    send_file_or_resume(file, options)
+}
+
+/// The global `send_file()`: see [`handoff_send_file`].
 #[php_function]
 pub fn send_file(file: &Zval, options: Option<&ZendHashTable>) -> PhpResult<bool> {
+    send_file_or_resume(file, options)
+}
+
+fn send_file_or_resume(file: &Zval, options: Option<&ZendHashTable>) -> PhpResult<bool> {
     match send_file_until_bailout(file, options) {
         Ok(result) => result,
         Err(Bailed) => ffi::resume_bailout(),
@@ -99,10 +114,17 @@ fn send_file_until_bailout(
 }
 
 /// Whether handoff-manager answers at `handoff.socket`: lets an application decide, for
-/// example, between send_file() and its own strategy.
+/// example, between send_file() and its own strategy. `Handoff\available()`, always.
+#[php_function]
+#[php(name = "Handoff\\available")]
+pub fn handoff_available_namespaced() -> bool {
+    send::manager_answers(&settings::current()).is_ok()
+}
+
+/// The global `handoff_available()`, unless `handoff.global_functions` is Off.
 #[php_function]
 pub fn handoff_available() -> bool {
-    send::manager_answers(&settings::current()).is_ok()
+    handoff_available_namespaced()
 }
 
 pub fn startup(_ty: i32, module_number: i32) -> i32 {
@@ -161,6 +183,8 @@ pub fn info_rows() -> Vec<(String, String)> {
 #[php(startup = "startup")]
 pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
     module
+        .function(wrap_function!(handoff_send_file))
+        .function(wrap_function!(handoff_available_namespaced))
         .function(wrap_function!(send_file))
         .function(wrap_function!(handoff_available))
         .info_function(ffi::module_info)

@@ -56,8 +56,17 @@ pub const MAX_COPY_BYTES: Ini = Ini::new(c"handoff.max_copy_bytes", c"268435456"
 /// worker sends and moves on; the manager answers what it cannot run).
 pub const CONFIRM: Ini = Ini::new(c"handoff.confirm", c"0");
 
+/// Whether the global names `send_file()` and `handoff_available()` exist beside
+/// `Handoff\send_file()` and `Handoff\available()`. Off leaves the global names to
+/// applications that declare their own (Moodle's `send_file()`).
+pub const GLOBAL_FUNCTIONS: Ini = Ini::new(c"handoff.global_functions", c"1");
+
+/// The global functions that `handoff.global_functions = Off` removes, lower case as PHP's
+/// function table keys them. Their namespaced twins always stay.
+pub const GLOBAL_FUNCTION_NAMES: [&str; 2] = ["send_file", "handoff_available"];
+
 /// The settings as PHP registers them.
-pub static INI_ENTRIES: IniEntryDefs<7> = IniEntryDefs::new([
+pub static INI_ENTRIES: IniEntryDefs<8> = IniEntryDefs::new([
     // Where the request's connection goes is the administrator's choice, never a script's:
     // with ini_set() any script (a compromised plugin) could send its clients' connections
     // to a Unix socket of its own. php.ini, `-d`, the pool's php_admin_value and Apache's
@@ -81,6 +90,17 @@ pub static INI_ENTRIES: IniEntryDefs<7> = IniEntryDefs::new([
         IniEntryPermission::All,
     ),
     IniEntryDef::new(CONFIRM.name, CONFIRM.default, IniEntryPermission::All),
+    // Which names exist is decided once per process, before any script is compiled: at
+    // startup (php.ini, `-d`) or, in a php-fpm worker, by the pool's php_admin_value, which
+    // php-fpm applies before the worker's first request. A script cannot change it.
+    IniEntryDef {
+        on_modify: Some(ffi::global_functions_changed),
+        ..IniEntryDef::new(
+            GLOBAL_FUNCTIONS.name,
+            GLOBAL_FUNCTIONS.default,
+            IniEntryPermission::System,
+        )
+    },
     IniEntryDef::end(),
 ]);
 
@@ -149,6 +169,15 @@ fn parse_bool(value: &str) -> bool {
     )
 }
 
+/// What a `handoff.global_functions` value asks for: `true` keeps the global names. php.ini
+/// stores an unquoted `Off` as an empty string and `On` as "1".
+pub fn global_functions_wanted(value: &str) -> bool {
+    !matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "" | "0" | "off" | "false" | "no" | "none"
+    )
+}
+
 /// php.ini reads an unquoted `off`, `false` or `no` as boolean false and stores an empty
 /// string; the default is `stream`, so an empty value can only mean one of those.
 fn parse_fallback(value: &str) -> Fallback {
@@ -183,6 +212,19 @@ mod tests {
         for v in ["", "0", "off", "no", "false", "none", "2"] {
             assert!(!parse_bool(v), "{v:?}");
         }
+    }
+
+    #[test]
+    fn global_functions_off_in_every_spelling_php_ini_produces() {
+        for v in ["", "0", "off", "Off", "false", "no", " off "] {
+            assert!(!global_functions_wanted(v), "{v:?}");
+        }
+        for v in ["1", "on", "On", "yes", "true"] {
+            assert!(global_functions_wanted(v), "{v:?}");
+        }
+        assert!(global_functions_wanted(
+            GLOBAL_FUNCTIONS.default.to_str().unwrap()
+        ));
     }
 
     #[test]

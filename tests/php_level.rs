@@ -160,3 +160,34 @@ fn stream_copy_is_limited_by_max_copy_bytes() {
     // Only the last stream: the limit's 1 MiB of 'm' (output is off after it).
     assert!(out.stdout == vec![b'm'; 1 << 20], "{report}");
 }
+
+/// `handoff.global_functions = Off` leaves the global names `send_file()` and
+/// `handoff_available()` to a script that declares its own (Moodle does), which then sends
+/// through `Handoff\send_file()`; with the default the same script cannot even be compiled.
+#[test]
+fn global_functions_off_frees_the_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("payload.bin");
+    let sha = write_random_file(&file, MIB + 5, 46);
+    let envs = [("HANDOFF_TEST_FILE", file.as_path())];
+    for off in ["Off", "0"] {
+        let (cmdline, out) = run_php_ini(
+            "own_send_file.php",
+            &envs,
+            &[format!("handoff.global_functions={off}")],
+        );
+        let (stderr, report) = binary_stdout_report(&cmdline, &out);
+        assert!(out.status.success(), "{report}");
+        assert_eq!(sha256_bytes(&out.stdout), sha, "{report}");
+        assert_eq!(stderr.matches("PASS").count(), 6, "{report}");
+        assert!(!stderr.contains("FAIL"), "{report}");
+    }
+
+    let (cmdline, out) = run_php("own_send_file.php", &envs);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Cannot redeclare"),
+        "with the default the global names are the extension's:\n{cmdline}\nexit: {}\nstderr:\n{stderr}",
+        out.status
+    );
+}

@@ -63,6 +63,12 @@ pub struct Config {
     pub fpm_children: u32,
     /// Extra `-d` settings for PHP (php.ini lines under Apache).
     pub ini: Vec<(String, String)>,
+    /// Extra lines for php-fpm's pool (`php_admin_value[...] = ...`).
+    pub pool_lines: Vec<String>,
+    /// The manager writes its JSON access log ([`Stack::access_log`]).
+    pub access_log: bool,
+    /// php-fpm runs without the extension (only with [`Kind::Fpm`]).
+    pub extension: bool,
     /// nginx also serves `data/` statically on a second socket ([`Stack::static_endpoint`]),
     /// the reference the differential test compares `send_file()` with.
     pub static_files: bool,
@@ -91,6 +97,9 @@ impl Config {
             manager: true,
             fpm_children: 2,
             ini,
+            pool_lines: Vec::new(),
+            access_log: false,
+            extension: true,
             static_files: false,
             fpm_tcp: false,
             fpm_keepalive: false,
@@ -142,6 +151,24 @@ impl Config {
     /// Adds a `-d key=value` PHP setting.
     pub fn ini(mut self, key: &str, value: &str) -> Config {
         self.ini.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// php-fpm does not load the extension (only with [`Kind::Fpm`]).
+    pub fn without_extension(mut self) -> Config {
+        self.extension = false;
+        self
+    }
+
+    /// The manager writes a JSON access log ([`Stack::access_log`]).
+    pub fn with_access_log(mut self) -> Config {
+        self.access_log = true;
+        self
+    }
+
+    /// Adds a line to php-fpm's pool, e.g. `php_admin_value[handoff.socket] = ...`.
+    pub fn pool_line(mut self, line: &str) -> Config {
+        self.pool_lines.push(line.to_string());
         self
     }
 }
@@ -202,7 +229,7 @@ impl Stack {
             }
         }
         if config.manager {
-            stack.start_manager(config.kind);
+            stack.start_manager(config.kind, config.access_log);
         }
         match config.kind {
             Kind::Fpm => {
@@ -306,6 +333,19 @@ impl Stack {
         &mut self.procs[index]
     }
 
+    fn access_log_path(&self) -> PathBuf {
+        self.path().join("access.log")
+    }
+
+    /// The manager's JSON access log, one object per finished download
+    /// ([`Config::with_access_log`]); lines that do not parse are left out.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        read_lossy(&self.access_log_path())
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     pub fn manager_log(&self) -> String {
         self.procs
             .iter()
@@ -400,18 +440,22 @@ impl Stack {
         cmd.env("HANDOFF_TEST_DIR", self.path());
     }
 
-    fn start_manager(&mut self, kind: Kind) {
+    fn start_manager(&mut self, kind: Kind, access_log: bool) {
+        let mut args: Vec<String> = Vec::new();
         // Apache's children run as another user (www-data) than the manager (root): the
         // socket's group lets them in, as docs/deployment.md advises, and nobody else.
-        let args: &[&str] = if kind == Kind::Apache && is_root() {
-            &["--socket-mode", "0660", "--socket-group", "www-data"]
-        } else {
-            &[]
-        };
+        if kind == Kind::Apache && is_root() {
+            args.extend(["--socket-mode", "0660", "--socket-group", "www-data"].map(String::from));
+        }
+        if access_log {
+            args.push("--access-log".into());
+            args.push(self.access_log_path().display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.procs.push(spawn_manager_with(
             &self.manager_socket,
             &self.path().join("manager.log"),
-            args,
+            &args,
         ));
         let sock = self.manager_socket.clone();
         self.wait_ready("handoff-manager", move || seqpacket_accepts(&sock));
@@ -425,10 +469,16 @@ impl Stack {
     /// Starts php-fpm (the shared starter, `tests/stack`); returns the address for the
     /// front end's `fastcgi_pass`.
     fn start_fpm(&mut self, config: &Config) -> String {
-        let mut fpm = Fpm::new(extension(), self.manager_socket.clone());
+        let extension = if config.extension {
+            extension()
+        } else {
+            PathBuf::new()
+        };
+        let mut fpm = Fpm::new(extension, self.manager_socket.clone());
         fpm.children = config.fpm_children;
         fpm.tcp = config.fpm_tcp;
         fpm.ini = config.ini.clone();
+        fpm.pool_lines = config.pool_lines.clone();
         // php-fpm.sock is 0660 (deploy/php-fpm-pool.conf): nginx, lighttpd and Caddy run as
         // this same user; Apache's children (mod_proxy_fcgi) as www-data, when root starts it.
         if config.kind == Kind::ApacheFcgi && is_root() {

@@ -4,6 +4,9 @@
 // sent (output captured), and status, headers (but Date) and body must be identical.
 // Prints one PASS/FAIL line per check; exits 1 if any failed.
 require '/usr/share/php/Symfony/Component/HttpFoundation/autoload.php';
+// symfony/mime guesses Content-Type; Debian 12's HttpFoundation autoloader loads it, later
+// ones leave it to the application.
+require '/usr/share/php/Symfony/Component/Mime/autoload.php';
 require __DIR__ . '/../../autoload.php';
 
 use Handoff\Symfony\HandoffFileResponse;
@@ -21,7 +24,7 @@ function check(string $what, bool $ok, string $detail = ''): void
     }
 }
 
-check('send_file() is not loaded', !function_exists('send_file'));
+check('send_file() is not loaded', !function_exists('send_file') && !function_exists('Handoff\\send_file'));
 
 $dir = getenv('HANDOFF_TEST_DIR');
 $file = "$dir/file.bin";
@@ -106,6 +109,18 @@ foreach ([BinaryFileResponse::class, HandoffFileResponse::class] as $class) {
     clearstatcache();
     check("$class: deleteFileAfterSend() sent the file and deleted it",
         $body === file_get_contents($file) && !file_exists($temp));
+}
+
+// The handoff options: known ones are kept, 'delete' is deleteFileAfterSend(), an unknown
+// key throws before anything is sent.
+$response = (new HandoffFileResponse($file))->setHandoffOptions(['tag' => 't', 'rate' => 1000, 'rate_group' => 'g']);
+check('setHandoffOptions() keeps tag, rate and rate_group',
+    $response->getHandoffOptions() === ['tag' => 't', 'rate' => 1000, 'rate_group' => 'g']);
+try {
+    $response->setHandoffOptions(['rate_limit' => 1]);
+    check('an unknown handoff option throws', false);
+} catch (InvalidArgumentException $e) {
+    check('an unknown handoff option throws', str_contains($e->getMessage(), 'rate_limit'));
 }
 
 exit($failures === 0 ? 0 : 1);

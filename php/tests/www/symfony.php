@@ -11,6 +11,9 @@
 //            (BinaryFileResponse accepts any \SplFileInfo and keeps its path)
 //   result=NAME   write "sent" to results/NAME once send() returned
 require '/usr/share/php/Symfony/Component/HttpFoundation/autoload.php';
+// symfony/mime guesses Content-Type; Debian 12's HttpFoundation autoloader loads it, later
+// ones leave it to the application.
+require '/usr/share/php/Symfony/Component/Mime/autoload.php';
 require __DIR__ . '/../../autoload.php';
 
 use Handoff\Symfony\HandoffFileResponse;

@@ -15,7 +15,8 @@ use crate::{
 /// How to start php-fpm.
 #[derive(Clone, Debug)]
 pub struct Fpm {
-    /// The extension to load (`-d extension=`).
+    /// The extension to load (`-d extension=`); an empty path loads none (the framework
+    /// packages' in-process path).
     pub extension: PathBuf,
     /// Where `send_file()` finds handoff-manager (`HANDOFF_SOCKET`).
     pub manager_socket: PathBuf,
@@ -89,11 +90,18 @@ impl Fpm {
         }
         let conf = place.dir.join("php-fpm.conf");
         fs::write(&conf, global).expect("write php-fpm.conf");
-        let mut cmd = place.command(find_program(&["php-fpm8.2", "php-fpm8.4", "php-fpm"]));
-        cmd.args(["-F", "-R", "-y"])
-            .arg(&conf)
-            .arg("-d")
-            .arg(format!("extension={}", self.extension.display()));
+        let mut cmd = place.command(find_program(&[
+            "php-fpm8.2",
+            "php-fpm8.4",
+            "php-fpm8.5",
+            "php-fpm8.6",
+            "php-fpm",
+        ]));
+        cmd.args(["-F", "-R", "-y"]).arg(&conf);
+        if !self.extension.as_os_str().is_empty() {
+            cmd.arg("-d")
+                .arg(format!("extension={}", self.extension.display()));
+        }
         for (k, v) in &self.ini {
             cmd.arg("-d").arg(format!("{k}={v}"));
         }
