@@ -171,6 +171,8 @@ pub fn info_rows() -> Vec<(String, String)> {
         (
             settings::MAX_COPY_BYTES.name().into(),
             s.max_copy_bytes.to_string(),
+        ),
+        (
             settings::CONFIRM.name().into(),
             if s.confirm { "on" } else { "off" }.into(),
         ),
