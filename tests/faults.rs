@@ -320,7 +320,7 @@ fn manager_crashing_after_confirming_cli_server() {
 /// inherits no more sockets than one started before send_file(). Under mod_php the client
 /// socket is close-on-exec (APR accepts with `SOCK_CLOEXEC`); a `dup2` would clear that.
 fn failed_go_keeps_close_on_exec(kind: Kind) {
-    let (stack, _manager) = stack(kind, 1);
+    let (stack, _manager) = confirmed_stack(kind, 1);
     let sha = stack.data_file("cloexec.bin", SMALL, 9);
     for i in 0..3 {
         let stand_in = CrashAfterAccept::bind(&stack.manager_socket);

@@ -678,6 +678,7 @@ impl Server {
     /// A one-way handoff arrived: the manager owns its request now. It starts, waits for
     /// a place, or is answered by the manager.
     fn on_handoff(&mut self, rcv: Received) {
+        let arrived = Instant::now();
         self.counters.add_fallbacks(&rcv.job.fallbacks);
         if let Err(e) = download::validate(&rcv) {
             warn!("refused handoff of {:?}: {e}", rcv.job.file_name);
@@ -685,6 +686,7 @@ impl Server {
         }
         if self.waiting.is_empty() && self.has_place() {
             debug!("one-way handoff of {:?} starts", rcv.job.file_name);
+            self.counters.handoff_seconds.observe(arrived.elapsed());
             return self.dispatch(rcv);
         }
         if let Err(rcv) = self.waiting.push(rcv, Instant::now()) {
@@ -759,9 +761,10 @@ impl Server {
             return;
         }
         while self.has_place() {
-            let Some(rcv) = self.waiting.pop() else {
+            let Some((rcv, since)) = self.waiting.pop() else {
                 break;
             };
+            self.counters.handoff_seconds.observe(since.elapsed());
             self.dispatch(rcv);
         }
         let all = self.draining_until.is_some_and(|until| now >= until);

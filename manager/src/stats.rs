@@ -254,7 +254,8 @@ impl Counters {
         );
         self.handoff_seconds.render(
             "handoff_handoff_seconds",
-            "From a PHP worker's job to its go, as the manager sees it: the worker's wait.",
+            "From a job's arrival to its start, as the manager sees it: a confirmed handoff's \
+             wait for the worker's go, a one-way handoff's wait for a place under --max-downloads.",
             &mut out,
         );
         self.first_byte_seconds.render(

@@ -98,9 +98,10 @@ impl Queue {
         Ok(())
     }
 
-    /// The next job to start: the smallest body, first come among equals.
-    pub fn pop(&mut self) -> Option<Received> {
-        self.heap.pop().map(|w| w.rcv)
+    /// The next job to start: the smallest body, first come among equals; with the time it
+    /// was queued.
+    pub fn pop(&mut self) -> Option<(Received, Instant)> {
+        self.heap.pop().map(|w| (w.rcv, w.since))
     }
 
     /// Takes out the jobs that have waited longer than the timeout (all of them with
@@ -251,7 +252,7 @@ mod tests {
             q.push(received(1), now).is_err(),
             "a full queue takes no more"
         );
-        let order: Vec<(u64, String)> = std::iter::from_fn(|| q.pop())
+        let order: Vec<(u64, String)> = std::iter::from_fn(|| q.pop().map(|(rcv, _)| rcv))
             .map(|r| (checked_body_len(&r.job.body).unwrap(), r.job.file_name))
             .collect();
         assert_eq!(
