@@ -318,14 +318,17 @@ impl Loop {
             return;
         };
         for id in waiting {
-            self.write_starting(id, now);
+            self.write_starting(id, now, false);
         }
     }
 
     /// A writable relayed download writes its first window at once, then what the budget
     /// allows (a quantum at most), or waits for the next round. One that is not paced
-    /// (finished writing) is back on the ordinary path.
-    fn write_starting(&mut self, id: usize, now: Instant) {
+    /// (finished writing) is back on the ordinary path. Under `--max-rate`, past its first
+    /// window it writes only when the cap's scheduler gives it a turn (`scheduled`): were it
+    /// to write whenever it happens to be writable, the downloads woken most often (a
+    /// stream of new ones) would take the cap's bytes before the scheduler could share them.
+    fn write_starting(&mut self, id: usize, now: Instant, scheduled: bool) {
         let start_bytes = self.start_bytes();
         let (Some(pacer), Some(d)) = (self.pacer.as_mut(), self.downloads.get_mut(&id)) else {
             return;
@@ -337,6 +340,10 @@ impl Loop {
         // The head and the first window go out at once: pacing never delays a response's
         // head. Only what follows waits for the budget.
         let free = start_bytes.saturating_sub(d.written());
+        if free == 0 && !scheduled && self.cap.is_some() {
+            self.wanting.insert(id);
+            return;
+        }
         let allowed = if free > 0 {
             free
         } else if let Some(allowed) = pacer.allowance(now) {
@@ -406,7 +413,7 @@ impl Loop {
             if self.in_start(id) {
                 // Start pacing and the cap both decide (it comes back if the cap runs dry).
                 self.wanting.remove(&id);
-                self.write_starting(id, now);
+                self.write_starting(id, now, true);
                 continue;
             }
             let Some(d) = self.downloads.get_mut(&id) else {
@@ -511,7 +518,7 @@ impl Loop {
             // a rate wait never counts toward the send timeout.
             d.unstall();
             if in_start_phase(d, start_bytes) {
-                self.write_starting(id, now);
+                self.write_starting(id, now, false);
                 return;
             }
             if self.cap.is_some() {
