@@ -926,7 +926,7 @@ fn clients_that_never_read_are_closed_after_the_send_timeout() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let log = m.log();
-        if log.matches("reason=\"send timeout\"").count() >= n {
+        if log.matches("outcome=timed_out").count() >= n {
             break;
         }
         assert!(
