@@ -3,7 +3,7 @@
 # on one machine, in one run.
 #
 #   bash bench/run.sh --quick     # ~7 minutes: every scenario at its smallest size, 3 runs
-#   bash bench/run.sh --full      # ~80 minutes: the sizes of issue 3, S1 also as a burst, 3 runs;
+#   bash bench/run.sh --full      # ~80 minutes: every size, S1 also as a burst, 3 runs;
 #                                 # the cold bursts add ~30 s per S1 backend, client count and run
 #                                 # (the 2026-12-03 subset: 5 backends x 1,000 clients, ~3 min)
 #                                 # (both times estimated from --smoke and the last full run,

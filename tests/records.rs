@@ -1,4 +1,4 @@
-//! Downloads as business events (issue 14): the `tag` option in the access log, `/status`
+//! Downloads as business events: the `tag` option in the access log, `/status`
 //! and completion records; completion records POSTed to a local endpoint
 //! (`--on-complete`), joined across range requests; `rate_group` shared bandwidth.
 //! Everything runs through real nginx + php-fpm and the real manager.

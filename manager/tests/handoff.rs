@@ -960,7 +960,7 @@ fn clients_that_never_read_are_closed_after_the_send_timeout() {
     }
 }
 
-// Hostile peers, restarts and slow downloads (issue 11). Each test failed on the code
+// Hostile peers, restarts and slow downloads. Each test failed on the code
 // before its fix.
 
 /// A job whose pieces each lie within the file but whose sum wraps a `u64` is refused;

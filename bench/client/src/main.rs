@@ -204,7 +204,7 @@ fn main() -> anyhow::Result<()> {
     let secs = total.elapsed.as_secs_f64().max(1e-9);
     let lat = sorted(std::mem::take(&mut total.latencies_ms));
     let heads = sorted(std::mem::take(&mut total.head_waits_ms));
-    // Waits for a response head over 100 ms (the goal of issue 10), counting connections
+    // Waits for a response head over 100 ms, counting connections
     // still waiting at the end that had waited that long.
     let heads_over_100ms =
         heads.iter().filter(|&&ms| ms > 100.0).count() as u64 + total.heads_waiting_over_100ms;
