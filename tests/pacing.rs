@@ -116,7 +116,14 @@ fn raw_http_downloads_are_not_paced() {
 }
 
 /// `--max-rate 4 MiB/s` on one download loop.
-const CAPPED: &[&str] = &["--threads", "1", "--max-rate", "4194304"];
+const CAPPED: &[&str] = &[
+    "--threads",
+    "1",
+    "--max-rate",
+    "4194304",
+    "--relay-start-rate",
+    "67108864",
+];
 const CAP: u64 = 4 * MIB;
 /// What the cap may let through beyond `rate × elapsed`: its bucket (1/20 s of the rate,
 /// at least 64 KiB), one write that overshoots it (a FastCGI record: 64 KiB) and the
@@ -138,7 +145,7 @@ fn start_curl(stack: &mut Stack, name: &str, path: &str) -> usize {
     stack.adopt(proc)
 }
 
-/// Through nginx + php-fpm (FastCGI framing, start pacing on as by default), downloads
+/// Through nginx + php-fpm (FastCGI framing, relay pacing on), downloads
 /// starting together never get past `--max-rate`: at every moment the clients together
 /// have at most `rate × elapsed` plus the cap's burst. Eight 4 MiB downloads at 4 MiB/s
 /// (the start phase used to write before asking the cap: 8 MiB arrived in under 100 ms).
@@ -222,7 +229,7 @@ fn a_running_download_is_not_starved_by_new_arrivals_under_the_cap() {
 
 /// Through nginx with its default FastCGI buffers (4k/8k: a site without the template's
 /// `fastcgi_buffer_*` lines), which relays 4 KiB per read, slow and fast downloads at once
-/// all arrive whole, with relay pacing on as by default: sixteen clients at 1 MiB/s and
+/// all arrive whole, with the manager's defaults: sixteen clients at 1 MiB/s and
 /// two unlimited ones, 4 MiB each.
 #[test]
 fn downloads_arrive_whole_through_nginx_default_fastcgi_buffers() {

@@ -108,8 +108,9 @@ struct Args {
     /// and all of them together at most 1.5 x what the web server relayed in the last
     /// 25 ms, measured from how fast the manager's sockets drain; this is the floor of that
     /// budget in bytes per second (what a quiet site starts with), split evenly over the
-    /// download loops (0 = pacing off).
-    #[arg(long, default_value_t = 64 << 20)]
+    /// download loops (0 = pacing off, the default: with the one-way handoff, a burst of
+    /// 1,000 slow clients behind nginx measured better without it, docs/benchmarks.md).
+    #[arg(long, default_value_t = 0)]
     relay_start_rate: u64,
     /// The first window of a relayed download, written at once (it carries the head);
     /// downloads no longer than this are never paced (0 = pacing off).
