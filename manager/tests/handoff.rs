@@ -1315,6 +1315,20 @@ fn channel(socket: &Path) -> Channel {
 /// Hands `j` and `file` over one way on `ch` and returns the client's end of the
 /// handed-over connection. The test's copy of the connection is closed at once, as the
 /// worker's is.
+/// The manager closed this connection: a one-way handoff sent on it now fails as stale
+/// (so the worker reconnects or serves the request itself), and nothing is handed over.
+fn assert_refused_as_stale(ch: &Channel, file: &impl AsFd) {
+    let (ours, _client) = UnixStream::pair().unwrap();
+    let err = ch
+        .hand_off(
+            &job(Framing::Http, 10).encode_one_way().unwrap(),
+            ours.as_fd(),
+            file.as_fd(),
+        )
+        .unwrap_err();
+    assert!(err.is_stale_connection(), "{err:?}");
+}
+
 fn send_one_way(ch: &Channel, j: &Job, file: &impl AsFd) -> UnixStream {
     let (ours, client) = UnixStream::pair().unwrap();
     ch.hand_off(&j.encode_one_way().unwrap(), ours.as_fd(), file.as_fd())
@@ -1590,15 +1604,7 @@ fn sigterm_serves_every_queued_one_way_handoff() {
         assert!(got == body, "#{i}: body differs ({} bytes)", got.len());
     }
     m.wait_log("all downloads finished; exiting");
-    let (ours, _client) = UnixStream::pair().unwrap();
-    let err = ch
-        .hand_off(
-            &job(Framing::Http, 10).encode_one_way().unwrap(),
-            ours.as_fd(),
-            file.as_fd(),
-        )
-        .unwrap_err();
-    assert!(err.is_stale_connection(), "{err:?}");
+    assert_refused_as_stale(&ch, &file);
 }
 
 /// `--takeover` with one-way handoffs queued on the old manager: the old one serves every
@@ -1631,15 +1637,7 @@ fn takeover_serves_every_queued_one_way_handoff() {
         assert!(got.ends_with(&body), "#{i}: {} bytes", got.len());
     }
     old.wait_log("all downloads finished; exiting");
-    let (ours, _client) = UnixStream::pair().unwrap();
-    let err = ch
-        .hand_off(
-            &job(Framing::Http, 10).encode_one_way().unwrap(),
-            ours.as_fd(),
-            file.as_fd(),
-        )
-        .unwrap_err();
-    assert!(err.is_stale_connection(), "{err:?}");
+    assert_refused_as_stale(&ch, &file);
     let next = send_one_way(&channel(&new.socket), &job(Framing::Http, 200_000), &file);
     assert!(read_all(next).ends_with(&body));
 }
@@ -1741,15 +1739,7 @@ fn closing_an_idle_connection_serves_what_was_queued_on_it() {
         assert!(read_all(client).ends_with(&body), "#{i}");
     }
     m.wait_log("--max-idle-connections");
-    let (ours, _client) = UnixStream::pair().unwrap();
-    let err = first
-        .hand_off(
-            &job(Framing::Http, 10).encode_one_way().unwrap(),
-            ours.as_fd(),
-            file.as_fd(),
-        )
-        .unwrap_err();
-    assert!(err.is_stale_connection(), "{err:?}");
+    assert_refused_as_stale(&first, &file);
     for sock in newer {
         let answer = handoff_core::protocol::recv_reply(sock.as_fd(), MsgFlags::empty());
         assert!(
