@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -27,6 +27,35 @@ use crate::util::scenarios::download_exact;
 use crate::util::{
     heavy_lock, read_lossy, response_from, wait_until, Config, Endpoint, Kind, Proc, Stack, MIB,
 };
+
+/// The client of a request whose handoff was lost ends within 30 s of `after` with
+/// nginx's 502 page or an empty reply (curl exit 52): nothing of the file `content`.
+fn assert_nothing_of_the_file(
+    i: usize,
+    curl: &mut Proc,
+    head: &Path,
+    body: &Path,
+    content: &[u8],
+    after: &str,
+) {
+    let status = curl
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("#{i}: curl still running 30 s after {after}"));
+    let r = response_from(head, body);
+    assert!(
+        (status.success() && r.status == 502) || status.code() == Some(52),
+        "#{i}: expected a 502 or an empty reply, got curl {status}, status {}:\n{}\n{}",
+        r.status,
+        r.head_text,
+        curl.log_text()
+    );
+    let got = r.body();
+    assert!(
+        !got.windows(64).any(|w| w == &content[..64]) && got.len() < 4096,
+        "#{i}: the client got {} body bytes, some of them the file's",
+        got.len()
+    );
+}
 
 /// Handoffs interrupted at each point.
 const HANDOFFS_PER_POINT: usize = 100;
@@ -131,23 +160,7 @@ fn killed_with_handoffs_queued(kind: Kind) {
             "#{i}: send_file() must hand off one way while the manager is stopped"
         );
         manager.kill();
-        let status = curl
-            .wait_exit(Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("#{i}: curl still running 30 s after the kill"));
-        let r = response_from(&head, &body);
-        assert!(
-            (status.success() && r.status == 502) || status.code() == Some(52),
-            "#{i}: expected a 502 or an empty reply, got curl {status}, status {}:\n{}\n{}",
-            r.status,
-            r.head_text,
-            curl.log_text()
-        );
-        let got = r.body();
-        assert!(
-            !got.windows(64).any(|w| w == &content[..64]) && got.len() < 4096,
-            "#{i}: the client got {} body bytes, some of them the file's",
-            got.len()
-        );
+        assert_nothing_of_the_file(i, &mut curl, &head, &body, &content, "the kill");
         lost += 1;
         fallback_then_resume(&stack, &mut manager, &sha, &format!("queued{i}"));
     }
@@ -655,25 +668,7 @@ fn fpm_worker_killed_mid_handshake() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         manager.signal(Signal::SIGCONT);
-        let status = curl
-            .wait_exit(Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("#{i}: curl still running 30 s after SIGCONT"));
-        let r = response_from(&head, &body);
-        // Either nginx's 502 page, or an empty reply (curl exit 52): both carry nothing of
-        // the file.
-        assert!(
-            (status.success() && r.status == 502) || status.code() == Some(52),
-            "#{i}: expected a 502 or a closed connection, got curl {status}, status {}:\n{}\n{}",
-            r.status,
-            r.head_text,
-            curl.log_text()
-        );
-        let got = r.body();
-        assert!(
-            !got.windows(64).any(|w| w == &content[..64]) && got.len() < 4096,
-            "#{i}: the client got {} body bytes, some of them the file's",
-            got.len()
-        );
+        assert_nothing_of_the_file(i, &mut curl, &head, &body, &content, "SIGCONT");
         wait_until(
             &format!("manager log: {} dropped jobs", i + 1),
             Duration::from_secs(10),
