@@ -69,6 +69,45 @@ pub enum ApacheSocketError {
     Layout(&'static str),
 }
 
+/// mod_php's request as far as this code follows it: the `request_rec`'s pool and its
+/// `conn_rec`.
+#[derive(Debug, Clone, Copy)]
+struct ApacheRequest {
+    /// `r->pool` (may be NULL: only [`apache_pending`] needs it and checks it).
+    pool: *mut c_void,
+    /// `r->connection`, never NULL.
+    connection: *mut u8,
+}
+
+/// The one walk from `SG(server_context)` to mod_php's connection: the context is a
+/// `php_struct*` whose `request_rec *r` follows an `int` (offset 8), and `request_rec`
+/// starts with `apr_pool_t *pool` and then `conn_rec *connection` at offset 8
+/// (docs/internals.md). Every pointer is checked for NULL before it is followed.
+///
+/// # Safety
+/// Only under the `apache2handler` SAPI, during a request: then `SG(server_context)` is
+/// the request's `php_struct*` (or NULL) for the whole request.
+unsafe fn apache_request() -> Result<ApacheRequest, ApacheSocketError> {
+    // SAFETY: the caller runs under apache2handler, so the context is a `php_struct*` or
+    // NULL, and `r` a live `request_rec*` or NULL, laid out as above.
+    unsafe {
+        let ctx = (*sg()).server_context.cast::<u8>();
+        if ctx.is_null() {
+            return Err(ApacheSocketError::Null("php_struct"));
+        }
+        let r = std::ptr::read_unaligned(ctx.add(8).cast::<*mut u8>());
+        if r.is_null() {
+            return Err(ApacheSocketError::Null("request_rec"));
+        }
+        let pool = std::ptr::read_unaligned(r.cast::<*mut c_void>());
+        let connection = std::ptr::read_unaligned(r.add(8).cast::<*mut u8>());
+        if connection.is_null() {
+            return Err(ApacheSocketError::Null("conn_rec"));
+        }
+        Ok(ApacheRequest { pool, connection })
+    }
+}
+
 /// Reads mod_php's client socket: `SG(server_context)` is a `php_struct*` whose
 /// `request_rec *r` follows an `int` (offset 8), `r->connection` is the `conn_rec*` at
 /// offset 8 of `request_rec` (after its pool), and Apache's own `ap_get_conn_socket()` and
@@ -92,24 +131,10 @@ pub fn apache_client_socket() -> Result<RawFd, ApacheSocketError> {
             std::mem::transmute::<*mut c_void, OsSockGet>(os_sock_get),
         )
     };
-    // SAFETY: under apache2handler, SG(server_context) is the request's `php_struct*` (or
-    // NULL) for the whole request; `php_struct` starts with `int state` and then the
-    // `request_rec *r` at offset 8, and `request_rec` starts with `apr_pool_t *pool`
-    // and then `conn_rec *connection` at offset 8 (docs/internals.md). Every pointer is
-    // checked for NULL before it is followed; the conn_rec lives as long as the connection.
+    // SAFETY: under apache2handler (the caller's promise), as `apache_request` requires;
+    // `connection` is a live, non-NULL `conn_rec*`, which lives as long as the connection.
     unsafe {
-        let ctx = (*sg()).server_context.cast::<u8>();
-        if ctx.is_null() {
-            return Err(ApacheSocketError::Null("php_struct"));
-        }
-        let r = std::ptr::read_unaligned(ctx.add(8).cast::<*mut u8>());
-        if r.is_null() {
-            return Err(ApacheSocketError::Null("request_rec"));
-        }
-        let conn = std::ptr::read_unaligned(r.add(8).cast::<*mut c_void>());
-        if conn.is_null() {
-            return Err(ApacheSocketError::Null("conn_rec"));
-        }
+        let conn = apache_request()?.connection.cast::<c_void>();
         let sock = get_conn_socket(conn);
         if sock.is_null() {
             return Err(ApacheSocketError::Null("apr_socket_t"));
@@ -177,8 +202,8 @@ pub fn apache_pending() -> Result<ApachePending, ApacheSocketError> {
             std::mem::transmute::<*mut c_void, BrigadeDestroy>(brigade_destroy),
         )
     };
-    // SAFETY: as in `apache_client_socket` for `php_struct` → `request_rec` (whose
-    // `pool` is at offset 0) → `conn_rec`; every further pointer is checked for NULL and
+    // SAFETY: `apache_request` for `php_struct` → `request_rec` → `conn_rec` (under
+    // apache2handler, the caller's promise); every further pointer is checked for NULL and
     // followed only inside structures whose layout the checks before it confirmed: an
     // `ap_filter_t` is `{ frec, ctx, next, r, c }` (offsets 0, 8, 16, 24, 32) and an
     // `ap_filter_rec_t` starts with its `name`. The chains are walked at most MAX_FILTERS
@@ -186,17 +211,11 @@ pub fn apache_pending() -> Result<ApachePending, ApacheSocketError> {
     // filter's own buffer, where Apache reads them next, as `ap_check_pipeline` does; the
     // brigade is created in the request's pool and destroyed before returning.
     unsafe {
-        let ctx = (*sg()).server_context.cast::<u8>();
-        if ctx.is_null() {
-            return Err(ApacheSocketError::Null("php_struct"));
-        }
-        let r = std::ptr::read_unaligned(ctx.add(8).cast::<*mut u8>());
-        if r.is_null() {
-            return Err(ApacheSocketError::Null("request_rec"));
-        }
-        let pool = std::ptr::read_unaligned(r.cast::<*mut c_void>());
-        let c = std::ptr::read_unaligned(r.add(8).cast::<*mut u8>());
-        if pool.is_null() || c.is_null() {
+        let ApacheRequest {
+            pool,
+            connection: c,
+        } = apache_request()?;
+        if pool.is_null() {
             return Err(ApacheSocketError::Null("conn_rec"));
         }
         let field = |off: usize| std::ptr::read_unaligned(c.add(off).cast::<*mut u8>());
