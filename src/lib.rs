@@ -12,7 +12,9 @@
 //! - [`fallback`]: in-process streaming of the same plan through PHP's output layer.
 //! - [`options`], [`settings`], [`error`]: the `$options` array, the `handoff.*` ini
 //!   settings and the exceptions.
-//! - [`ffi`]: the only `unsafe` code: SAPI internals and PHP functions not in the bindings.
+//! - [`ffi`]: the only `unsafe` code (the crate denies it elsewhere): SAPI internals, the
+//!   SAPIs' connections, PHP's output layer and streams, the engine functions not in the
+//!   bindings.
 //!
 //! The response planning, the handoff protocol (with the worker's side of the handshake)
 //! and the head rendering live in the `handoff-core` crate (`core/`), shared with the
@@ -21,11 +23,18 @@
 //! each part lives.
 
 #![cfg_attr(windows, feature(abi_vectorcall))]
+// `unsafe` is allowed only in `ffi`. The ext-php-rs macros used below (`#[php_function]`,
+// `#[php_module]`) expand to `unsafe` blocks and `#[unsafe(no_mangle)]` of their own: rustc
+// does not report `unsafe_code` in code expanded from another crate's macro, so they need
+// no allow here (keeping that code sound is ext-php-rs' part), while any `unsafe` written
+// in this crate outside `ffi` fails the build.
+#![deny(unsafe_code)]
 
 pub mod connection;
 pub mod decision;
 pub mod error;
 pub mod fallback;
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod options;
 pub mod send;
