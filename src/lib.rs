@@ -47,7 +47,8 @@ use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendHashTable, Zval};
 use ext_php_rs::zend::{ClassEntry, IniEntryDef};
 
-use crate::send::{Failure, Sent};
+use crate::error::Failure;
+use crate::send::Sent;
 
 /// `HandoffException extends RuntimeException`: thrown by `send_file()` for every error
 /// detected before a byte is sent. Registered as a plain PHP class (no Rust object behind
