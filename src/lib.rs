@@ -45,7 +45,7 @@ use ext_php_rs::builders::ClassBuilder;
 use ext_php_rs::exception::PhpException;
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendHashTable, Zval};
-use ext_php_rs::zend::{ClassEntry, IniEntryDef};
+use ext_php_rs::zend::{ClassEntry, IniEntryDef, ModuleEntry};
 
 use crate::error::Failure;
 use crate::send::Sent;
@@ -191,6 +191,11 @@ pub fn info_rows() -> Vec<(String, String)> {
     ]
 }
 
+/// The `phpinfo()` section: PHP calls it with the module's entry, which is not needed.
+pub extern "C" fn module_info(_module: *mut ModuleEntry) {
+    ffi::print_info_table(info_rows());
+}
+
 #[php_module]
 #[php(startup = "startup")]
 pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
@@ -199,5 +204,5 @@ pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
         .function(wrap_function!(handoff_available_namespaced))
         .function(wrap_function!(send_file))
         .function(wrap_function!(handoff_available))
-        .info_function(ffi::module_info)
+        .info_function(module_info)
 }

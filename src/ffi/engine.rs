@@ -6,7 +6,6 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 use ext_php_rs::ffi;
-use ext_php_rs::zend::ModuleEntry;
 
 use super::c_str_to_string;
 
@@ -40,6 +39,15 @@ pub fn ini_string(name: &str) -> Option<String> {
     c_str_to_string(p)
 }
 
+/// What [`global_functions_changed`] asks of the setting it handles.
+pub trait GlobalFunctions {
+    /// The global functions the setting can remove, lower case as PHP's function table
+    /// keys them.
+    const NAMES: &'static [&'static str];
+    /// Whether a value of the setting keeps them.
+    fn wanted(value: &str) -> bool;
+}
+
 /// PHP's `on_modify` handler of `handoff.global_functions`, run when the value is set: at
 /// startup by the ini registration (php.ini, `-d`), and in a php-fpm worker by the pool's
 /// `php_admin_value`, before the worker's first request.
@@ -51,9 +59,12 @@ pub fn ini_string(name: &str) -> Option<String> {
 /// the smaller table is what every later request sees). Once deleted, the functions cannot
 /// come back in this process: On after Off is refused, and the setting keeps saying Off.
 ///
+/// Generic over the setting's policy ([`GlobalFunctions`], implemented in `settings`), so
+/// that this module, which PHP calls into, imports nothing from the modules above it.
+///
 /// # Safety
 /// Called by PHP with a valid (or null) `new_value`, outside any request.
-pub unsafe extern "C" fn global_functions_changed(
+pub unsafe extern "C" fn global_functions_changed<G: GlobalFunctions>(
     _entry: *mut ffi::zend_ini_entry,
     new_value: *mut ffi::zend_string,
     _arg1: *mut c_void,
@@ -74,8 +85,8 @@ pub unsafe extern "C" fn global_functions_changed(
     if table.is_null() {
         return FAILURE;
     }
-    let wanted = crate::settings::global_functions_wanted(&value);
-    for name in crate::settings::GLOBAL_FUNCTION_NAMES {
+    let wanted = G::wanted(&value);
+    for name in G::NAMES {
         // SAFETY: `table` is PHP's live function table and `name` is valid for its length.
         let present =
             unsafe { !ffi::zend_hash_str_find(table, name.as_ptr().cast(), name.len()).is_null() };
@@ -104,9 +115,9 @@ pub fn runtime_exception() -> &'static ext_php_rs::zend::ClassEntry {
     }
 }
 
-/// `phpinfo()` section: rows computed by safe code in `lib.rs`.
-pub extern "C" fn module_info(_module: *mut ModuleEntry) {
-    let rows = crate::info_rows();
+/// Prints the extension's `phpinfo()` table of `rows` (computed by safe code in `lib.rs`).
+/// Only call from the module's info function, while PHP prints phpinfo().
+pub fn print_info_table(rows: Vec<(String, String)>) {
     // SAFETY: called by PHP while printing phpinfo(); the table functions write output.
     unsafe { ffi::php_info_print_table_start() };
     for (k, v) in rows {
