@@ -1,8 +1,9 @@
 //! The checks that make a descriptor read from the SAPI's private structures the
 //! request's own connection (docs/internals.md, "How each descriptor is validated"): the
 //! socket's type, its addresses against what the SAPI says about the client and the
-//! server, php-fpm's listener, mod_php's protocol and pipelining. Plain functions over real
-//! sockets and strings, unit-tested without PHP.
+//! server, php-fpm's listener, mod_php's protocol and pipelining. Apart from reading
+//! `$_SERVER` (`ApacheRequest::current`) they are plain functions over real sockets and
+//! strings, unit-tested without PHP.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd};
