@@ -6,6 +6,8 @@
 
 use std::io;
 
+use crate::ffi::Bailout;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SendFileError {
     #[error("send_file(): the path must be a non-empty string")]
@@ -75,4 +77,25 @@ pub enum SendFileError {
     StreamCopy { kind: io::ErrorKind },
     #[error("send_file(): the file cannot be handed off ({reason}) and handoff.fallback is off")]
     NoFallback { reason: String },
+}
+
+/// How `send_file()` ends when it does not return normally: an error to throw, or a
+/// bailout to resume.
+pub enum Failure {
+    Error(SendFileError),
+    /// PHP bailed out while streaming (client gone with ignore_user_abort off, fatal
+    /// error): resume it once our resources are dropped.
+    Bailout,
+}
+
+impl From<SendFileError> for Failure {
+    fn from(e: SendFileError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl From<Bailout> for Failure {
+    fn from(_: Bailout) -> Self {
+        Failure::Bailout
+    }
 }

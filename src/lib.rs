@@ -12,7 +12,9 @@
 //! - [`fallback`]: in-process streaming of the same plan through PHP's output layer.
 //! - [`options`], [`settings`], [`error`]: the `$options` array, the `handoff.*` ini
 //!   settings and the exceptions.
-//! - [`ffi`]: the only `unsafe` code: SAPI internals and PHP functions not in the bindings.
+//! - [`ffi`]: the only `unsafe` code (the crate denies it elsewhere): SAPI internals, the
+//!   SAPIs' connections, PHP's output layer and streams, the engine functions not in the
+//!   bindings.
 //!
 //! The response planning, the handoff protocol (with the worker's side of the handshake)
 //! and the head rendering live in the `handoff-core` crate (`core/`), shared with the
@@ -21,11 +23,18 @@
 //! each part lives.
 
 #![cfg_attr(windows, feature(abi_vectorcall))]
+// `unsafe` is allowed only in `ffi`. The ext-php-rs macros used below (`#[php_function]`,
+// `#[php_module]`) expand to `unsafe` blocks and `#[unsafe(no_mangle)]` of their own: rustc
+// does not report `unsafe_code` in code expanded from another crate's macro, so they need
+// no allow here (keeping that code sound is ext-php-rs' part), while any `unsafe` written
+// in this crate outside `ffi` fails the build.
+#![deny(unsafe_code)]
 
 pub mod connection;
 pub mod decision;
 pub mod error;
 pub mod fallback;
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod options;
 pub mod send;
@@ -36,9 +45,10 @@ use ext_php_rs::builders::ClassBuilder;
 use ext_php_rs::exception::PhpException;
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendHashTable, Zval};
-use ext_php_rs::zend::{ClassEntry, IniEntryDef};
+use ext_php_rs::zend::{ClassEntry, IniEntryDef, ModuleEntry};
 
-use crate::send::{Failure, Sent};
+use crate::error::Failure;
+use crate::send::Sent;
 
 /// `HandoffException extends RuntimeException`: thrown by `send_file()` for every error
 /// detected before a byte is sent. Registered as a plain PHP class (no Rust object behind
@@ -181,6 +191,11 @@ pub fn info_rows() -> Vec<(String, String)> {
     ]
 }
 
+/// The `phpinfo()` section: PHP calls it with the module's entry, which is not needed.
+pub extern "C" fn module_info(_module: *mut ModuleEntry) {
+    ffi::print_info_table(info_rows());
+}
+
 #[php_module]
 #[php(startup = "startup")]
 pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
@@ -189,5 +204,5 @@ pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
         .function(wrap_function!(handoff_available_namespaced))
         .function(wrap_function!(send_file))
         .function(wrap_function!(handoff_available))
-        .info_function(ffi::module_info)
+        .info_function(module_info)
 }

@@ -4,11 +4,8 @@
 //! (one way by default, or with the confirmed two-phase handshake; the kept manager
 //! connection; the fallback counters).
 
-use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -20,8 +17,8 @@ use handoff_core::protocol::{Channel, FallbackCause, Fallbacks, Job, Offer, Prot
 
 use crate::connection::{self, Connection, Neutered};
 use crate::decision::{self, Context, Decision, Declined, Sapi};
-use crate::error::SendFileError;
-use crate::ffi::{self, Bailout};
+use crate::error::{Failure, SendFileError};
+use crate::ffi;
 use crate::settings::{self, Settings};
 use crate::source::{Opened, Source};
 
@@ -38,25 +35,6 @@ static UNREPORTED: [AtomicU32; FallbackCause::COUNT] =
 pub enum Sent {
     HandedOff,
     Streamed,
-}
-
-pub enum Failure {
-    Error(SendFileError),
-    /// PHP bailed out while streaming (client gone with ignore_user_abort off, fatal
-    /// error): resume it once our resources are dropped.
-    Bailout,
-}
-
-impl From<SendFileError> for Failure {
-    fn from(e: SendFileError) -> Self {
-        Failure::Error(e)
-    }
-}
-
-impl From<Bailout> for Failure {
-    fn from(_: Bailout) -> Self {
-        Failure::Bailout
-    }
 }
 
 pub fn send_file(source: Source<'_>, options: &Options) -> Result<Sent, Failure> {
@@ -161,40 +139,6 @@ fn reported(report: &Fallbacks) {
     for (&n, counter) in report.iter().zip(&UNREPORTED) {
         counter.fetch_sub(n, Ordering::Relaxed);
     }
-}
-
-/// Opens the file for reading, refusing what cannot be a download. `O_NONBLOCK` keeps a
-/// FIFO from blocking the open (it is refused right after); it has no effect on files.
-pub(crate) fn open(path: &[u8]) -> Result<File, SendFileError> {
-    if path.is_empty() {
-        return Err(SendFileError::EmptyPath);
-    }
-    let c = CString::new(path).map_err(|_| SendFileError::NulByte)?;
-    if !ffi::open_basedir_allows(&c) {
-        return Err(SendFileError::OpenBasedir);
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(OsStr::from_bytes(path))
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => SendFileError::NotFound,
-            std::io::ErrorKind::PermissionDenied => SendFileError::PermissionDenied,
-            kind => {
-                if e.raw_os_error() == Some(nix::libc::EISDIR) {
-                    SendFileError::NotRegular
-                } else {
-                    SendFileError::Open { kind }
-                }
-            }
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| SendFileError::Open { kind: e.kind() })?;
-    if !meta.is_file() {
-        return Err(SendFileError::NotRegular);
-    }
-    Ok(file)
 }
 
 /// The client's address for the manager's log: the web server's `REMOTE_ADDR` under

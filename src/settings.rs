@@ -65,6 +65,17 @@ pub const GLOBAL_FUNCTIONS: Ini = Ini::new(c"handoff.global_functions", c"1");
 /// function table keys them. Their namespaced twins always stay.
 pub const GLOBAL_FUNCTION_NAMES: [&str; 2] = ["send_file", "handoff_available"];
 
+/// `handoff.global_functions` as its ini handler ([`ffi::global_functions_changed`]) sees it.
+pub struct GlobalFunctionsSetting;
+
+impl ffi::GlobalFunctions for GlobalFunctionsSetting {
+    const NAMES: &'static [&'static str] = &GLOBAL_FUNCTION_NAMES;
+
+    fn wanted(value: &str) -> bool {
+        global_functions_wanted(value)
+    }
+}
+
 /// The settings as PHP registers them.
 pub static INI_ENTRIES: IniEntryDefs<8> = IniEntryDefs::new([
     // Where the request's connection goes is the administrator's choice, never a script's:
@@ -94,7 +105,7 @@ pub static INI_ENTRIES: IniEntryDefs<8> = IniEntryDefs::new([
     // startup (php.ini, `-d`) or, in a php-fpm worker, by the pool's php_admin_value, which
     // php-fpm applies before the worker's first request. A script cannot change it.
     IniEntryDef {
-        on_modify: Some(ffi::global_functions_changed),
+        on_modify: Some(ffi::global_functions_changed::<GlobalFunctionsSetting>),
         ..IniEntryDef::new(
             GLOBAL_FUNCTIONS.name,
             GLOBAL_FUNCTIONS.default,

@@ -19,18 +19,20 @@
 //!
 //! The body is always the whole stream from offset 0, whatever the stream's position.
 
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::hash::Hasher;
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 
 use ext_php_rs::types::{ZendHashTable, Zval};
 use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 
-use crate::error::SendFileError;
-use crate::ffi::{Bailout, PhpStream, SplLookup};
-use crate::send::Failure;
+use crate::error::{Failure, SendFileError};
+use crate::ffi::{self, Bailout, PhpStream, SplLookup};
 
 /// The `'delete'` option of `send_file()`.
 pub const DELETE_OPTION: &str = "delete";
@@ -107,7 +109,7 @@ pub struct Opened {
 pub fn open(source: Source<'_>, max_copy_bytes: u64) -> Result<Opened, Failure> {
     match source {
         Source::Path { path, delete } => {
-            let file = crate::send::open(path)?;
+            let file = open_path(path)?;
             if delete {
                 unlink(path, &file)?;
             }
@@ -146,6 +148,40 @@ fn unlink(path: &[u8], opened: &File) -> Result<(), SendFileError> {
         return Err(SendFileError::DeleteReplaced);
     }
     std::fs::remove_file(path).map_err(error)
+}
+
+/// Opens the file for reading, refusing what cannot be a download. `O_NONBLOCK` keeps a
+/// FIFO from blocking the open (it is refused right after); it has no effect on files.
+fn open_path(path: &[u8]) -> Result<File, SendFileError> {
+    if path.is_empty() {
+        return Err(SendFileError::EmptyPath);
+    }
+    let c = CString::new(path).map_err(|_| SendFileError::NulByte)?;
+    if !ffi::open_basedir_allows(&c) {
+        return Err(SendFileError::OpenBasedir);
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(OsStr::from_bytes(path))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SendFileError::NotFound,
+            std::io::ErrorKind::PermissionDenied => SendFileError::PermissionDenied,
+            kind => {
+                if e.raw_os_error() == Some(nix::libc::EISDIR) {
+                    SendFileError::NotRegular
+                } else {
+                    SendFileError::Open { kind }
+                }
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| SendFileError::Open { kind: e.kind() })?;
+    if !meta.is_file() {
+        return Err(SendFileError::NotRegular);
+    }
+    Ok(file)
 }
 
 fn from_stream(stream: &PhpStream<'_>, max_copy_bytes: u64) -> Result<Opened, Failure> {

@@ -11,8 +11,9 @@
 //!   head.
 //! - [`label`]: the application's labels on a download (`tag`, `rate_group`) and their
 //!   validation.
-//! - [`protocol`]: the handoff message, its wire format, and both sides of the two-phase
-//!   accept/go handshake's messages: the worker's [`protocol::Offer`] and the manager's
+//! - [`protocol`]: the handoff messages and their wire format, and each side's part of the
+//!   exchange in a file of its own: the worker's [`protocol::Channel`] (one-way) and
+//!   [`protocol::Offer`] (the two-phase accept/go handshake), the manager's
 //!   [`protocol::recv_job`].
 //! - [`bucket`]: the token bucket every rate is kept with (the fallback's `rate`, the
 //!   manager's per-download rates, rate groups, `--max-rate` and relay pacing).

@@ -1,135 +1,30 @@
-//! Finding the request's connection, and making the worker forget it after a handoff.
-//!
-//! Supported SAPIs: `fpm-fcgi` (the FastCGI connection from the web server), `cli-server`
-//! (`php -S`: the client's own socket) and `apache2handler` (mod_php: the client's own
-//! socket, for plain HTTP/1.x only: under mod_ssl or HTTP/2 the socket carries TLS or h2
-//! frames that only Apache can write). Each descriptor read from the SAPI's private
-//! structures is validated as docs/internals.md describes before it is trusted; any doubt
-//! means "no handoff" and the request is served in-process.
+//! The checks that make a descriptor read from the SAPI's private structures the
+//! request's own connection (docs/internals.md, "How each descriptor is validated"): the
+//! socket's type, its addresses against what the SAPI says about the client and the
+//! server, php-fpm's listener, mod_php's protocol and pipelining. Apart from reading
+//! `$_SERVER` (`ApacheRequest::current`) they are plain functions over real sockets and
+//! strings, unit-tested without PHP.
 
-use std::fs::OpenOptions;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{getpeername, getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
-
-use handoff_core::protocol::Framing;
 
 use crate::ffi;
 
-/// The connection of the current request, validated: a descriptor the SAPI owns, lent for
-/// the request (`'r`), and how the response must be framed on it. Not `Copy`: there is
-/// one, and the handoff consumes the worker's use of it.
-#[derive(Debug)]
-pub struct Connection<'r> {
-    fd: BorrowedFd<'r>,
-    pub framing: Framing,
-    /// php-fpm's FastCGI request id (0 for raw HTTP).
-    pub request_id: u16,
-}
-
-impl<'r> Connection<'r> {
-    pub fn fd(&self) -> BorrowedFd<'r> {
-        self.fd
-    }
-}
-
 /// A connected (not listening) stream socket.
-fn is_connected_stream(fd: BorrowedFd<'_>) -> bool {
+pub(super) fn is_connected_stream(fd: BorrowedFd<'_>) -> bool {
     matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::Stream))
         && matches!(getsockopt(&fd, sockopt::AcceptConn), Ok(false))
 }
 
-fn is_listening(fd: BorrowedFd<'_>) -> bool {
+pub(super) fn is_listening(fd: BorrowedFd<'_>) -> bool {
     matches!(getsockopt(&fd, sockopt::AcceptConn), Ok(true))
 }
 
-/// The request's connection if this SAPI's can be handed off, or why not. Every
-/// descriptor number read from the SAPI is lent out by `request` only if it is an open
-/// socket, and then validated here (docs/internals.md, "How each descriptor is validated").
-pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
-    if ffi::headers_sent() {
-        return Err("headers already sent".into());
-    }
-    match ffi::sapi_name().as_str() {
-        "fpm-fcgi" => {
-            let r = ffi::fpm_request().ok_or("no FastCGI request")?;
-            if r.ended != 0 {
-                return Err("FastCGI request already ended".into());
-            }
-            let listen_socket = request
-                .sapi_socket(r.listen_socket)
-                .filter(|&l| is_listening(l))
-                .ok_or("fcgi_request layout not recognised (listen_socket)")?;
-            let fd = request
-                .sapi_socket(r.fd)
-                .filter(|&fd| is_connected_stream(fd))
-                .ok_or("fcgi_request layout not recognised (fd)")?;
-            // A connected stream socket at the right offset could still be another one
-            // (a database connection the script opened): only a connection accepted on
-            // php-fpm's own listening socket is the web server's.
-            let listener = local_address(listen_socket)
-                .ok_or("fcgi_request layout not recognised (listen_socket address)")?;
-            let local =
-                local_address(fd).ok_or("fcgi_request layout not recognised (fd address)")?;
-            accepted_on(&listener, &local)?;
-            let request_id = u16::try_from(r.id)
-                .map_err(|_| format!("FastCGI request id {} out of range", r.id))?;
-            Ok(Connection {
-                fd,
-                framing: Framing::FastCgi,
-                request_id,
-            })
-        }
-        "cli-server" => {
-            let fd = ffi::cli_server_socket().ok_or("no client")?;
-            let fd = request
-                .sapi_socket(fd)
-                .filter(|&fd| is_connected_stream(fd))
-                .ok_or("php -S client layout not recognised")?;
-            // The request's own client, not another socket at that offset.
-            let (peer, _local) =
-                inet_addresses(fd).ok_or("php -S client socket has no TCP addresses")?;
-            check_peer(
-                "php -S",
-                peer,
-                ffi::server_var("REMOTE_ADDR").as_deref(),
-                ffi::server_var("REMOTE_PORT").as_deref(),
-            )?;
-            Ok(Connection {
-                fd,
-                framing: Framing::Http,
-                request_id: 0,
-            })
-        }
-        "apache2handler" => {
-            let fd = ffi::apache_client_socket()
-                .map_err(|e| format!("mod_php: no client socket ({e:?})"))?;
-            let fd = request
-                .sapi_socket(fd)
-                .filter(|&fd| is_connected_stream(fd))
-                .ok_or("mod_php client socket not recognised")?;
-            let (peer, local) =
-                inet_addresses(fd).ok_or("mod_php client socket has no TCP addresses")?;
-            let apache = ApacheRequest::current();
-            apache.check(peer, local)?;
-            let pending = ffi::apache_pending()
-                .map_err(|e| format!("mod_php: connection state unknown ({e:?})"))?;
-            pipelining_allows_handoff(pending, apache.has_body())?;
-            Ok(Connection {
-                fd,
-                framing: Framing::Http,
-                request_id: 0,
-            })
-        }
-        other => Err(format!("SAPI {other} is not supported for handoff")),
-    }
-}
-
 /// The peer and local addresses of a TCP socket.
-fn inet_addresses(fd: BorrowedFd<'_>) -> Option<(SocketAddr, SocketAddr)> {
+pub(super) fn inet_addresses(fd: BorrowedFd<'_>) -> Option<(SocketAddr, SocketAddr)> {
     fn inet(a: SockaddrStorage) -> Option<SocketAddr> {
         if let Some(v4) = a.as_sockaddr_in() {
             return Some(SocketAddr::V4((*v4).into()));
@@ -153,7 +48,10 @@ fn inet_addresses(fd: BorrowedFd<'_>) -> Option<(SocketAddr, SocketAddr)> {
 /// it is skipped for a request with a body: a request pipelined behind such a request gets
 /// no response after a handoff, though Apache may still run it (the manager's
 /// `Connection: close` tells the client to send it again).
-fn pipelining_allows_handoff(pending: ffi::ApachePending, has_body: bool) -> Result<(), String> {
+pub(super) fn pipelining_allows_handoff(
+    pending: ffi::ApachePending,
+    has_body: bool,
+) -> Result<(), String> {
     if pending.unsent_output {
         return Err(
             "mod_php: Apache still holds part of an earlier response (HTTP pipelining)".into(),
@@ -168,7 +66,7 @@ fn pipelining_allows_handoff(pending: ffi::ApachePending, has_body: bool) -> Res
 /// What mod_php's request says about its connection (`$_SERVER`, from Apache's
 /// `ap_add_common_vars`), to check the socket found through Apache's structures against.
 #[derive(Debug, Default)]
-struct ApacheRequest {
+pub(super) struct ApacheRequest {
     remote_addr: Option<String>,
     remote_port: Option<String>,
     server_addr: Option<String>,
@@ -180,7 +78,7 @@ struct ApacheRequest {
 }
 
 impl ApacheRequest {
-    fn current() -> ApacheRequest {
+    pub(super) fn current() -> ApacheRequest {
         ApacheRequest {
             content_length: ffi::server_var("CONTENT_LENGTH"),
             transfer_encoding: ffi::server_var("HTTP_TRANSFER_ENCODING"),
@@ -194,7 +92,7 @@ impl ApacheRequest {
     }
 
     /// The request carries a body (which may still be unread on the connection).
-    fn has_body(&self) -> bool {
+    pub(super) fn has_body(&self) -> bool {
         self.transfer_encoding.is_some()
             || self
                 .content_length
@@ -205,7 +103,7 @@ impl ApacheRequest {
     /// `Ok` if the socket with these addresses is this request's own connection and
     /// carries plain HTTP/1.x. `SERVER_PORT` is not compared: it comes from the `Host`
     /// header (`UseCanonicalName Off`), so it differs behind any port mapping.
-    fn check(&self, peer: SocketAddr, local: SocketAddr) -> Result<(), String> {
+    pub(super) fn check(&self, peer: SocketAddr, local: SocketAddr) -> Result<(), String> {
         match self.server_protocol.as_deref() {
             Some("HTTP/1.0" | "HTTP/1.1") => {}
             Some(other) => return Err(format!("mod_php: {other} request (only HTTP/1.x)")),
@@ -244,7 +142,7 @@ impl ApacheRequest {
 
 /// `Ok` if `peer`, the socket's peer, is the client the SAPI names in `REMOTE_ADDR` and
 /// `REMOTE_PORT` (for `php -S` and mod_php, which fill both from the accepted socket).
-fn check_peer(
+pub(super) fn check_peer(
     sapi: &str,
     peer: SocketAddr,
     remote_addr: Option<&str>,
@@ -264,13 +162,13 @@ fn check_peer(
 
 /// A socket's local address, as far as the checks below need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum LocalAddress {
+pub(super) enum LocalAddress {
     Inet(SocketAddr),
     /// A Unix socket's path (or abstract name, with its leading NUL); empty if unnamed.
     Unix(Vec<u8>),
 }
 
-fn local_address(fd: BorrowedFd<'_>) -> Option<LocalAddress> {
+pub(super) fn local_address(fd: BorrowedFd<'_>) -> Option<LocalAddress> {
     let a = getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(LocalAddress::Inet(SocketAddr::V4((*v4).into())));
@@ -295,7 +193,7 @@ fn local_address(fd: BorrowedFd<'_>) -> Option<LocalAddress> {
 /// (any address for a wildcard listener) for TCP, the same path for a Unix socket (Linux
 /// gives an accepted Unix socket its listener's name). A client socket the process opened
 /// itself has an ephemeral port or no name, so it never matches.
-fn accepted_on(listener: &LocalAddress, conn: &LocalAddress) -> Result<(), String> {
+pub(super) fn accepted_on(listener: &LocalAddress, conn: &LocalAddress) -> Result<(), String> {
     let matches = match (listener, conn) {
         (LocalAddress::Inet(l), LocalAddress::Inet(c)) => {
             l.is_ipv4() == c.is_ipv4()
@@ -321,110 +219,10 @@ fn parse_ip(s: Option<&str>) -> Option<IpAddr> {
     s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
-/// The worker's copy of the connection, made harmless while the manager owns it.
-///
-/// `/dev/null` takes the connection's descriptor number, so that whatever the SAPI still
-/// writes (php-fpm's `END_REQUEST`) is discarded and its later `close()` closes only that.
-/// The original stays reachable through `saved` until the manager has said yes to go, so a
-/// failed go can put it back.
-/// `/dev/null`, opened once per process (every handoff puts a copy of it over the
-/// connection's descriptor number).
-fn dev_null() -> Result<&'static std::fs::File, String> {
-    static NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
-    if let Some(null) = NULL.get() {
-        return Ok(null);
-    }
-    let null = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("/dev/null: {e}"))?;
-    Ok(NULL.get_or_init(|| null))
-}
-
-pub struct Neutered<'r> {
-    /// The connection's number: /dev/null until restored, open either way.
-    fd: BorrowedFd<'r>,
-    saved: OwnedFd,
-    /// The connection's file status flags before the handoff: `O_NONBLOCK` under mod_php
-    /// (APR's timeouts poll), blocking under php-fpm and `php -S`.
-    flags: Option<OFlag>,
-    /// `O_CLOEXEC` if the number was close-on-exec (mod_php's client socket is; APR
-    /// accepts with `SOCK_CLOEXEC`), else empty. `dup2` clears the flag, so both
-    /// replacements use `dup3` with it, and a child the script starts later (`exec`,
-    /// `proc_open`, `mail()`) inherits neither the connection nor /dev/null in its place.
-    cloexec: OFlag,
-}
-
-impl<'r> Neutered<'r> {
-    pub fn new(conn: &Connection<'r>) -> Result<Neutered<'r>, String> {
-        let flags = fcntl(conn.fd.as_raw_fd(), FcntlArg::F_GETFL)
-            .ok()
-            .map(OFlag::from_bits_retain);
-        let cloexec = match fcntl(conn.fd.as_raw_fd(), FcntlArg::F_GETFD) {
-            Ok(bits) if FdFlag::from_bits_retain(bits).contains(FdFlag::FD_CLOEXEC) => {
-                OFlag::O_CLOEXEC
-            }
-            _ => OFlag::empty(),
-        };
-        let saved = conn
-            .fd
-            .try_clone_to_owned()
-            .map_err(|e| format!("dup: {e}"))?;
-        nix::unistd::dup3(
-            dev_null()?.as_fd().as_raw_fd(),
-            conn.fd.as_raw_fd(),
-            cloexec,
-        )
-        .map_err(|e| format!("dup3: {e}"))?;
-        Ok(Neutered {
-            fd: conn.fd,
-            saved,
-            flags,
-            cloexec,
-        })
-    }
-
-    /// The connection itself (a duplicate the worker holds while its descriptor number
-    /// is `/dev/null`): what a one-way handoff sends.
-    pub fn connection(&self) -> BorrowedFd<'_> {
-        self.saved.as_fd()
-    }
-
-    /// Puts the real connection back (the manager never started), blocking or not as the
-    /// SAPI had it (the manager may have switched the shared file description), and
-    /// close-on-exec as it was.
-    pub fn restore(self) -> Result<(), String> {
-        nix::unistd::dup3(self.saved.as_raw_fd(), self.fd.as_raw_fd(), self.cloexec)
-            .map_err(|e| format!("dup3: {e}"))?;
-        match self.flags {
-            Some(flags) => {
-                let _ = fcntl(self.fd.as_raw_fd(), FcntlArg::F_SETFL(flags));
-            }
-            None => clear_nonblocking(self.fd),
-        }
-        Ok(())
-    }
-
-    /// The manager owns the connection now; drop our extra reference to it.
-    pub fn commit(self) {
-        drop(self.saved);
-    }
-}
-
-/// The manager may have set `O_NONBLOCK` on the shared file description; PHP's SAPIs write
-/// with blocking calls.
-pub fn clear_nonblocking(fd: BorrowedFd<'_>) {
-    if let Ok(bits) = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL) {
-        let flags = OFlag::from_bits_retain(bits);
-        if flags.contains(OFlag::O_NONBLOCK) {
-            let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
 
     fn request() -> ApacheRequest {
