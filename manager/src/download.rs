@@ -15,7 +15,7 @@
 //! downloads), and says which of the two happened.
 
 use std::collections::VecDeque;
-use std::fmt;
+
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,65 +26,14 @@ use nix::sys::socket::{getsockopt, send, shutdown, sockopt, MsgFlags, Shutdown};
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::fcgi;
-use crate::join::FileId;
 use crate::rate_group::Member;
-use crate::stats::Counters;
+use crate::reporting::join::FileId;
+use crate::reporting::outcome::Outcome;
+use crate::reporting::stats::Counters;
 use handoff_core::bucket::TokenBucket;
 use handoff_core::io_class::{classify, IoClass};
 use handoff_core::plan::Piece;
 use handoff_core::protocol::{Framing, Job, Received};
-
-/// How a download ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every planned byte was written.
-    Complete,
-    /// The client went away or the connection failed.
-    Aborted(String),
-    /// The client accepted no byte for the send timeout.
-    TimedOut,
-    /// The file ended before the planned bytes (it shrank while being sent).
-    Truncated,
-}
-
-impl Outcome {
-    /// Every outcome's word, in [`Outcome::index`] order.
-    pub const LABELS: [&'static str; 4] = ["complete", "aborted", "timed_out", "truncated"];
-
-    /// The one word for this outcome in the log, the access log, completion records,
-    /// metrics and status.
-    pub fn label(&self) -> &'static str {
-        Self::LABELS[self.index()]
-    }
-
-    /// Position in [`Outcome::LABELS`].
-    pub fn index(&self) -> usize {
-        match self {
-            Outcome::Complete => 0,
-            Outcome::Aborted(_) => 1,
-            Outcome::TimedOut => 2,
-            Outcome::Truncated => 3,
-        }
-    }
-
-    /// Why an aborted download ended.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Outcome::Aborted(why) => Some(why),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "outcome={}", self.label())?;
-        match self.reason() {
-            Some(why) => write!(f, " reason={why:?}"),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Why a received job is refused before it is accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -20,12 +20,13 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
 
-use crate::access_log::{AccessLog, Entry};
-use crate::completion::{Completions, Record};
-use crate::download::{Download, Outcome, Step};
+use crate::download::{Download, Step};
 use crate::pacing::{PaceConfig, Pacer};
 use crate::rate_group::Groups;
-use crate::stats::{Board, Counters, Snapshot};
+use crate::reporting::access_log::{AccessLog, Entry};
+use crate::reporting::completion::{Completions, Record};
+use crate::reporting::outcome::Outcome;
+use crate::reporting::stats::{Board, Counters, Snapshot};
 use handoff_core::bucket::TokenBucket;
 use handoff_core::io_class::{classify_io, IoClass};
 use handoff_core::protocol::Received;

@@ -33,19 +33,15 @@
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of accepted descriptors,
 //!   glibc memory tunables).
 
-pub mod access_log;
-pub mod completion;
 pub mod download;
 pub mod download_loop;
 pub mod fcgi;
-pub mod join;
 mod listener;
-pub mod metrics;
 pub mod pacing;
 pub mod rate_group;
+pub mod reporting;
 pub mod sandbox;
 pub mod server;
-pub mod stats;
 mod sys;
 pub mod systemd;
 pub mod waiting;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use handoff_manager::completion::{self, Endpoint};
 use handoff_manager::download_loop::Schedule;
+use handoff_manager::reporting::completion::{self, Endpoint};
 use handoff_manager::server::{Config, Server};
 
 /// Streams the files that PHP's send_file() hands over, so that PHP workers are free at once.
@@ -218,11 +218,14 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Some(Cmd::Status { metrics }) => {
-            return handoff_manager::metrics::print_status(metrics, &mut std::io::stdout())
-                .with_context(|| format!("reading status from {metrics}"));
+            return handoff_manager::reporting::metrics::print_status(
+                metrics,
+                &mut std::io::stdout(),
+            )
+            .with_context(|| format!("reading status from {metrics}"));
         }
         Some(Cmd::Health { metrics }) => {
-            let (healthy, answer) = handoff_manager::metrics::health(metrics)
+            let (healthy, answer) = handoff_manager::reporting::metrics::health(metrics)
                 .with_context(|| format!("asking {metrics} for /healthz"))?;
             print!("{answer}");
             std::process::exit(if healthy { 0 } else { 1 });

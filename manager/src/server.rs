@@ -48,12 +48,12 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, MsgFlags, SockFlag};
 
-use crate::access_log::AccessLog;
 use crate::download;
 use crate::download_loop::{self, Command, Handle, LoopConfig, Schedule};
 use crate::listener::{listen_on, remove_socket_file, same_user, tell_previous_to_drain, Bound};
+use crate::reporting::access_log::AccessLog;
+use crate::reporting::stats::Counters;
 use crate::sandbox;
-use crate::stats::Counters;
 use crate::waiting::{self, Queue, Refusal};
 use handoff_core::io_class::{classify, classify_io, IoClass};
 use handoff_core::protocol::{self, BadHandoff, Incoming, ProtocolError, Received, Reply};
@@ -128,7 +128,7 @@ pub struct Config {
     pub relay_start_rate: u64,
     pub relay_start_bytes: u64,
     /// Completion records POSTed to a local endpoint (`--on-complete`), if any.
-    pub on_complete: Option<crate::completion::Settings>,
+    pub on_complete: Option<crate::reporting::completion::Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +260,9 @@ impl Server {
             sandbox::drop_to(&user, &config.socket)?;
         }
         // Listed later by the metrics thread, but opened now, before the sandbox.
-        let open_fds = config.metrics.map(|_| crate::metrics::OpenFds::open());
+        let open_fds = config
+            .metrics
+            .map(|_| crate::reporting::metrics::OpenFds::open());
         if config.sandbox {
             // A container's seccomp profile may forbid Landlock's system calls: run
             // unsandboxed then, and say so, rather than not at all.
@@ -301,8 +303,11 @@ impl Server {
         };
         let completions = match &config.on_complete {
             Some(settings) => Some(
-                crate::completion::Completions::start(settings.clone(), counters.clone())
-                    .map_err(io_err("starting the completion record thread"))?,
+                crate::reporting::completion::Completions::start(
+                    settings.clone(),
+                    counters.clone(),
+                )
+                .map_err(io_err("starting the completion record thread"))?,
             ),
             None => None,
         };
@@ -322,7 +327,7 @@ impl Server {
             .map_err(io_err("starting download loops"))?;
         if let (Some(addr), Some(open_fds)) = (config.metrics, open_fds) {
             let boards = loops.iter().map(|w| w.board.clone()).collect();
-            crate::metrics::serve(addr, counters.clone(), boards, open_fds)
+            crate::reporting::metrics::serve(addr, counters.clone(), boards, open_fds)
                 .map_err(io_err("starting the metrics listener"))?;
             info!(
                 "metrics on http://{addr}/metrics, status on http://{addr}/status, \
@@ -932,7 +937,7 @@ impl Server {
         }
         warn!("no download loop is running; download dropped");
         self.counters
-            .count_outcome(&crate::download::Outcome::Aborted(
+            .count_outcome(&crate::reporting::outcome::Outcome::Aborted(
                 "no download loop".into(),
             ));
     }

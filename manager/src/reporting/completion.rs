@@ -36,9 +36,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, warn};
 
-use crate::download::Outcome;
-use crate::join::{FileId, Joined, Joins, RangeSet};
-use crate::stats::Counters;
+use crate::reporting::join::{FileId, Joined, Joins, RangeSet};
+use crate::reporting::outcome::Outcome;
+use crate::reporting::stats::Counters;
 
 /// Deliveries of one record, the first included.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -294,7 +294,7 @@ impl Record {
             "bytes_sent": self.bytes_sent,
             "outcome": self.outcome.label(),
             "reason": self.outcome.reason(),
-            "start": crate::access_log::rfc3339(self.started),
+            "start": crate::reporting::access_log::rfc3339(self.started),
             "duration_ms": self.duration.as_millis() as u64,
             "client": self.client,
             "file_size": self.file_size,
