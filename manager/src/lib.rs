@@ -33,12 +33,8 @@
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of accepted descriptors,
 //!   glibc memory tunables).
 
-pub mod download;
-pub mod download_loop;
-pub mod fcgi;
+pub mod downloads;
 mod listener;
-pub mod pacing;
-pub mod rate_group;
 pub mod reporting;
 pub mod sandbox;
 pub mod server;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use handoff_manager::download_loop::Schedule;
+use handoff_manager::downloads::download_loop::Schedule;
 use handoff_manager::reporting::completion::{self, Endpoint};
 use handoff_manager::server::{Config, Server};
 

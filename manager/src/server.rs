@@ -1,6 +1,6 @@
 //! The handshake loop: one mio `Poll` over the handoff listener, the signal descriptor
 //! and every handshake in progress. Each job whose worker said go is given to the least
-//! loaded download loop ([`crate::download_loop`], one thread per CPU by default).
+//! loaded download loop ([`crate::downloads::download_loop`], one thread per CPU by default).
 //!
 //! Guarantees:
 //! - A worker connection carries one handoff after another: after a go or a one-way
@@ -48,8 +48,8 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, MsgFlags, SockFlag};
 
-use crate::download;
-use crate::download_loop::{self, Command, Handle, LoopConfig, Schedule};
+use crate::downloads::download;
+use crate::downloads::download_loop::{self, Command, Handle, LoopConfig, Schedule};
 use crate::listener::{listen_on, remove_socket_file, same_user, tell_previous_to_drain, Bound};
 use crate::reporting::access_log::AccessLog;
 use crate::reporting::stats::Counters;
@@ -124,7 +124,7 @@ pub struct Config {
     /// Global bandwidth cap in bytes/s, shared evenly by the download loops (0: none).
     pub max_rate: u64,
     pub schedule: Schedule,
-    /// Relay pacing ([`crate::pacing`]): the budget's floor and the first window.
+    /// Relay pacing ([`crate::downloads::pacing`]): the budget's floor and the first window.
     pub relay_start_rate: u64,
     pub relay_start_bytes: u64,
     /// Completion records POSTed to a local endpoint (`--on-complete`), if any.
@@ -296,7 +296,7 @@ impl Server {
             linger_timeout: config.linger_timeout,
             max_rate: config.max_rate.div_ceil(threads as u64),
             schedule: config.schedule,
-            pacing: crate::pacing::PaceConfig {
+            pacing: crate::downloads::pacing::PaceConfig {
                 rate: config.relay_start_rate.div_ceil(threads as u64),
                 start_bytes: config.relay_start_bytes,
             },
@@ -311,7 +311,7 @@ impl Server {
             ),
             None => None,
         };
-        let groups = crate::rate_group::Groups::new(counters.clone());
+        let groups = crate::downloads::rate_group::Groups::new(counters.clone());
         let loops = (0..threads)
             .map(|i| {
                 download_loop::spawn(

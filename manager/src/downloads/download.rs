@@ -25,8 +25,8 @@ use nix::errno::Errno;
 use nix::sys::socket::{getsockopt, send, shutdown, sockopt, MsgFlags, Shutdown};
 use nix::sys::stat::{fstat, SFlag};
 
-use crate::fcgi;
-use crate::rate_group::Member;
+use crate::downloads::fcgi;
+use crate::downloads::rate_group::Member;
 use crate::reporting::join::FileId;
 use crate::reporting::outcome::Outcome;
 use crate::reporting::stats::Counters;

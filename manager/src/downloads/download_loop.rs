@@ -20,9 +20,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
 
-use crate::download::{Download, Step};
-use crate::pacing::{PaceConfig, Pacer};
-use crate::rate_group::Groups;
+use crate::downloads::download::{Download, Step};
+use crate::downloads::pacing::{PaceConfig, Pacer};
+use crate::downloads::rate_group::Groups;
 use crate::reporting::access_log::{AccessLog, Entry};
 use crate::reporting::completion::{Completions, Record};
 use crate::reporting::outcome::Outcome;
@@ -71,7 +71,7 @@ pub struct LoopConfig {
     /// This loop's share of the global bandwidth cap, bytes/s (0: none).
     pub max_rate: u64,
     pub schedule: Schedule,
-    /// Start pacing of relayed downloads ([`crate::pacing`]); `rate` is this loop's share.
+    /// Start pacing of relayed downloads ([`crate::downloads::pacing`]); `rate` is this loop's share.
     pub pacing: PaceConfig,
 }
 
