@@ -33,11 +33,12 @@
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of accepted descriptors,
 //!   glibc memory tunables).
 
+pub mod config;
 pub mod downloads;
-mod listener;
+pub mod error;
+pub mod handoffs;
 pub mod reporting;
 pub mod sandbox;
-pub mod server;
+pub mod startup;
 mod sys;
 pub mod systemd;
-pub mod waiting;

@@ -1,4 +1,5 @@
-//! `handoff-manager`: parses the command line and runs the event loop from the library.
+//! `handoff-manager`: parses the command line into a [`Config`], starts the daemon
+//! (`handoff_manager::startup`) and runs its handshake loop until it stops.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use handoff_manager::config::Config;
 use handoff_manager::downloads::download_loop::Schedule;
 use handoff_manager::reporting::completion::{self, Endpoint};
-use handoff_manager::server::{Config, Server};
+use handoff_manager::startup;
 
 /// Streams the files that PHP's send_file() hands over, so that PHP workers are free at once.
 #[derive(Debug, Parser)]
@@ -269,7 +271,7 @@ fn main() -> anyhow::Result<()> {
             join_entries: args.join_entries,
         }),
     };
-    let mut server = Server::bind(config).context("starting handoff-manager")?;
+    let mut server = startup::start(config).context("starting handoff-manager")?;
     server.run().context("running handoff-manager")?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! A download loop: one thread with its own mio `Poll` that owns the downloads handed to
 //! it and runs them to the end. The manager starts one per CPU by default; the handshake
-//! loop ([`crate::server`]) gives each accepted job to the least loaded one.
+//! loop ([`crate::handoffs::server`]) gives each accepted job to the least loaded one.
 //!
 //! Guarantees: a download is touched by exactly one thread; a loop told to drain takes no
 //! new work, finishes what it has, and cuts what is left when the grace period ends.

@@ -14,7 +14,7 @@
 //! - A one-way handoff is the manager's from the moment it is read: it runs, waits for a
 //!   place (`max_waiting`, `wait_timeout`; smallest first), or its client gets a response
 //!   written by the manager (503 with `Retry-After`, or 500 for an invalid job), logged and
-//!   counted ([`crate::waiting`]).
+//!   counted ([`crate::handoffs::waiting`]).
 //! - A malformed or unacceptable handoff is refused with a reason (logged, and told to the
 //!   worker, which then serves the request itself); its descriptors are closed; everyone
 //!   else keeps being served.
@@ -33,28 +33,24 @@
 //! Why this handshake is safe, step by step: docs/internals.md ("The handshake").
 
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::errno::Errno;
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{accept4, MsgFlags, SockFlag};
 
+use crate::config::Config;
 use crate::downloads::download;
-use crate::downloads::download_loop::{self, Command, Handle, LoopConfig, Schedule};
-use crate::listener::{listen_on, remove_socket_file, same_user, tell_previous_to_drain, Bound};
-use crate::reporting::access_log::AccessLog;
+use crate::downloads::download_loop::{Command, Handle};
+use crate::error::{io_err, ServerError};
+use crate::handoffs::listener::{remove_socket_file, same_user, Listening};
+use crate::handoffs::waiting::{self, Queue, Refusal};
 use crate::reporting::stats::Counters;
-use crate::sandbox;
-use crate::waiting::{self, Queue, Refusal};
 use handoff_core::io_class::{classify, classify_io, IoClass};
 use handoff_core::protocol::{self, BadHandoff, Incoming, ProtocolError, Received, Reply};
 
@@ -75,91 +71,6 @@ const WAITING_TICK: Duration = Duration::from_millis(5);
 /// A worker connection with no handoff for this long is closed; the PHP process reconnects
 /// on its next handoff.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Everything the loop needs to know; `main` fills it from the command line.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub socket: PathBuf,
-    pub socket_mode: u32,
-    /// A download whose client takes no byte for this long is dropped.
-    pub send_timeout: Duration,
-    /// How long a finished download waits for the peer to close.
-    pub linger_timeout: Duration,
-    /// How long a worker may take between connecting and `Go`.
-    pub handshake_timeout: Duration,
-    /// How long running downloads may continue after SIGTERM / SIGINT.
-    pub grace: Duration,
-    /// Group to give the socket to (with `socket_mode` 0660: who may hand off).
-    pub socket_group: Option<String>,
-    /// Unprivileged user to become after binding (when started as root).
-    pub user: Option<String>,
-    /// Peers allowed by `SO_PEERCRED`, checked on every connection; both empty means any
-    /// peer that the socket's permissions let in.
-    pub allow_uids: Vec<u32>,
-    pub allow_gids: Vec<u32>,
-    /// Give up filesystem access with Landlock after start-up.
-    pub sandbox: bool,
-    /// Refuse new handoffs while this many downloads run or wait for their go (0: no
-    /// limit but the fd limit).
-    pub max_downloads: usize,
-    /// Most handshakes held at once (connected workers that have not yet said go, or been
-    /// refused); each may hold a 64 KiB job and two descriptors until `handshake_timeout`.
-    pub max_handshakes: usize,
-    /// Most worker connections kept idle between handoffs; past it the connection idle
-    /// longest is closed (its worker reconnects on its next handoff).
-    pub max_idle: usize,
-    /// One-way handoffs that may wait for a place under `max_downloads`; more are answered
-    /// with 503.
-    pub max_waiting: usize,
-    /// How long a one-way handoff may wait for a place before it is answered with 503.
-    pub wait_timeout: Duration,
-    /// JSON access log: a file, `-` for stderr, or none.
-    pub access_log: Option<PathBuf>,
-    /// Number of download loops (threads); 0 means one per CPU.
-    pub threads: usize,
-    /// Address for `/metrics` (Prometheus) and `/status` (JSON), e.g. 127.0.0.1:9901.
-    pub metrics: Option<std::net::SocketAddr>,
-    /// Take the socket path over from a running manager, which then drains.
-    pub takeover: bool,
-    /// Global bandwidth cap in bytes/s, shared evenly by the download loops (0: none).
-    pub max_rate: u64,
-    pub schedule: Schedule,
-    /// Relay pacing ([`crate::downloads::pacing`]): the budget's floor and the first window.
-    pub relay_start_rate: u64,
-    pub relay_start_bytes: u64,
-    /// Completion records POSTed to a local endpoint (`--on-complete`), if any.
-    pub on_complete: Option<crate::reporting::completion::Settings>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("{op} {path}: {errno}")]
-    Socket {
-        op: &'static str,
-        path: PathBuf,
-        errno: Errno,
-    },
-    #[error("another manager is already listening on {path}")]
-    InUse { path: PathBuf },
-    #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket { path: PathBuf },
-    #[error("{op}: {source}")]
-    Io {
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("signal setup: {0}")]
-    Signal(Errno),
-    #[error(transparent)]
-    Sandbox(#[from] crate::sandbox::SandboxError),
-    #[error(transparent)]
-    Systemd(#[from] crate::systemd::SystemdError),
-}
-
-pub(crate) fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ServerError {
-    move |source| ServerError::Io { op, source }
-}
 
 /// A worker's handoff socket and how far its handshake has come.
 struct Handshake {
@@ -204,72 +115,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Creates the socket (replacing a stale one), blocks SIGTERM/SIGINT into a signalfd and
-    /// registers both. Call from the main thread before any other thread starts.
-    pub fn bind(config: Config) -> Result<Server, ServerError> {
-        // First, before this process opens any descriptor: a socket systemd passed is
-        // descriptor 3.
-        let inherited = crate::systemd::listen_socket()?;
-        let notifier = crate::systemd::Notifier::from_env();
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGTERM);
-        mask.add(Signal::SIGINT);
-        mask.thread_block().map_err(ServerError::Signal)?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(ServerError::Signal)?;
-
-        raise_fd_limit();
-        crate::sys::single_malloc_arena();
-        let access_log = Arc::new(Mutex::new(
-            AccessLog::open(config.access_log.as_deref())
-                .map_err(io_err("opening the access log"))?,
-        ));
-        let (listener, socket_ino) = match inherited {
-            Some((sock, path)) => {
-                let path = path.unwrap_or_default();
-                info!("using the socket systemd passed: {}", path.display());
-                if path != config.socket {
-                    warn!(
-                        "--socket {} is not the socket systemd passed ({}): handoff.socket \
-                         must name the latter",
-                        config.socket.display(),
-                        path.display()
-                    );
-                }
-                (sock, None)
-            }
-            None => {
-                let Bound {
-                    sock,
-                    ino,
-                    previous,
-                } = listen_on(&config.socket, config.socket_mode, config.takeover)?;
-                if let Some(prev) = previous {
-                    tell_previous_to_drain(&prev);
-                }
-                // systemd sets a passed socket's group itself (SocketGroup=).
-                if let Some(group) = &config.socket_group {
-                    let group = sandbox::lookup_group(group)?;
-                    sandbox::set_socket_group(&config.socket, &group)?;
-                }
-                (sock, Some(ino))
-            }
-        };
-        if let Some(user) = &config.user {
-            let user = sandbox::lookup_user(user)?;
-            sandbox::drop_to(&user, &config.socket)?;
-        }
-        // Listed later by the metrics thread, but opened now, before the sandbox.
-        let open_fds = config
-            .metrics
-            .map(|_| crate::reporting::metrics::OpenFds::open());
-        if config.sandbox {
-            // A container's seccomp profile may forbid Landlock's system calls: run
-            // unsandboxed then, and say so, rather than not at all.
-            if let Err(e) = sandbox::restrict_filesystem(&config.socket) {
-                warn!("{e}: filesystem access not restricted");
-            }
-        }
+    /// The handshake loop's `Poll`, watching the listening socket and the signal descriptor.
+    pub(crate) fn handshake_poll(
+        listener: &OwnedFd,
+        signals: &SignalFd,
+    ) -> Result<Poll, ServerError> {
         let poll = Poll::new().map_err(io_err("creating poll"))?;
         poll.registry()
             .register(
@@ -285,67 +135,26 @@ impl Server {
                 Interest::READABLE,
             )
             .map_err(io_err("registering signals"))?;
-        let counters = Arc::new(Counters::default());
-        let threads = if config.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            config.threads
-        };
-        let loop_config = LoopConfig {
-            send_timeout: config.send_timeout,
-            linger_timeout: config.linger_timeout,
-            max_rate: config.max_rate.div_ceil(threads as u64),
-            schedule: config.schedule,
-            pacing: crate::downloads::pacing::PaceConfig {
-                rate: config.relay_start_rate.div_ceil(threads as u64),
-                start_bytes: config.relay_start_bytes,
-            },
-        };
-        let completions = match &config.on_complete {
-            Some(settings) => Some(
-                crate::reporting::completion::Completions::start(
-                    settings.clone(),
-                    counters.clone(),
-                )
-                .map_err(io_err("starting the completion record thread"))?,
-            ),
-            None => None,
-        };
-        let groups = crate::downloads::rate_group::Groups::new(counters.clone());
-        let loops = (0..threads)
-            .map(|i| {
-                download_loop::spawn(
-                    i,
-                    loop_config,
-                    counters.clone(),
-                    access_log.clone(),
-                    completions.clone(),
-                    groups.clone(),
-                )
-            })
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(io_err("starting download loops"))?;
-        if let (Some(addr), Some(open_fds)) = (config.metrics, open_fds) {
-            let boards = loops.iter().map(|w| w.board.clone()).collect();
-            crate::reporting::metrics::serve(addr, counters.clone(), boards, open_fds)
-                .map_err(io_err("starting the metrics listener"))?;
-            info!(
-                "metrics on http://{addr}/metrics, status on http://{addr}/status, \
-                 health on http://{addr}/healthz"
-            );
-        }
-        info!(
-            "listening on {} (mode {:o}), {threads} download loop(s)",
-            config.socket.display(),
-            config.socket_mode
-        );
-        notifier.notify("READY=1");
-        Ok(Server {
+        Ok(poll)
+    }
+
+    /// The handshake loop over a listening socket, once start-up ([`crate::startup`]) has
+    /// done everything else.
+    pub(crate) fn new(
+        config: Config,
+        poll: Poll,
+        listening: Listening,
+        signals: SignalFd,
+        notifier: crate::systemd::Notifier,
+        loops: Vec<Handle>,
+        counters: Arc<Counters>,
+    ) -> Server {
+        Server {
             waiting: Queue::new(config.max_waiting, config.wait_timeout),
             config,
             poll,
-            listener: Some(listener),
-            socket_ino,
+            listener: Some(listening.sock),
+            socket_ino: listening.ino,
             notifier,
             signals,
             conns: HashMap::new(),
@@ -354,7 +163,7 @@ impl Server {
             awaiting_go: 0,
             loops,
             counters,
-        })
+        }
     }
 
     /// Runs until a stop signal has been handled and the downloads are over.
@@ -1032,22 +841,10 @@ impl Drop for Server {
     }
 }
 
-/// Each download holds two descriptors: take the whole hard limit.
-fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => info!("open file limit raised from {soft} to {hard}"),
-            Err(e) => warn!("cannot raise the open file limit from {soft}: {e}"),
-        },
-        Ok((soft, _)) => debug!("open file limit {soft}"),
-        Err(e) => warn!("reading the open file limit: {e}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::errno::Errno;
     use nix::sys::socket::{socketpair, AddressFamily, SockType};
 
     fn pair() -> (OwnedFd, OwnedFd) {
