@@ -33,6 +33,8 @@
 //! - [`sys`]: the crate's only `unsafe` code (taking ownership of accepted descriptors,
 //!   glibc memory tunables).
 
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod downloads;
 pub mod error;
@@ -40,5 +42,6 @@ pub mod handoffs;
 pub mod reporting;
 pub mod sandbox;
 pub mod startup;
+#[allow(unsafe_code)]
 mod sys;
 pub mod systemd;

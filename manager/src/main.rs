@@ -1,6 +1,8 @@
 //! `handoff-manager`: parses the command line into a [`Config`], starts the daemon
 //! (`handoff_manager::startup`) and runs its handshake loop until it stops.
 
+#![deny(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -42,7 +42,7 @@ use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signalfd::SignalFd;
-use nix::sys::socket::{accept4, SockFlag};
+use nix::sys::socket::SockFlag;
 
 use crate::config::Config;
 use crate::downloads::download_loop::{Command, Handle};
@@ -251,12 +251,11 @@ impl Server {
             return;
         };
         loop {
-            match accept4(
-                listener.as_raw_fd(),
+            match crate::sys::accept4(
+                listener.as_fd(),
                 SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
             ) {
-                Ok(raw) => {
-                    let sock = crate::sys::own_new_fd(raw);
+                Ok(sock) => {
                     if self.busy_handshakes() >= self.config.max_handshakes {
                         // Refused before anything is read: the job (if one was sent) and
                         // its descriptors are discarded by the kernel with the socket.
