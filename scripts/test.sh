@@ -4,7 +4,7 @@
 #   bash scripts/test.sh
 #
 # Installs what is missing and builds (scripts/setup.sh), then: shell/PHP lint, rustfmt check,
-# clippy with warnings as errors, release build, a smoke test of scripts/demo.sh, bounded
+# no import cycle between modules, clippy with warnings as errors, release build, a smoke test of scripts/demo.sh, bounded
 # fuzzing (scripts/fuzz.sh), every test of the workspace in release mode (the integration
 # tests load target/release/libhandoff.so into real php / php-fpm / nginx / lighttpd / Caddy
 # / Apache), the integration tests again in two Debian roots (scripts/php-root.sh): PHP 8.4
@@ -55,6 +55,9 @@ done
 
 step "cargo fmt --all --check"
 cargo fmt --all --check
+
+step "no import cycle between modules (scripts/module-cycles.py)"
+python3 scripts/module-cycles.py manager/src core/src
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
