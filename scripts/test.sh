@@ -4,8 +4,8 @@
 #   bash scripts/test.sh
 #
 # Installs what is missing and builds (scripts/setup.sh), then: shell/PHP lint, rustfmt check,
-# no import cycle between modules, clippy with warnings as errors, release build, a smoke test of scripts/demo.sh, bounded
-# fuzzing (scripts/fuzz.sh), every test of the workspace in release mode (the integration
+# no import cycle between modules, clippy with warnings as errors, release build, a smoke
+# test of scripts/demo.sh, bounded fuzzing (scripts/fuzz.sh), every test of the workspace in release mode (the integration
 # tests load target/release/libhandoff.so into real php / php-fpm / nginx / lighttpd / Caddy
 # / Apache), the integration tests again in two Debian roots (scripts/php-root.sh): PHP 8.4
 # with Symfony 6.4 and Laravel 10.48 (Debian 13), PHP 8.5 with Symfony 7.4 and Laravel 13
