@@ -48,7 +48,7 @@ const BUDGET: usize = 2 << 20;
 const TICK: Duration = Duration::from_millis(250);
 /// The download loops' nice value, above the PHP workers' (the process's): moving bytes
 /// yields to the requests the workers serve. The handshake thread runs at the same value
-/// (`server.rs`, `HANDSHAKE_NICE`).
+/// (`handoffs/server/mod.rs`, `HANDSHAKE_NICE`).
 const LOOP_NICE: i32 = 5;
 
 /// What the handshake loop tells a download loop.

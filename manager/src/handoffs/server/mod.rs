@@ -30,7 +30,13 @@
 //!   of them has gone or failed), running downloads get `grace` to finish, then the manager
 //!   exits.
 //!
-//! Why this handshake is safe, step by step: docs/internals.md ("The handshake").
+//! Why this handshake is safe, step by step: docs/internals.md ("The one-way handoff",
+//! "The confirmed handshake").
+//!
+//! The parts: this file holds the loop, accepting connections, the idle bound and handing
+//! jobs to the download loops; `receive.rs` reads and checks what a worker sends;
+//! `timeouts.rs` ends handshakes and idle connections that last too long; `shutdown.rs`
+//! handles signals and drain. Start-up, which builds the loop, is `crate::startup`.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
