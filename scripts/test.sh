@@ -4,13 +4,14 @@
 #   bash scripts/test.sh
 #
 # Installs what is missing and builds (scripts/setup.sh), then: shell/PHP lint, rustfmt check,
-# clippy with warnings as errors, release build, a smoke test of scripts/demo.sh, bounded
-# fuzzing (scripts/fuzz.sh), every test of the workspace in release mode (the integration
-# tests load target/release/libhandoff.so into real php / php-fpm / nginx / lighttpd / Caddy
-# / Apache), the integration tests again in two Debian roots (scripts/php-root.sh): PHP 8.4
-# with Symfony 6.4 and Laravel 10.48 (Debian 13), PHP 8.5 with Symfony 7.4 and Laravel 13
-# (sid + experimental), docker-compose.yml built and run for real (scripts/compose-test.sh),
-# and the Debian packages installed into clean Debian 12 and 13 roots (scripts/package-test.sh).
+# no import cycle between modules, clippy with warnings as errors, release build, a smoke test
+# of scripts/demo.sh, bounded fuzzing (scripts/fuzz.sh), every test of the workspace in
+# release mode (the integration tests load target/release/libhandoff.so into real php /
+# php-fpm / nginx / lighttpd / Caddy / Apache), the integration tests again in two Debian
+# roots (scripts/php-root.sh): PHP 8.4 with Symfony 6.4 and Laravel 10.48 (Debian 13), PHP 8.5
+# with Symfony 7.4 and Laravel 13 (sid + experimental), docker-compose.yml built and run for
+# real (scripts/compose-test.sh), and the Debian packages installed into clean Debian 12 and
+# 13 roots (scripts/package-test.sh).
 # Works as root with no stdin and CI=true.
 set -euo pipefail
 
@@ -55,6 +56,9 @@ done
 
 step "cargo fmt --all --check"
 cargo fmt --all --check
+
+step "no import cycle between modules (scripts/module-cycles.py)"
+python3 scripts/module-cycles.py manager/src core/src src
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -1,4 +1,7 @@
-//! `handoff-manager`: parses the command line and runs the event loop from the library.
+//! `handoff-manager`: parses the command line into a [`Config`], starts the daemon
+//! (`handoff_manager::startup`) and runs its handshake loop until it stops.
+
+#![deny(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use handoff_manager::completion::{self, Endpoint};
-use handoff_manager::download_loop::Schedule;
-use handoff_manager::server::{Config, Server};
+use handoff_manager::config::Config;
+use handoff_manager::downloads::download_loop::Schedule;
+use handoff_manager::reporting::completion::{self, Endpoint};
+use handoff_manager::startup;
 
 /// Streams the files that PHP's send_file() hands over, so that PHP workers are free at once.
 #[derive(Debug, Parser)]
@@ -218,11 +222,14 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Some(Cmd::Status { metrics }) => {
-            return handoff_manager::metrics::print_status(metrics, &mut std::io::stdout())
-                .with_context(|| format!("reading status from {metrics}"));
+            return handoff_manager::reporting::metrics::print_status(
+                metrics,
+                &mut std::io::stdout(),
+            )
+            .with_context(|| format!("reading status from {metrics}"));
         }
         Some(Cmd::Health { metrics }) => {
-            let (healthy, answer) = handoff_manager::metrics::health(metrics)
+            let (healthy, answer) = handoff_manager::reporting::metrics::health(metrics)
                 .with_context(|| format!("asking {metrics} for /healthz"))?;
             print!("{answer}");
             std::process::exit(if healthy { 0 } else { 1 });
@@ -266,7 +273,7 @@ fn main() -> anyhow::Result<()> {
             join_entries: args.join_entries,
         }),
     };
-    let mut server = Server::bind(config).context("starting handoff-manager")?;
+    let mut server = startup::start(config).context("starting handoff-manager")?;
     server.run().context("running handoff-manager")?;
     Ok(())
 }

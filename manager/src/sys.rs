@@ -1,21 +1,23 @@
-//! The crate's only `unsafe` code: taking ownership of descriptor numbers that `accept4`
-//! just created for this process or that systemd passed to it, two glibc memory tunables,
-//! a thread's nice value, and the bytes still unread in a socket.
+//! The crate's only `unsafe` code (`lib.rs` denies it everywhere else): taking ownership of
+//! the descriptor numbers that `accept4` just created for this process or that systemd
+//! passed to it (both leave this module as `OwnedFd`), two glibc memory tunables, a
+//! thread's nice value, and the bytes still unread in a socket.
 //! (Descriptors received by `SCM_RIGHTS` are owned by `handoff_core`'s own `sys` module.)
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::libc;
+use nix::sys::socket::SockFlag;
 
-/// Wraps a descriptor that the kernel has just created for us and that nothing else owns.
-///
-/// Callers pass only numbers returned by a successful `accept4()`; each number is wrapped
-/// exactly once, right away, so that every path (including errors) closes it.
-pub(crate) fn own_new_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: per the contract above, `fd` is open, was created by the kernel for this
-    // process during the call that returned it, and has no other owner.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// `accept4()` on a listening socket: the new connection comes back owned, wrapped the
+/// moment the kernel returns its number, so that every path (including errors) closes it
+/// and no bare descriptor number leaves this module.
+pub(crate) fn accept4(listener: BorrowedFd<'_>, flags: SockFlag) -> Result<OwnedFd, Errno> {
+    let fd = nix::sys::socket::accept4(listener.as_raw_fd(), flags)?;
+    // SAFETY: a successful accept4() has just created `fd` for this process and returned
+    // it to this call alone: it is open, has no other owner, and is wrapped exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Takes ownership of descriptor `fd`, which systemd's socket activation passed to this

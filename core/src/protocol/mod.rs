@@ -71,7 +71,7 @@
 //!   non-blocking send per handoff).
 //! - `manager`: the manager's side: receiving a message with its descriptors and checking
 //!   it ([`recv_job`] into [`Incoming`], [`Received`], [`BadHandoff`]); the manager crate
-//!   runs the handshake with it (`manager/src/server.rs`).
+//!   runs the handshake with it (`manager/src/handoffs/server/`).
 //!
 //! [`ProtocolError`], every side's error, is here. The paths `handoff_core::protocol::X`
 //! name every public item whichever part holds it.

@@ -29,7 +29,7 @@ use super::ProtocolError;
 /// the job, waiting for accept): each step waits only for what is left of it. `go` never
 /// waits. The manager's own limit (`--handshake-timeout`) runs from its accept to the go;
 /// if it fires first, the go fails with `EPIPE` and the worker serves the request itself,
-/// and a go that was sent before is still honoured (see `manager/src/server.rs` and
+/// and a go that was sent before is still honoured (see `manager/src/handoffs/server/` and
 /// docs/internals.md, "The handshake").
 #[derive(Debug)]
 pub struct Offer {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use handoff_core::head::{Head, Header};
 use handoff_core::plan::Piece;
 use handoff_core::protocol::{Framing, Job, Received};
-use handoff_manager::download::{self, Download, Step};
+use handoff_manager::downloads::download::{self, Download, Step};
 use libfuzzer_sys::fuzz_target;
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};

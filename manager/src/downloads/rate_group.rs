@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::stats::Counters;
+use crate::reporting::stats::Counters;
 use handoff_core::bucket::TokenBucket;
 
 /// A group's bucket and how many downloads share it.

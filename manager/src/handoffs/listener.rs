@@ -14,7 +14,7 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::Mode;
 
-use crate::server::{io_err, ServerError};
+use crate::error::{io_err, ServerError};
 use handoff_core::protocol::{self, ProtocolError, Reply};
 
 /// Only the manager's own user (or root) may make it drain: any other local user allowed
@@ -45,6 +45,14 @@ pub(crate) fn tell_previous_to_drain(prev: &OwnedFd) {
         Ok(other) => warn!("the previous manager answered {other:?} to drain"),
         Err(e) => warn!("the previous manager did not confirm drain: {e}"),
     }
+}
+
+/// The socket the handshake loop listens on, and the inode of its file when the manager
+/// created it: only that file is removed at shutdown. `None` for a socket systemd passed:
+/// its file is systemd's, and stays for the next manager.
+pub(crate) struct Listening {
+    pub sock: OwnedFd,
+    pub ino: Option<u64>,
 }
 
 /// The bound socket, its inode (so that shutdown removes only our own socket file), and,

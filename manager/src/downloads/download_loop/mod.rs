@@ -1,9 +1,13 @@
 //! A download loop: one thread with its own mio `Poll` that owns the downloads handed to
 //! it and runs them to the end. The manager starts one per CPU by default; the handshake
-//! loop ([`crate::server`]) gives each accepted job to the least loaded one.
+//! loop ([`crate::handoffs::server`]) gives each accepted job to the least loaded one.
 //!
 //! Guarantees: a download is touched by exactly one thread; a loop told to drain takes no
 //! new work, finishes what it has, and cuts what is left when the grace period ends.
+//!
+//! The parts: this file runs the loop (commands, events, timeouts); `rates.rs` decides who
+//! writes under the `--max-rate` cap and relay pacing; `report.rs` publishes the live list
+//! and reports each finished download.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -15,20 +19,26 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
 
-use crate::access_log::{AccessLog, Entry};
-use crate::completion::{Completions, Record};
-use crate::download::{Download, Outcome, Step};
-use crate::pacing::{PaceConfig, Pacer};
-use crate::rate_group::Groups;
-use crate::stats::{Board, Counters, Snapshot};
+use crate::downloads::download::{Download, Step};
+use crate::downloads::pacing::{PaceConfig, Pacer};
+use crate::downloads::rate_group::Groups;
+use crate::reporting::access_log::AccessLog;
+use crate::reporting::completion::Completions;
+use crate::reporting::outcome::Outcome;
+use crate::reporting::stats::{Board, Counters};
 use handoff_core::bucket::TokenBucket;
 use handoff_core::io_class::{classify_io, IoClass};
 use handoff_core::protocol::Received;
+
+mod rates;
+mod report;
+
+use rates::{cap_bucket, cap_wait, in_start_phase};
 
 const WAKER: Token = Token(0);
 const FIRST: usize = 1;
@@ -36,12 +46,9 @@ const FIRST: usize = 1;
 const BUDGET: usize = 2 << 20;
 /// How often timeouts are checked and the status board is refreshed.
 const TICK: Duration = Duration::from_millis(250);
-/// Under a bandwidth cap, a download that has waited this long is served first whatever
-/// its size: the starvation bound of shortest-remaining-first.
-const STARVE: Duration = Duration::from_secs(1);
 /// The download loops' nice value, above the PHP workers' (the process's): moving bytes
 /// yields to the requests the workers serve. The handshake thread runs at the same value
-/// (`server.rs`, `HANDSHAKE_NICE`).
+/// (`handoffs/server/mod.rs`, `HANDSHAKE_NICE`).
 const LOOP_NICE: i32 = 5;
 
 /// What the handshake loop tells a download loop.
@@ -70,19 +77,8 @@ pub struct LoopConfig {
     /// This loop's share of the global bandwidth cap, bytes/s (0: none).
     pub max_rate: u64,
     pub schedule: Schedule,
-    /// Start pacing of relayed downloads ([`crate::pacing`]); `rate` is this loop's share.
+    /// Start pacing of relayed downloads ([`crate::downloads::pacing`]); `rate` is this loop's share.
     pub pacing: PaceConfig,
-}
-
-/// The loop's bandwidth cap: a bucket of 1/20 s of the rate (at least 64 KiB).
-fn cap_bucket(rate: u64, now: Instant) -> TokenBucket {
-    TokenBucket::full(rate, (rate as f64 / 20.0).max(64.0 * 1024.0), now)
-}
-
-/// How long until the cap holds a useful amount (1/8 of its capacity).
-fn cap_wait(cap: &TokenBucket) -> Duration {
-    cap.time_until(cap.capacity() / 8.0)
-        .max(Duration::from_millis(1))
 }
 
 /// The handshake loop's end of one download loop.
@@ -286,153 +282,6 @@ impl Loop {
         timeout
     }
 
-    /// The first window of a relayed download; 0 while relay pacing is off.
-    fn start_bytes(&self) -> u64 {
-        self.pacer.as_ref().map_or(0, Pacer::start_bytes)
-    }
-
-    /// Whether download `id` is paced.
-    fn in_start(&self, id: usize) -> bool {
-        let start_bytes = self.start_bytes();
-        self.downloads
-            .get(&id)
-            .is_some_and(|d| in_start_phase(d, start_bytes))
-    }
-
-    /// Relay pacing: at the end of each interval the budget follows what the relayed
-    /// sockets drained; when a round begins, the downloads that waited for it write, in
-    /// turn.
-    fn pace(&mut self, now: Instant) {
-        if self.pacer.as_ref().is_some_and(|p| p.due(now)) {
-            let drained: u64 = self
-                .downloads
-                .values_mut()
-                .filter(|d| d.is_relayed())
-                .map(|d| d.drained())
-                .sum();
-            if let Some(pacer) = &mut self.pacer {
-                pacer.measured(drained, now);
-            }
-        }
-        let Some(waiting) = self.pacer.as_mut().and_then(|p| p.begin_round(now)) else {
-            return;
-        };
-        for id in waiting {
-            self.write_starting(id, now, false);
-        }
-    }
-
-    /// A writable relayed download writes its first window at once, then what the budget
-    /// allows (a quantum at most), or waits for the next round. One that is not paced
-    /// (finished writing) is back on the ordinary path. Under `--max-rate`, past its first
-    /// window it writes only when the cap's scheduler gives it a turn (`scheduled`): were it
-    /// to write whenever it happens to be writable, the downloads woken most often (a
-    /// stream of new ones) would take the cap's bytes before the scheduler could share them.
-    fn write_starting(&mut self, id: usize, now: Instant, scheduled: bool) {
-        let start_bytes = self.start_bytes();
-        let (Some(pacer), Some(d)) = (self.pacer.as_mut(), self.downloads.get_mut(&id)) else {
-            return;
-        };
-        if !in_start_phase(d, start_bytes) {
-            self.on_event(id, false, true, now);
-            return;
-        }
-        // The head and the first window go out at once: pacing never delays a response's
-        // head. Only what follows waits for the budget.
-        let free = start_bytes.saturating_sub(d.written());
-        if free == 0 && !scheduled && self.cap.is_some() {
-            self.wanting.insert(id);
-            return;
-        }
-        let allowed = if free > 0 {
-            free
-        } else if let Some(allowed) = pacer.allowance(now) {
-            allowed
-        } else {
-            pacer.defer(id);
-            return;
-        };
-        // The cap is asked before writing, like every other write under it: a start phase
-        // never borrows from it (the head too waits for the cap).
-        let allowed = match &mut self.cap {
-            Some(cap) => match cap.available(now) {
-                0 => {
-                    self.wanting.insert(id);
-                    return;
-                }
-                n => allowed.min(n),
-            },
-            None => allowed,
-        };
-        let budget = allowed.min(BUDGET as u64);
-        let before = d.written();
-        let step = d.on_writable(budget as usize, now);
-        let spent = d.written() - before;
-        pacer.charge(spent.saturating_sub(free));
-        if let Some(cap) = &mut self.cap {
-            cap.take(spent);
-        }
-        self.apply(id, step);
-    }
-
-    /// Under a bandwidth cap: gives the available bytes to the waiting downloads, the
-    /// starved first, then every other turn by the schedule (shortest remaining, or served
-    /// longest ago) and in between by round robin, so that at least half of the cap is
-    /// shared fairly: a stream of new, shorter downloads cannot starve a running one.
-    fn schedule(&mut self, now: Instant) {
-        let Some(cap) = &mut self.cap else {
-            return;
-        };
-        if self.wanting.is_empty() || cap.available(now) == 0 {
-            return;
-        }
-        self.fair_turn = !self.fair_turn;
-        let schedule = if self.fair_turn {
-            Schedule::Fair
-        } else {
-            self.config.schedule
-        };
-        let mut order: Vec<(bool, u64, Instant, usize)> = self
-            .wanting
-            .iter()
-            .filter_map(|&id| self.downloads.get(&id).map(|d| (id, d)))
-            .map(|(id, d)| {
-                let starved = now.duration_since(d.last_progress()) >= STARVE;
-                (!starved, d.remaining(), d.last_progress(), id)
-            })
-            .collect();
-        match schedule {
-            Schedule::Srpt => order.sort_unstable_by_key(|&(s, rem, last, _)| (s, rem, last)),
-            Schedule::Fair => order.sort_unstable_by_key(|&(s, _, last, _)| (s, last)),
-        }
-        for (_, _, _, id) in order {
-            let budget = self.cap.as_mut().map_or(0, |cap| cap.available(now));
-            if budget == 0 {
-                break;
-            }
-            if self.in_start(id) {
-                // Start pacing and the cap both decide (it comes back if the cap runs dry).
-                self.wanting.remove(&id);
-                self.write_starting(id, now, true);
-                continue;
-            }
-            let Some(d) = self.downloads.get_mut(&id) else {
-                self.wanting.remove(&id);
-                continue;
-            };
-            let budget = usize::try_from(budget).unwrap_or(BUDGET).min(BUDGET);
-            let before = d.written();
-            let step = d.on_writable(budget, now);
-            if let Some(cap) = &mut self.cap {
-                cap.take(d.written() - before);
-            }
-            if step != Step::Yield {
-                self.wanting.remove(&id);
-                self.apply(id, step);
-            }
-        }
-    }
-
     /// After a burst, give back the tables' room and the allocator's free memory.
     /// Also once each time the loop falls idle, so that the last frees of a burst are
     /// returned too.
@@ -559,102 +408,6 @@ impl Loop {
             self.finish(id, outcome);
         }
     }
-
-    fn publish(&self, now: Instant) {
-        let list = self
-            .downloads
-            .values()
-            .map(|d| Snapshot {
-                client: d.client.clone(),
-                file: d.file_name.clone(),
-                tag: d.tag.clone(),
-                status: d.status,
-                sent: d.sent,
-                planned: d.planned,
-                elapsed_ms: now.duration_since(d.started).as_millis() as u64,
-            })
-            .collect();
-        self.board.publish(list);
-    }
-
-    /// Removes a download, closing its descriptors, and logs it.
-    fn finish(&mut self, id: usize, outcome: Outcome) {
-        let Some(d) = self.downloads.remove(&id) else {
-            return;
-        };
-        self.wanting.remove(&id);
-        if let Some(pacer) = &mut self.pacer {
-            pacer.forget(id);
-        }
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&d.socket().as_raw_fd()));
-        self.load.fetch_sub(1, Ordering::Relaxed);
-        self.counters.active.fetch_sub(1, Ordering::Relaxed);
-        self.counters.count_outcome(&outcome);
-        let duration = d.started.elapsed();
-        self.counters.download_seconds.observe(duration);
-        if let Some(first) = d.first_byte() {
-            self.counters
-                .first_byte_seconds
-                .observe(first.duration_since(d.started));
-        }
-        info!(
-            "download client={:?} file={:?} status={} bytes={} planned={} {} duration_ms={}",
-            d.client,
-            d.file_name,
-            d.status,
-            d.sent,
-            d.planned,
-            outcome,
-            duration.as_millis()
-        );
-        if let Ok(mut log) = self.access_log.lock() {
-            log.write(&Entry {
-                client: &d.client,
-                file: &d.file_name,
-                tag: (!d.tag.is_empty()).then_some(d.tag.as_str()),
-                status: d.status,
-                range: d.range.as_deref(),
-                bytes_sent: d.sent,
-                bytes_planned: d.planned,
-                outcome: &outcome,
-                duration,
-            });
-        }
-        if let Some(completions) = &self.completions {
-            let record = Record {
-                id: completions.next_id(),
-                tag: (!d.tag.is_empty()).then(|| d.tag.clone()),
-                file: d.file_name.clone(),
-                status: d.status,
-                range: d.range.clone(),
-                ranges: d
-                    .file_ranges
-                    .iter()
-                    .map(|&(offset, length)| (offset, offset + length - 1))
-                    .collect(),
-                bytes_planned: d.planned,
-                bytes_sent: d.sent,
-                outcome,
-                started: d.started_at,
-                duration,
-                client: d.client.clone(),
-                file_size: None,
-                joined_bytes: 0,
-                file_complete: false,
-            };
-            completions.report(record, d.file_id, &d.file_ranges);
-        }
-    }
-}
-
-/// Whether relay pacing governs a download: relayed by a web server, longer than the
-/// first window (a shorter one fills no buffer beyond its own end, so pacing it would only
-/// slow small files down), and still sending (`start_bytes` is 0 while pacing is off).
-fn in_start_phase(d: &Download, start_bytes: u64) -> bool {
-    start_bytes > 0 && d.is_relayed() && d.planned > start_bytes && !d.is_lingering()
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {

@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::download::Outcome;
+use crate::reporting::outcome::Outcome;
 
 /// Where the lines go.
 pub enum AccessLog {
@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(v["outcome"], "timed_out");
         assert!(v["reason"].is_null());
         assert_eq!(Outcome::TimedOut.to_string(), "outcome=timed_out");
-        let c = crate::stats::Counters::default();
+        let c = crate::reporting::stats::Counters::default();
         c.count_outcome(&Outcome::TimedOut);
         assert!(c
             .prometheus()

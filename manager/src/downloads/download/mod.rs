@@ -13,142 +13,35 @@
 //! The socket is non-blocking and registered edge-triggered: every call drains until the
 //! kernel says `EAGAIN` or the per-wake-up byte budget is spent (fairness between
 //! downloads), and says which of the two happened.
+//!
+//! The parts: this file writes (head, body, the rate limits' allowance); `body.rs` queues
+//! the body's pieces and cuts them into FastCGI records; `linger.rs` ends a download
+//! (lingering close, timeouts); `validate.rs` checks a received job before it is accepted.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::debug;
 use nix::errno::Errno;
-use nix::sys::socket::{getsockopt, send, shutdown, sockopt, MsgFlags, Shutdown};
-use nix::sys::stat::{fstat, SFlag};
+use nix::sys::socket::{send, MsgFlags};
+use nix::sys::stat::fstat;
 
-use crate::fcgi;
-use crate::join::FileId;
-use crate::rate_group::Member;
-use crate::stats::Counters;
+use crate::downloads::fcgi;
+use crate::downloads::rate_group::Member;
+use crate::reporting::join::FileId;
+use crate::reporting::outcome::Outcome;
+use crate::reporting::stats::Counters;
 use handoff_core::bucket::TokenBucket;
 use handoff_core::io_class::{classify, IoClass};
 use handoff_core::plan::Piece;
 use handoff_core::protocol::{Framing, Job, Received};
 
-/// How a download ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every planned byte was written.
-    Complete,
-    /// The client went away or the connection failed.
-    Aborted(String),
-    /// The client accepted no byte for the send timeout.
-    TimedOut,
-    /// The file ended before the planned bytes (it shrank while being sent).
-    Truncated,
-}
+mod body;
+mod linger;
+mod validate;
 
-impl Outcome {
-    /// Every outcome's word, in [`Outcome::index`] order.
-    pub const LABELS: [&'static str; 4] = ["complete", "aborted", "timed_out", "truncated"];
-
-    /// The one word for this outcome in the log, the access log, completion records,
-    /// metrics and status.
-    pub fn label(&self) -> &'static str {
-        Self::LABELS[self.index()]
-    }
-
-    /// Position in [`Outcome::LABELS`].
-    pub fn index(&self) -> usize {
-        match self {
-            Outcome::Complete => 0,
-            Outcome::Aborted(_) => 1,
-            Outcome::TimedOut => 2,
-            Outcome::Truncated => 3,
-        }
-    }
-
-    /// Why an aborted download ended.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Outcome::Aborted(why) => Some(why),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "outcome={}", self.label())?;
-        match self.reason() {
-            Some(why) => write!(f, " reason={why:?}"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Why a received job is refused before it is accepted.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Rejected {
-    #[error("connection descriptor is not a socket")]
-    NotASocket,
-    #[error("connection descriptor is not a connected stream socket")]
-    NotAStream,
-    #[error("file descriptor is not a regular file")]
-    NotAFile,
-    #[error("range {offset}+{length} is beyond the file's {size} bytes")]
-    Range { offset: u64, length: u64, size: u64 },
-    #[error("the body's pieces add up to more than 2^64 - 1 bytes")]
-    BodyTooLong,
-    #[error("cannot inspect descriptor: {0}")]
-    Stat(Errno),
-    #[error("tag or rate group is not 1 to 256 printable ASCII bytes")]
-    Label,
-}
-
-/// Checks the two descriptors of a job before the manager accepts it.
-pub fn validate(rcv: &Received) -> Result<(), Rejected> {
-    for label in [&rcv.job.tag, &rcv.job.rate_group] {
-        if !label.is_empty() && !handoff_core::label::is_valid(label.as_bytes()) {
-            return Err(Rejected::Label);
-        }
-    }
-    validate_connection(&rcv.conn)?;
-    let st = fstat(rcv.file.as_raw_fd()).map_err(Rejected::Stat)?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-        return Err(Rejected::NotAFile);
-    }
-    let size = u64::try_from(st.st_size).unwrap_or(0);
-    for piece in &rcv.job.body {
-        if let Piece::File { offset, length } = *piece {
-            if offset.saturating_add(length) > size {
-                return Err(Rejected::Range {
-                    offset,
-                    length,
-                    size,
-                });
-            }
-        }
-    }
-    // Every later count of body bytes (what is planned, sent, still to frame) is then
-    // exact, and never wraps.
-    handoff_core::plan::checked_body_len(&rcv.job.body).ok_or(Rejected::BodyTooLong)?;
-    Ok(())
-}
-
-/// Checks that a received connection descriptor is a connected stream socket (something a
-/// response can be written to).
-pub fn validate_connection(conn: &OwnedFd) -> Result<(), Rejected> {
-    let st = fstat(conn.as_raw_fd()).map_err(Rejected::Stat)?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
-        return Err(Rejected::NotASocket);
-    }
-    let ty = getsockopt(conn, sockopt::SockType).map_err(Rejected::Stat)?;
-    let listening = getsockopt(conn, sockopt::AcceptConn).map_err(Rejected::Stat)?;
-    if ty != nix::sys::socket::SockType::Stream || listening {
-        return Err(Rejected::NotAStream);
-    }
-    Ok(())
-}
+pub use validate::{validate, validate_connection, Rejected};
 
 /// The file's identity as the ETag sees it; `None` if it cannot be inspected.
 fn file_id(file: &OwnedFd) -> Option<FileId> {
@@ -528,173 +421,6 @@ impl Download {
         } else {
             Outcome::Aborted(e.desc().to_string())
         }
-    }
-
-    /// Queues up to `max` bytes of the next body piece: literal bytes into `out`, a file
-    /// range as the next `sendfile` run. Returns false when the body is all queued.
-    fn queue_next_piece(&mut self, max: u64) -> bool {
-        let Some(piece) = self.pieces.front_mut() else {
-            return false;
-        };
-        match piece {
-            Piece::Bytes(b) => {
-                let n = usize::try_from(max).unwrap_or(usize::MAX).min(b.len());
-                self.out.extend_from_slice(&b[..n]);
-                self.body_in_out += n as u64;
-                b.drain(..n);
-            }
-            Piece::File { offset, length } => {
-                let n = max.min(*length);
-                self.pos = *offset;
-                self.run_left = n;
-                *offset += n;
-                *length -= n;
-            }
-        }
-        if piece.is_empty() {
-            self.pieces.pop_front();
-        }
-        true
-    }
-
-    /// Queues the next part of the body: for raw HTTP the next piece; behind FastCGI what
-    /// the [`fcgi::Framer`] asks for (the rest of the current record, the next record
-    /// header, or the last record read into memory so that it leaves in the same send as
-    /// the end-of-stream records). Returns false when everything is queued.
-    fn frame_next(&mut self) -> Result<bool, Outcome> {
-        let Some(framer) = self.framer.as_mut() else {
-            return Ok(self.queue_next_piece(u64::MAX));
-        };
-        match framer.next(&mut self.out) {
-            fcgi::Next::Content(left) => {
-                let before = self.body_in_out + self.run_left;
-                if !self.queue_next_piece(left) {
-                    return Err(Outcome::Aborted("body shorter than its records".into()));
-                }
-                let queued = self.body_in_out + self.run_left - before;
-                if let Some(framer) = self.framer.as_mut() {
-                    framer.consumed(queued);
-                }
-                Ok(true)
-            }
-            fcgi::Next::Header | fcgi::Next::End => Ok(true),
-            fcgi::Next::Last(len) => {
-                // The last record: at most MAX_RECORD_BODY bytes, because the framer's
-                // count is the exact sum of the pieces left (no piece can be longer).
-                let left = handoff_core::plan::checked_body_len(self.pieces.make_contiguous());
-                if left != Some(len) {
-                    return Err(Outcome::Aborted("body does not match its records".into()));
-                }
-                let mut last = Vec::with_capacity(len as usize);
-                while let Some(piece) = self.pieces.pop_front() {
-                    match piece {
-                        Piece::Bytes(b) => last.extend_from_slice(&b),
-                        Piece::File { offset, length } => {
-                            self.read_into(&mut last, offset, length)?
-                        }
-                    }
-                }
-                if let Some(framer) = self.framer.as_mut() {
-                    framer.finish(&mut self.out, &last);
-                }
-                self.body_in_out += last.len() as u64;
-                Ok(true)
-            }
-            fcgi::Next::Done => Ok(false),
-        }
-    }
-
-    fn read_into(&self, out: &mut Vec<u8>, offset: u64, length: u64) -> Result<(), Outcome> {
-        let start = out.len();
-        out.resize(start + length as usize, 0);
-        let mut filled = start;
-        while filled < out.len() {
-            let off = i64::try_from(offset + (filled - start) as u64).unwrap_or(i64::MAX);
-            match nix::sys::uio::pread(&self.file, &mut out[filled..], off) {
-                Ok(0) => return Err(Outcome::Truncated),
-                Ok(n) => filled += n,
-                Err(e) if classify(e) == IoClass::Retry => {}
-                Err(e) => return Err(Outcome::Aborted(format!("reading file: {}", e.desc()))),
-            }
-        }
-        Ok(())
-    }
-
-    fn start_lingering(&mut self, now: Instant) -> Step {
-        // Everything is written; half-close so the peer sees the end, then read what it
-        // still sends until it closes, instead of resetting the connection under it.
-        match shutdown(self.sock.as_raw_fd(), Shutdown::Write) {
-            Ok(()) => {}
-            // The peer has the whole response already.
-            Err(e) if classify(e) == IoClass::PeerGone => return Step::Done(Outcome::Complete),
-            Err(e) => debug!("shutdown after complete response: {e}"),
-        }
-        self.state = State::Lingering {
-            until: now + self.linger,
-            outcome: Outcome::Complete,
-        };
-        // The peer may already have closed: look now, edge-triggered events won't repeat.
-        self.on_readable(&mut [0u8; 512])
-    }
-
-    /// Reads and discards what the peer sends (FastCGI `STDIN`, a request body).
-    ///
-    /// Behind a FastCGI web server nothing is read while the response is being sent: what
-    /// the web server sent and nobody read (at least the empty `STDIN` record that ends a
-    /// GET request) stays queued on our end of the connection. If the manager then dies,
-    /// the kernel reports that unread data to the web server as a reset instead of a clean
-    /// end-of-file. nginx takes a clean end-of-file in unbuffered mode for the end of the
-    /// response and keeps the client's connection for keep-alive, so the client would wait
-    /// for the missing bytes until `keepalive_timeout`; a reset is an upstream error, and
-    /// nginx closes the client's connection. A web server that goes away still shows up:
-    /// the next write fails.
-    pub fn on_readable(&mut self, scratch: &mut [u8]) -> Step {
-        if matches!(self.state, State::Sending) && self.framer.is_some() {
-            return Step::Wait;
-        }
-        loop {
-            match nix::sys::socket::recv(self.sock.as_raw_fd(), scratch, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => {
-                    return match &self.state {
-                        State::Lingering { outcome, .. } => Step::Done(outcome.clone()),
-                        // A half-close while we still send: keep sending; a real close
-                        // shows up as a send error.
-                        State::Sending => Step::Wait,
-                    };
-                }
-                Ok(_) => {}
-                Err(e) => match classify(e) {
-                    IoClass::Retry => {}
-                    IoClass::WouldBlock => return Step::Wait,
-                    IoClass::PeerGone | IoClass::Error => {
-                        return match &self.state {
-                            State::Lingering { outcome, .. } => Step::Done(outcome.clone()),
-                            State::Sending => Step::Done(Outcome::Aborted(e.desc().to_string())),
-                        }
-                    }
-                },
-            }
-        }
-    }
-
-    /// Ends a download whose client stopped taking bytes, or whose peer never closed.
-    pub fn check_timeout(&self, now: Instant, send_timeout: Duration) -> Option<Outcome> {
-        match &self.state {
-            State::Sending
-                if self
-                    .stalled_since
-                    .is_some_and(|since| now.duration_since(since) > send_timeout) =>
-            {
-                Some(Outcome::TimedOut)
-            }
-            State::Lingering { until, outcome } if now >= *until => Some(outcome.clone()),
-            _ => None,
-        }
-    }
-
-    /// Whether the response has been written completely (only lingering is left).
-    pub fn is_lingering(&self) -> bool {
-        matches!(self.state, State::Lingering { .. })
     }
 
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {

@@ -18,7 +18,7 @@ use nix::sys::resource::{getrlimit, Resource};
 use nix::sys::stat::Mode;
 use std::sync::atomic::Ordering;
 
-use crate::stats::{status_json, Board, Counters};
+use crate::reporting::stats::{status_json, Board, Counters};
 
 /// Counts the process's open descriptors for `process_open_fds` by listing
 /// `/proc/self/fd`. The directory is opened before the sandbox closes the filesystem: an

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use handoff_core::protocol::{FallbackCause, Fallbacks};
 
-use crate::download::Outcome;
+use crate::reporting::outcome::Outcome;
 
 /// Upper bounds (seconds) of every histogram's buckets: from 100 µs (a handoff) to an
 /// hour (a download).

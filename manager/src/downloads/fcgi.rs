@@ -3,7 +3,7 @@
 //!
 //! php-fpm has already read the request's `BEGIN_REQUEST` and `PARAMS`; the manager only
 //! writes `STDOUT` records (the CGI head, then the body) and one `END_REQUEST`, and discards
-//! whatever `STDIN` the web server still sends (see [`crate::download`]). What nginx needs
+//! whatever `STDIN` the web server still sends (see [`crate::downloads::download`]). What nginx needs
 //! from these records, and why, is in docs/internals.md ("FastCGI behind nginx").
 
 /// Protocol version 1 (the only one).
