@@ -9,8 +9,9 @@
 
 use std::fs::OpenOptions;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Mutex;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{getpeername, getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
@@ -59,10 +60,7 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
             if r.ended != 0 {
                 return Err("FastCGI request already ended".into());
             }
-            let listen_socket = request
-                .sapi_socket(r.listen_socket)
-                .filter(|&l| is_listening(l))
-                .ok_or("fcgi_request layout not recognised (listen_socket)")?;
+            let listener = fpm_listener(request, r.listen_socket)?;
             let fd = request
                 .sapi_socket(r.fd)
                 .filter(|&fd| is_connected_stream(fd))
@@ -70,8 +68,6 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
             // A connected stream socket at the right offset could still be another one
             // (a database connection the script opened): only a connection accepted on
             // php-fpm's own listening socket is the web server's.
-            let listener = local_address(listen_socket)
-                .ok_or("fcgi_request layout not recognised (listen_socket address)")?;
             let local =
                 local_address(fd).ok_or("fcgi_request layout not recognised (fd address)")?;
             accepted_on(&listener, &local)?;
@@ -126,6 +122,30 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
         }
         other => Err(format!("SAPI {other} is not supported for handoff")),
     }
+}
+
+/// The address of php-fpm's listening socket, number `fd`: validated on this process's
+/// first handoff (an open, listening socket at the `fcgi_request` offset) and kept, since a
+/// php-fpm worker accepts on the same listening socket all its life; later requests skip
+/// three system calls. A different number is validated afresh.
+fn fpm_listener(request: &ffi::Request, fd: RawFd) -> Result<LocalAddress, String> {
+    static LISTENER: Mutex<Option<(RawFd, LocalAddress)>> = Mutex::new(None);
+    let mut kept = LISTENER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((number, listener)) = &*kept {
+        if *number == fd {
+            return Ok(listener.clone());
+        }
+    }
+    let listen_socket = request
+        .sapi_socket(fd)
+        .filter(|&l| is_listening(l))
+        .ok_or("fcgi_request layout not recognised (listen_socket)")?;
+    let listener = local_address(listen_socket)
+        .ok_or("fcgi_request layout not recognised (listen_socket address)")?;
+    *kept = Some((fd, listener.clone()));
+    Ok(listener)
 }
 
 /// The peer and local addresses of a TCP socket.
