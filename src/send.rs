@@ -126,6 +126,9 @@ fn send_file_in(
         Decision::HandOff { conn, plan } => {
             match hand_off(&conn, &plan, options, &file, &settings, log_name) {
                 Ok(()) => {
+                    // The manager has its own descriptor: this one goes before the script's
+                    // output handlers run (user code that may fail fatally and take long).
+                    drop(file);
                     ffi::disable_output()?;
                     return Ok(Sent::HandedOff);
                 }
