@@ -104,6 +104,9 @@ fn send_file_in(
         Decision::HandOff { conn, plan } => {
             match hand_off(&conn, &plan, options, &file, &settings, log_name) {
                 Ok(()) => {
+                    // The manager has its own descriptor: this one goes before the script's
+                    // output handlers run (user code that may fail fatally and take long).
+                    drop(file);
                     ffi::disable_output()?;
                     return Ok(Sent::HandedOff);
                 }
@@ -214,7 +217,7 @@ fn hand_off_one_way(
         Some(sock) => (Channel::resume(sock), true),
         None => (open()?, false),
     };
-    let neutered = Neutered::new(conn).map_err(|e| Declined::new(FallbackCause::Failed, e))?;
+    let neutered = Neutered::one_way(conn).map_err(|e| Declined::new(FallbackCause::Failed, e))?;
     let mut sent = channel.hand_off(&bytes, neutered.connection(), file.as_fd());
     if reused && sent.as_ref().is_err_and(ProtocolError::is_stale_connection) {
         // The manager closed the kept connection (idle, restarted, draining) before this

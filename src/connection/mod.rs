@@ -15,7 +15,8 @@ mod validate;
 
 pub use neutered::{clear_nonblocking, Neutered};
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::Mutex;
 
 use handoff_core::protocol::Framing;
 
@@ -23,7 +24,7 @@ use crate::ffi;
 
 use validate::{
     accepted_on, check_peer, inet_addresses, is_connected_stream, is_listening, local_address,
-    pipelining_allows_handoff, ApacheRequest,
+    pipelining_allows_handoff, ApacheRequest, LocalAddress,
 };
 
 /// The connection of the current request, validated: a descriptor the SAPI owns, lent for
@@ -56,10 +57,7 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
             if r.ended != 0 {
                 return Err("FastCGI request already ended".into());
             }
-            let listen_socket = request
-                .sapi_socket(r.listen_socket)
-                .filter(|&l| is_listening(l))
-                .ok_or("fcgi_request layout not recognised (listen_socket)")?;
+            let listener = fpm_listener(request, r.listen_socket)?;
             let fd = request
                 .sapi_socket(r.fd)
                 .filter(|&fd| is_connected_stream(fd))
@@ -67,8 +65,6 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
             // A connected stream socket at the right offset could still be another one
             // (a database connection the script opened): only a connection accepted on
             // php-fpm's own listening socket is the web server's.
-            let listener = local_address(listen_socket)
-                .ok_or("fcgi_request layout not recognised (listen_socket address)")?;
             let local =
                 local_address(fd).ok_or("fcgi_request layout not recognised (fd address)")?;
             accepted_on(&listener, &local)?;
@@ -123,4 +119,28 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
         }
         other => Err(format!("SAPI {other} is not supported for handoff")),
     }
+}
+
+/// The address of php-fpm's listening socket, number `fd`: validated on this process's
+/// first handoff (an open, listening socket at the `fcgi_request` offset) and kept, since a
+/// php-fpm worker accepts on the same listening socket all its life; later requests skip
+/// three system calls. A different number is validated afresh.
+fn fpm_listener(request: &ffi::Request, fd: RawFd) -> Result<LocalAddress, String> {
+    static LISTENER: Mutex<Option<(RawFd, LocalAddress)>> = Mutex::new(None);
+    let mut kept = LISTENER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((number, listener)) = &*kept {
+        if *number == fd {
+            return Ok(listener.clone());
+        }
+    }
+    let listen_socket = request
+        .sapi_socket(fd)
+        .filter(|&l| is_listening(l))
+        .ok_or("fcgi_request layout not recognised (listen_socket)")?;
+    let listener = local_address(listen_socket)
+        .ok_or("fcgi_request layout not recognised (listen_socket address)")?;
+    *kept = Some((fd, listener.clone()));
+    Ok(listener)
 }

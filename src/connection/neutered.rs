@@ -34,8 +34,12 @@ pub struct Neutered<'r> {
     fd: BorrowedFd<'r>,
     saved: OwnedFd,
     /// The connection's file status flags before the handoff: `O_NONBLOCK` under mod_php
-    /// (APR's timeouts poll), blocking under php-fpm and `php -S`.
+    /// (APR's timeouts poll), blocking under php-fpm and `php -S`. Not read for a one-way
+    /// handoff (`untouched_flags`).
     flags: Option<OFlag>,
+    /// Nobody else can have had the connection before a restore (a one-way send that fails
+    /// handed nothing over), so its flags are as the SAPI left them: restore keeps them.
+    untouched_flags: bool,
     /// `O_CLOEXEC` if the number was close-on-exec (mod_php's client socket is; APR
     /// accepts with `SOCK_CLOEXEC`), else empty. `dup2` clears the flag, so both
     /// replacements use `dup3` with it, and a child the script starts later (`exec`,
@@ -45,9 +49,23 @@ pub struct Neutered<'r> {
 
 impl<'r> Neutered<'r> {
     pub fn new(conn: &Connection<'r>) -> Result<Neutered<'r>, String> {
-        let flags = fcntl(conn.fd.as_raw_fd(), FcntlArg::F_GETFL)
-            .ok()
-            .map(OFlag::from_bits_retain);
+        Self::neuter(conn, false)
+    }
+
+    /// For a one-way handoff, whose restore follows only a send that handed nothing over:
+    /// the file status flags are neither read nor set (one `fcntl` fewer per handoff).
+    pub fn one_way(conn: &Connection<'r>) -> Result<Neutered<'r>, String> {
+        Self::neuter(conn, true)
+    }
+
+    fn neuter(conn: &Connection<'r>, untouched_flags: bool) -> Result<Neutered<'r>, String> {
+        let flags = if untouched_flags {
+            None
+        } else {
+            fcntl(conn.fd.as_raw_fd(), FcntlArg::F_GETFL)
+                .ok()
+                .map(OFlag::from_bits_retain)
+        };
         let cloexec = match fcntl(conn.fd.as_raw_fd(), FcntlArg::F_GETFD) {
             Ok(bits) if FdFlag::from_bits_retain(bits).contains(FdFlag::FD_CLOEXEC) => {
                 OFlag::O_CLOEXEC
@@ -68,6 +86,7 @@ impl<'r> Neutered<'r> {
             fd: conn.fd,
             saved,
             flags,
+            untouched_flags,
             cloexec,
         })
     }
@@ -85,6 +104,7 @@ impl<'r> Neutered<'r> {
         nix::unistd::dup3(self.saved.as_raw_fd(), self.fd.as_raw_fd(), self.cloexec)
             .map_err(|e| format!("dup3: {e}"))?;
         match self.flags {
+            _ if self.untouched_flags => {}
             Some(flags) => {
                 let _ = fcntl(self.fd.as_raw_fd(), FcntlArg::F_SETFL(flags));
             }

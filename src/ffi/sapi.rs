@@ -3,7 +3,7 @@
 //! set, and sending the head. All of it is read or changed through the SAPI globals of the
 //! request's own thread.
 
-use std::ffi::{c_char, c_int, CString};
+use std::ffi::{c_char, c_int, CStr, CString};
 
 use ext_php_rs::ffi;
 
@@ -21,6 +21,23 @@ pub fn sapi_name() -> String {
     // SAFETY: sapi_module is initialised before any extension runs and `name` is static.
     let name = unsafe { (*ffi::ext_php_rs_sapi_module()).name };
     c_str_to_string(name).unwrap_or_default()
+}
+
+/// The SAPI is php-fpm (`sapi_module.name` is "fpm-fcgi"), without copying the name.
+fn is_fpm() -> bool {
+    // SAFETY: as `sapi_name`.
+    let name = unsafe { (*ffi::ext_php_rs_sapi_module()).name };
+    // SAFETY: a static NUL-terminated string when set.
+    !name.is_null() && unsafe { CStr::from_ptr(name) } == c"fpm-fcgi"
+}
+
+/// `$_SERVER` or `$_ENV` exists in this request (auto-globals are created when the script
+/// is compiled if it names them, on first use otherwise, or at request start with
+/// `auto_globals_jit` off).
+fn server_or_env_created() -> bool {
+    let globals = ext_php_rs::zend::ProcessGlobals::get();
+    globals.http_globals[ffi::TRACK_VARS_SERVER as usize].is_array()
+        || globals.http_globals[ffi::TRACK_VARS_ENV as usize].is_array()
 }
 
 /// `SG(headers_sent)`.
@@ -183,9 +200,19 @@ pub fn request_method() -> Option<String> {
 /// A `$_SERVER` entry (request headers appear as `HTTP_*`). Under php-fpm they come
 /// straight from the FastCGI params; other SAPIs fill `$_SERVER`, which PHP creates
 /// lazily, so it is created here first.
+///
+/// Under php-fpm a name the params lack is what `$_SERVER` would hold: the process
+/// environment's (php-fpm builds `$_SERVER` from `environ`, then the params). As long as
+/// neither `$_SERVER` nor `$_ENV` (which `$_SERVER` would copy) exists yet, the script
+/// cannot have changed either, so the environment is read directly: creating `$_SERVER`
+/// imports every variable and param, most of a handoff's own work in the worker for a
+/// request without `Range` or conditional headers.
 pub fn server_var(name: &str) -> Option<String> {
     if let Some(v) = request_env(name) {
         return Some(v);
+    }
+    if is_fpm() && !server_or_env_created() {
+        return std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
     }
     // SAFETY: a valid string for the call; creates $_SERVER if a JIT auto-global.
     unsafe { zend_is_auto_global_str(c"_SERVER".as_ptr(), "_SERVER".len()) };
