@@ -1,12 +1,7 @@
-//! The other FastCGI front ends before php-fpm, each from Debian 12's package and configured
-//! from its shared file in `deploy/`: lighttpd 1.4 (mod_fastcgi with
-//! `server.stream-response-body = 2`), Caddy 2.6 (`php_fastcgi`) and Apache 2.4 event with
-//! mod_proxy_fcgi. The manager streams FastCGI records to each, as it does to nginx.
-//!
-//! Every front end runs the same checks: byte-exact downloads through the manager, ranges
-//! and conditionals, the single php-fpm worker free during a slow download, the fallback
-//! when no manager listens, and the manager killed mid-download (the client keeps a clean
-//! prefix and sees its connection closed).
+//! The features of the SAPI × feature matrix (`matrix.rs`): each starts the stack its check
+//! needs for the given [`Kind`], runs the check from `util::scenarios` and, behind a web
+//! server or php-fpm, asserts that their logs show no rejected FastCGI response and no
+//! crashed worker (for `php -S` there is no such log and the check is a no-op).
 
 use std::fs;
 use std::path::Path;
@@ -16,14 +11,16 @@ use crate::util::faults::RestartableManager;
 use crate::util::scenarios::{self, download_exact};
 use crate::util::{heavy_lock, response_from, wait_until, Config, Kind, Stack, MIB};
 
-fn byte_exact_downloads(kind: Kind) {
+/// Every size in `scenarios::SIZES` downloaded through the manager, byte for byte.
+pub fn byte_exact_downloads_through_manager(kind: Kind) {
     let _heavy = heavy_lock();
     let stack = Stack::start(Config::new(kind));
     scenarios::byte_exact_through_manager(&stack);
     stack.assert_clean_logs();
 }
 
-fn ranges_through_manager(kind: Kind) {
+/// Ranges and conditionals answered by the manager; the 100-byte range is its download.
+pub fn ranges_and_conditionals_through_manager(kind: Kind) {
     let stack = Stack::start(Config::new(kind));
     scenarios::ranges_and_conditionals(&stack);
     assert_eq!(
@@ -34,24 +31,114 @@ fn ranges_through_manager(kind: Kind) {
     stack.assert_clean_logs();
 }
 
-fn script_headers(kind: Kind) {
+/// The same ranges and conditionals answered by the in-process fallback.
+pub fn ranges_and_conditionals_without_manager(kind: Kind) {
+    let stack = Stack::start(Config::new(kind).without_manager());
+    scenarios::ranges_and_conditionals(&stack);
+    stack.assert_clean_logs();
+}
+
+pub fn script_headers_reach_client(kind: Kind) {
     let stack = Stack::start(Config::new(kind));
     scenarios::script_headers_reach_client(&stack);
     stack.assert_clean_logs();
 }
 
-/// One php-fpm worker: only a handoff lets it serve others during a slow download.
-fn worker_free(kind: Kind) {
+pub fn fallback_without_manager_streams_in_process(kind: Kind) {
+    let stack = Stack::start(Config::new(kind).without_manager());
+    scenarios::fallback_streams_in_process(&stack);
+    stack.assert_clean_logs();
+}
+
+pub fn output_after_handoff_is_dropped(kind: Kind) {
+    let stack = Stack::start(Config::new(kind));
+    scenarios::output_after_handoff_is_dropped(&stack);
+    stack.assert_clean_logs();
+}
+
+pub fn send_file_after_flush_throws(kind: Kind) {
+    let stack = Stack::start(Config::new(kind));
+    scenarios::flushed_headers_throw(&stack);
+    stack.assert_clean_logs();
+}
+
+pub fn missing_file_gives_script_404(kind: Kind) {
+    let stack = Stack::start(Config::new(kind));
+    scenarios::missing_file_gives_script_page(&stack);
+    stack.assert_clean_logs();
+}
+
+/// One worker (one php-fpm child, one prefork child; `php -S` serves one request at a time
+/// anyway): a slow 100 MiB download must not hold it, only a handoff lets it answer others
+/// meanwhile, and the download then completes intact.
+pub fn worker_free_during_slow_download(kind: Kind) {
     let _heavy = heavy_lock();
     let mut stack = Stack::start(Config::new(kind).children(1));
     scenarios::server_free_during_slow_download(&mut stack);
     stack.assert_clean_logs();
 }
 
-fn fallback(kind: Kind) {
-    let stack = Stack::start(Config::new(kind).without_manager());
-    scenarios::fallback_streams_in_process(&stack);
-    scenarios::ranges_and_conditionals(&stack);
+pub fn aborted_download_is_logged(kind: Kind) {
+    let _heavy = heavy_lock();
+    let stack = Stack::start(Config::new(kind));
+    scenarios::aborted_download_is_logged(&stack);
+    stack.assert_clean_logs();
+}
+
+pub fn hung_manager_falls_back_after_timeout(kind: Kind) {
+    let stack = Stack::start(
+        Config::new(kind)
+            .without_manager()
+            .ini("handoff.timeout_ms", "300"),
+    );
+    scenarios::hung_manager_falls_back_after_timeout(&stack);
+    stack.assert_clean_logs();
+}
+
+pub fn rate_option_limits_speed(kind: Kind) {
+    scenarios::on_both_paths(kind, scenarios::rate_option_limits_speed);
+}
+
+pub fn download_answering_unread_post(kind: Kind) {
+    scenarios::on_both_paths(kind, scenarios::download_answering_unread_post);
+}
+
+/// A script cannot point `handoff.socket` elsewhere with `ini_set()` (set with `-d` under
+/// `php -S`; behind php-fpm the pool's php_admin_value also locks it,
+/// deploy/php-fpm-pool.conf).
+pub fn script_cannot_redirect_handoff_socket(kind: Kind) {
+    let stack = Stack::start(Config::new(kind));
+    scenarios::script_cannot_redirect_handoff_socket(&stack);
+    stack.assert_clean_logs();
+}
+
+/// `header('Status: 404')`, answered alike by the handoff and the fallback. php-fpm passes
+/// the field to the web server as the CGI status, so both paths answer 404 (and a reason
+/// given with it); `php -S` does not take a status from it (it sends it as an ordinary
+/// field), so both paths answer the script's 200.
+pub fn status_header_same_on_both_paths(kind: Kind) {
+    let expected: &[(&str, &str)] = match kind {
+        Kind::Fpm => &[
+            ("404", "HTTP/1.1 404 Not Found"),
+            ("410 Gone Fishing", "HTTP/1.1 410 Gone Fishing"),
+        ],
+        Kind::CliServer => &[("404", "HTTP/1.1 200 OK")],
+        other => panic!("no expected status lines for {other:?}: add them here"),
+    };
+    scenarios::status_header_same_on_both_paths(kind, expected);
+}
+
+pub fn raw_header_bytes_are_kept_on_both_paths(kind: Kind) {
+    scenarios::raw_header_bytes_same_on_both_paths(kind);
+}
+
+/// The manager at capacity answers a one-way handoff with its own 503, in FastCGI records
+/// through the web server or as HTTP/1.1 on the raw connection.
+pub fn at_capacity_the_manager_answers_503(kind: Kind) {
+    let stack = Stack::start(Config::new(kind).children(2).without_manager());
+    let manager =
+        RestartableManager::started_for(&stack, &["--max-downloads", "1", "--max-waiting", "0"]);
+    scenarios::at_capacity_the_manager_answers_503(&stack, || manager.log());
     stack.assert_clean_logs();
 }
 
@@ -69,7 +156,7 @@ fn body_len(path: &Path) -> u64 {
 /// leaving it open. (lighttpd without `server.stream-response-body = 2` fails this: it has
 /// the whole file from the manager within a second and delivers all of it.) Then PHP serves
 /// with the manager down, and a new manager takes handoffs again.
-fn killed_mid_stream(kind: Kind) {
+pub fn manager_killed_mid_stream_closes_client(kind: Kind) {
     let _heavy = heavy_lock();
     let stack = Stack::start(
         Config::new(kind)
@@ -156,46 +243,3 @@ fn killed_mid_stream(kind: Kind) {
     manager.wait_outcome("complete", small, 1);
     stack.assert_clean_logs();
 }
-
-/// The same tests for each front end, one module each.
-macro_rules! front_end {
-    ($module:ident, $kind:expr) => {
-        mod $module {
-            use super::*;
-
-            #[test]
-            fn byte_exact_downloads_through_manager() {
-                byte_exact_downloads($kind);
-            }
-
-            #[test]
-            fn ranges_and_conditionals_through_manager() {
-                ranges_through_manager($kind);
-            }
-
-            #[test]
-            fn script_headers_reach_client() {
-                script_headers($kind);
-            }
-
-            #[test]
-            fn worker_free_during_slow_download() {
-                worker_free($kind);
-            }
-
-            #[test]
-            fn fallback_without_manager_streams_in_process() {
-                fallback($kind);
-            }
-
-            #[test]
-            fn manager_killed_mid_stream_closes_client() {
-                killed_mid_stream($kind);
-            }
-        }
-    };
-}
-
-front_end!(lighttpd, Kind::Lighttpd);
-front_end!(caddy, Kind::Caddy);
-front_end!(apache_fcgi, Kind::ApacheFcgi);
