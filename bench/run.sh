@@ -18,7 +18,7 @@
 #
 # Starts its own handoff-manager, php-fpm (pm = static, 4 children, the shared pool file) and
 # nginx (the shared site plus three bench-only locations, over plain HTTP and over HTTPS)
-# through handoff-stack (tests/stack), a second nginx (the relay limit's upstream) and
+# through handoff-stack (stack/), a second nginx (the relay limit's upstream) and
 # `php -S`, in a temporary directory, on 127.0.0.1 and Unix sockets only. The load client is
 # bench/client (handoff-bench); every run of it is bounded in time (and count).
 #

@@ -1,7 +1,7 @@
 //! One serving stack per test: handoff-manager (optional), then php-fpm behind nginx, the
 //! PHP built-in server, or Apache with mod_php, configured from the shared files in
 //! `deploy/` (Apache from a minimal config of its own). Manager, php-fpm and nginx start
-//! through the shared starter (`tests/stack`, crate handoff-stack), as in the demo and the
+//! through the shared starter (`stack/`, crate handoff-stack), as in the demo and the
 //! benchmark.
 
 use std::fmt::Write as _;
@@ -466,7 +466,7 @@ impl Stack {
         Place::flat(self.path())
     }
 
-    /// Starts php-fpm (the shared starter, `tests/stack`); returns the address for the
+    /// Starts php-fpm (the shared starter, `stack/`); returns the address for the
     /// front end's `fastcgi_pass`.
     fn start_fpm(&mut self, config: &Config) -> String {
         let extension = if config.extension {
@@ -494,7 +494,7 @@ impl Stack {
         pass
     }
 
-    /// nginx with the shared site (the shared starter, `tests/stack`) on `nginx.sock`.
+    /// nginx with the shared site (the shared starter, `stack/`) on `nginx.sock`.
     fn start_nginx(&mut self, fpm: &str, config: &Config) {
         let tmp = self.path().to_path_buf();
         let t = tmp.display();

@@ -15,7 +15,7 @@ use handoff_stack::{wait_until, Place, Proc};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
-/// The manager under test, started by the shared starter (`tests/stack`, crate
+/// The manager under test, started by the shared starter (`stack/`, crate
 /// handoff-stack) as the integration tests, the demo and the benchmark start it.
 pub struct Manager {
     pub proc: Proc,

@@ -161,7 +161,7 @@ impl Nginx {
             let _ = writeln!(http, "    {line}");
         }
         let main = format!(
-            "# written by handoff-stack (tests/stack/src/nginx.rs)\n\
+            "# written by handoff-stack (stack/src/nginx.rs)\n\
              {user}daemon off;\nmaster_process on;\nworker_processes {wp};\n{rlimit}\
              pid {t}/nginx.pid;\nerror_log {el} {level};\n\
              events {{ worker_connections {wc}; }}\n\

@@ -98,8 +98,8 @@ impl Listen {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    // This crate lives in tests/stack/.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // This crate lives in stack/.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     root.canonicalize().unwrap_or(root)
 }
 
