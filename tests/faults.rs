@@ -9,6 +9,10 @@
 //! After each kill the next requests are served by PHP itself, and once the manager is
 //! back on the same socket path, handoffs resume without restarting PHP.
 //!
+//! The faults every SAPI goes through are features of the SAPI × feature matrix
+//! (`matrix.rs`, e.g. `matrix::cli_server::manager_killed_before_confirming`): they are the
+//! `pub fn`s here, taking the [`Kind`] of stack. The tests here are nginx + php-fpm's own.
+//!
 //! Synchronisation is by polling what the kernel shows (`/proc/PID/syscall`,
 //! `/proc/net/unix`, file sizes, logs) with deadlines, never by sleeping.
 
@@ -137,7 +141,7 @@ const QUEUED_ROUNDS: usize = 20;
 /// returns true while the manager is stopped); then the manager is killed. Such a handoff,
 /// and only such a one, is lost: the kernel closes its connection, so the client gets
 /// nginx's 502 or an empty reply, never a byte of the file. Counted per run.
-fn killed_with_handoffs_queued(kind: Kind) {
+pub fn manager_killed_with_handoffs_queued(kind: Kind) {
     let (stack, mut manager) = stack(kind, 1);
     let size = MIB;
     stack.data_file("queued.bin", size, 8);
@@ -169,16 +173,6 @@ fn killed_with_handoffs_queued(kind: Kind) {
          (each unread when the manager died), 0 corrupt"
     );
     stack.assert_clean_logs();
-}
-
-#[test]
-fn manager_killed_with_handoffs_queued_fpm() {
-    killed_with_handoffs_queued(Kind::Fpm);
-}
-
-#[test]
-fn manager_killed_with_handoffs_queued_cli_server() {
-    killed_with_handoffs_queued(Kind::CliServer);
 }
 
 /// Back-pressure never blocks a worker: with the manager stopped, one-way handoffs queue
@@ -237,7 +231,7 @@ fn a_full_handoff_queue_falls_back_in_process_and_the_queued_are_served() {
 /// Point 1 (`handoff.confirm`): the manager dies before it confirms. It is stopped, so the request's worker
 /// connects (into the backlog), sends the job and blocks in recv() for the answer; then it
 /// is killed. The worker must see the socket close, fall back and send the whole file.
-fn killed_before_confirming(kind: Kind) {
+pub fn manager_killed_before_confirming(kind: Kind) {
     let (stack, mut manager) = confirmed_stack(kind, 1);
     let sha = stack.data_file("small.bin", SMALL, 1);
     manager.start();
@@ -274,20 +268,11 @@ fn killed_before_confirming(kind: Kind) {
     stack.assert_clean_logs();
 }
 
-#[test]
-fn manager_killed_before_confirming_fpm() {
-    killed_before_confirming(Kind::Fpm);
-}
-
-#[test]
-fn manager_killed_before_confirming_cli_server() {
-    killed_before_confirming(Kind::CliServer);
-}
-
 /// Point 2 (`handoff.confirm`): the manager confirms (Accept) and dies before "go" (see [`CrashAfterAccept`]
 /// for why this is a stand-in). The worker's go fails; it must take its connection back
-/// and send the whole file itself.
-fn crashed_after_confirming(kind: Kind) {
+/// and send the whole file itself. Under mod_php, APR keeps the client socket non-blocking,
+/// and the worker must put it back as it was before streaming the file itself.
+pub fn manager_crashing_after_confirming(kind: Kind) {
     let (stack, mut manager) = confirmed_stack(kind, 1);
     let sha = stack.data_file("small.bin", SMALL, 2);
     for i in 0..HANDOFFS_PER_POINT {
@@ -311,28 +296,11 @@ fn crashed_after_confirming(kind: Kind) {
     stack.assert_clean_logs();
 }
 
-#[test]
-fn manager_crashing_after_confirming_fpm() {
-    crashed_after_confirming(Kind::Fpm);
-}
-
-/// mod_php: APR keeps the client socket non-blocking, and the worker must put it back as
-/// it was before streaming the file itself.
-#[test]
-fn manager_crashing_after_confirming_apache() {
-    crashed_after_confirming(Kind::Apache);
-}
-
-#[test]
-fn manager_crashing_after_confirming_cli_server() {
-    crashed_after_confirming(Kind::CliServer);
-}
-
 /// After a failed go the worker takes its connection back with its close-on-exec flag as
 /// it was: a child process the script starts afterwards (`exec`, `proc_open`, `mail()`)
 /// inherits no more sockets than one started before send_file(). Under mod_php the client
 /// socket is close-on-exec (APR accepts with `SOCK_CLOEXEC`); a `dup2` would clear that.
-fn failed_go_keeps_close_on_exec(kind: Kind) {
+pub fn failed_go_keeps_close_on_exec(kind: Kind) {
     let (stack, _manager) = confirmed_stack(kind, 1);
     let sha = stack.data_file("cloexec.bin", SMALL, 9);
     for i in 0..3 {
@@ -360,16 +328,6 @@ fn failed_go_keeps_close_on_exec(kind: Kind) {
             "#{i}: sockets a child inherits before and after the failed handoff ({children})"
         );
     }
-}
-
-#[test]
-fn failed_go_keeps_close_on_exec_apache() {
-    failed_go_keeps_close_on_exec(Kind::Apache);
-}
-
-#[test]
-fn failed_go_keeps_close_on_exec_cli_server() {
-    failed_go_keeps_close_on_exec(Kind::CliServer);
 }
 
 /// nginx's default `keepalive_timeout` (the test stacks keep it).
@@ -411,6 +369,10 @@ fn body_len(path: &PathBuf) -> u64 {
 /// must hold a clean prefix of the file under a single head, and curl must report the
 /// transfer as short (exit 18): the connection was closed, not finished (behind nginx
 /// this depends on the reset explained at [`closes_client_when_manager_dies`]).
+pub fn manager_killed_mid_stream(kind: Kind) {
+    killed_mid_stream(kind, 10, 10);
+}
+
 fn killed_mid_stream(kind: Kind, rounds: usize, per_round: usize) {
     let _heavy = heavy_lock();
     let (stack, mut manager) = stack(kind, 4);
@@ -565,16 +527,6 @@ fn killed_mid_stream(kind: Kind, rounds: usize, per_round: usize) {
         !fpm_log.contains("exited on signal"),
         "a php-fpm worker crashed:\n{fpm_log}"
     );
-}
-
-#[test]
-fn manager_killed_mid_stream_fpm() {
-    killed_mid_stream(Kind::Fpm, 10, 10);
-}
-
-#[test]
-fn manager_killed_mid_stream_cli_server() {
-    killed_mid_stream(Kind::CliServer, 10, 10);
 }
 
 /// The requests a worker served itself while the manager was down reach the manager's

@@ -52,6 +52,10 @@ matrix! {
         status_header_same_on_both_paths,
         raw_header_bytes_are_kept_on_both_paths,
         at_capacity_the_manager_answers_503,
+        manager_killed_with_handoffs_queued,
+        manager_killed_before_confirming,
+        manager_crashing_after_confirming,
+        manager_killed_mid_stream,
     ],
     // `php -S`: the manager writes raw HTTP/1.1 on the client's socket.
     cli_server(CliServer): [
@@ -72,6 +76,11 @@ matrix! {
         status_header_same_on_both_paths,
         raw_header_bytes_are_kept_on_both_paths,
         at_capacity_the_manager_answers_503,
+        manager_killed_with_handoffs_queued,
+        manager_killed_before_confirming,
+        manager_crashing_after_confirming,
+        failed_go_keeps_close_on_exec,
+        manager_killed_mid_stream,
     ],
     // Apache prefork + mod_php: raw HTTP/1.1 on the connection taken from `conn_rec`.
     apache(Apache): [
@@ -88,6 +97,8 @@ matrix! {
         hung_manager_falls_back_after_timeout,
         rate_option_limits_speed,
         download_answering_unread_post,
+        manager_crashing_after_confirming,
+        failed_go_keeps_close_on_exec,
     ],
     // The other FastCGI front ends before php-fpm, each configured from its file in deploy/.
     lighttpd(Lighttpd): [

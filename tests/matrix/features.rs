@@ -7,6 +7,13 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+// The faults (the manager killed or crashing at each point of a handoff) live with the
+// other fault tests.
+pub use crate::faults::{
+    failed_go_keeps_close_on_exec, manager_crashing_after_confirming,
+    manager_killed_before_confirming, manager_killed_mid_stream,
+    manager_killed_with_handoffs_queued,
+};
 use crate::util::faults::RestartableManager;
 use crate::util::scenarios::{self, download_exact};
 use crate::util::{heavy_lock, response_from, wait_until, Config, Kind, Stack, MIB};
