@@ -571,10 +571,7 @@ fn fallbacks_while_the_manager_was_down_reach_its_metrics() {
             "after handoff {k}, the three fallbacks must be counted once:\n{text}"
         );
     }
-    let status = std::process::Command::new(crate::util::manager_binary())
-        .args(["status", "--metrics", &addr])
-        .output()
-        .expect("run handoff-manager status");
+    let status = crate::util::manager_cli("status", &addr);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         text.contains("fallbacks reported by PHP: unreachable 3\n"),
