@@ -7,7 +7,7 @@
 //! starts the stack the check needs (with or without a manager, how many workers), runs the
 //! check from `util::scenarios` and looks at the server's logs.
 //!
-//! - A new SAPI: a `Kind` in `util/stack.rs` that `Stack::start` can start, then one line
+//! - A new SAPI: a `Kind` in `util/stack/mod.rs` that `Stack::start` can start, then one line
 //!   here listing the features it must pass.
 //! - A new feature: a function in `matrix/features.rs`, then its name in the line of every
 //!   SAPI that has it.
