@@ -18,61 +18,67 @@ use crate::util::faults::RestartableManager;
 use crate::util::scenarios::{self, download_exact};
 use crate::util::{heavy_lock, response_from, wait_until, Config, Kind, Stack, MIB};
 
+/// Starts the stack `config` describes, runs `check` on it, then asserts that the servers'
+/// logs are clean.
+fn on_stack(config: Config, check: impl FnOnce(&mut Stack)) {
+    let mut stack = Stack::start(config);
+    check(&mut stack);
+    stack.assert_clean_logs();
+}
+
 /// Every size in `scenarios::SIZES` downloaded through the manager, byte for byte.
 pub fn byte_exact_downloads_through_manager(kind: Kind) {
     let _heavy = heavy_lock();
-    let stack = Stack::start(Config::new(kind));
-    scenarios::byte_exact_through_manager(&stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind), |s| {
+        scenarios::byte_exact_through_manager(s)
+    });
 }
 
 /// Ranges and conditionals answered by the manager; the 100-byte range is its download.
 pub fn ranges_and_conditionals_through_manager(kind: Kind) {
-    let stack = Stack::start(Config::new(kind));
-    scenarios::ranges_and_conditionals(&stack);
-    assert_eq!(
-        stack.outcome_count("complete", 100),
-        1,
-        "the 100-byte range was not sent by the manager"
-    );
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind), |s| {
+        scenarios::ranges_and_conditionals(s);
+        assert_eq!(
+            s.outcome_count("complete", 100),
+            1,
+            "the 100-byte range was not sent by the manager"
+        );
+    });
 }
 
 /// The same ranges and conditionals answered by the in-process fallback.
 pub fn ranges_and_conditionals_without_manager(kind: Kind) {
-    let stack = Stack::start(Config::new(kind).without_manager());
-    scenarios::ranges_and_conditionals(&stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind).without_manager(), |s| {
+        scenarios::ranges_and_conditionals(s)
+    });
 }
 
 pub fn script_headers_reach_client(kind: Kind) {
-    let stack = Stack::start(Config::new(kind));
-    scenarios::script_headers_reach_client(&stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind), |s| {
+        scenarios::script_headers_reach_client(s)
+    });
 }
 
 pub fn fallback_without_manager_streams_in_process(kind: Kind) {
-    let stack = Stack::start(Config::new(kind).without_manager());
-    scenarios::fallback_streams_in_process(&stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind).without_manager(), |s| {
+        scenarios::fallback_streams_in_process(s)
+    });
 }
 
 pub fn output_after_handoff_is_dropped(kind: Kind) {
-    let stack = Stack::start(Config::new(kind));
-    scenarios::output_after_handoff_is_dropped(&stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind), |s| {
+        scenarios::output_after_handoff_is_dropped(s)
+    });
 }
 
 pub fn send_file_after_flush_throws(kind: Kind) {
-    let stack = Stack::start(Config::new(kind));
-    scenarios::flushed_headers_throw(&stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind), |s| scenarios::flushed_headers_throw(s));
 }
 
 pub fn missing_file_gives_script_404(kind: Kind) {
-    let stack = Stack::start(Config::new(kind));
-    scenarios::missing_file_gives_script_page(&stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind), |s| {
+        scenarios::missing_file_gives_script_page(s)
+    });
 }
 
 /// One worker (one php-fpm child, one prefork child; `php -S` serves one request at a time
@@ -80,26 +86,25 @@ pub fn missing_file_gives_script_404(kind: Kind) {
 /// meanwhile, and the download then completes intact.
 pub fn worker_free_during_slow_download(kind: Kind) {
     let _heavy = heavy_lock();
-    let mut stack = Stack::start(Config::new(kind).children(1));
-    scenarios::server_free_during_slow_download(&mut stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind).children(1), |s| {
+        scenarios::server_free_during_slow_download(s)
+    });
 }
 
 pub fn aborted_download_is_logged(kind: Kind) {
     let _heavy = heavy_lock();
-    let stack = Stack::start(Config::new(kind));
-    scenarios::aborted_download_is_logged(&stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind), |s| {
+        scenarios::aborted_download_is_logged(s)
+    });
 }
 
 pub fn hung_manager_falls_back_after_timeout(kind: Kind) {
-    let stack = Stack::start(
-        Config::new(kind)
-            .without_manager()
-            .ini("handoff.timeout_ms", "300"),
-    );
-    scenarios::hung_manager_falls_back_after_timeout(&stack);
-    stack.assert_clean_logs();
+    let config = Config::new(kind)
+        .without_manager()
+        .ini("handoff.timeout_ms", "300");
+    on_stack(config, |s| {
+        scenarios::hung_manager_falls_back_after_timeout(s)
+    });
 }
 
 pub fn rate_option_limits_speed(kind: Kind) {
@@ -114,9 +119,9 @@ pub fn download_answering_unread_post(kind: Kind) {
 /// `php -S`; behind php-fpm the pool's php_admin_value also locks it,
 /// deploy/php-fpm-pool.conf).
 pub fn script_cannot_redirect_handoff_socket(kind: Kind) {
-    let stack = Stack::start(Config::new(kind));
-    scenarios::script_cannot_redirect_handoff_socket(&stack);
-    stack.assert_clean_logs();
+    on_stack(Config::new(kind), |s| {
+        scenarios::script_cannot_redirect_handoff_socket(s)
+    });
 }
 
 /// `header('Status: 404')`, answered alike by the handoff and the fallback. php-fpm passes
