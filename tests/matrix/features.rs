@@ -4,7 +4,6 @@
 //! crashed worker (for `php -S` there is no such log and the check is a no-op).
 
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 // The faults (the manager killed or crashing at each point of a handoff) live with the
@@ -16,7 +15,7 @@ pub use crate::faults::{
 };
 use crate::util::faults::RestartableManager;
 use crate::util::scenarios::{self, download_exact};
-use crate::util::{heavy_lock, response_from, wait_until, Config, Kind, Stack, MIB};
+use crate::util::{heavy_lock, received_len, response_from, wait_until, Config, Kind, Stack, MIB};
 
 /// Starts the stack `config` describes, runs `check` on it, then asserts that the servers'
 /// logs are clean.
@@ -158,10 +157,6 @@ pub fn at_capacity_the_manager_answers_503(kind: Kind) {
 /// died. Apache's mod_proxy_fcgi takes about ten seconds; lighttpd and Caddy under one.
 const CLOSE_AFTER_KILL: Duration = Duration::from_secs(30);
 
-fn body_len(path: &Path) -> u64 {
-    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
 /// The manager is killed while two rate-limited clients download 64 MiB through it. Each
 /// must hold a clean prefix of the file under one head, and curl must report a short
 /// transfer (exit 18): the front end closed the connection instead of finishing it or
@@ -199,7 +194,7 @@ pub fn manager_killed_mid_stream_closes_client(kind: Kind) {
         wait_until(
             &format!("{name}: {enough} bytes at the client"),
             Duration::from_secs(30),
-            || body_len(body) >= enough,
+            || received_len(body) >= enough,
             || curl.check_alive(),
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", curl.log_text()));
