@@ -18,7 +18,7 @@
 #
 # Starts its own handoff-manager, php-fpm (pm = static, 4 children, the shared pool file) and
 # nginx (the shared site plus three bench-only locations, over plain HTTP and over HTTPS)
-# through handoff-stack (tests/stack), a second nginx (the relay limit's upstream) and
+# and a second nginx (the relay limit's upstream), all through handoff-stack (stack/), and
 # `php -S`, in a temporary directory, on 127.0.0.1 and Unix sockets only. The load client is
 # bench/client (handoff-bench); every run of it is bounded in time (and count).
 #
@@ -343,15 +343,14 @@ make_tls_certs() {
 }
 make_tls_certs
 
-# The main nginx's extra pieces, included by its config below: the relay location (in both
-# servers, through bench-locations.conf) and the HTTPS server (the same site template on
-# TLS_PORT with TLS 1.3 only, plus the same bench locations).
+# The relay location (in both plain servers and the HTTPS one, through bench-locations.conf):
+# the main nginx relays a second nginx, the relay upstream, which handoff-stack starts on
+# RELAY_SOCK (--relay-socket) serving the data dir with sendfile, one worker, no PHP.
 RELAY_SOCK="$RUN/relay-upstream.sock"
-write_relay_and_tls_conf() {
-    # proxy_buffer_size / proxy_buffers = the site's fastcgi_buffer_size / fastcgi_buffers
-    # (128k, 4 128k), so that the relay limit and send_file() behind nginx relay through one
-    # buffer of one size (unbuffered, nginx relays through proxy_buffer_size alone).
-    cat >"$RUN/bench-relay.conf" <<EOF
+# proxy_buffer_size / proxy_buffers = the site's fastcgi_buffer_size / fastcgi_buffers
+# (128k, 4 128k), so that the relay limit and send_file() behind nginx relay through one
+# buffer of one size (unbuffered, nginx relays through proxy_buffer_size alone).
+cat >"$RUN/bench-relay.conf" <<EOF
 location /relay/ {
     proxy_pass http://unix:$RELAY_SOCK:/;
     proxy_buffering off;
@@ -360,23 +359,6 @@ location /relay/ {
     proxy_read_timeout 300s;
 }
 EOF
-    cat >"$RUN/bench-tls.conf" <<EOF
-ssl_certificate $TLS_DIR/server.pem;
-ssl_certificate_key $TLS_DIR/server.key;
-ssl_protocols TLSv1.3;
-EOF
-    # The site template as handoff-stack fills it for the plain servers (php-fpm listens on
-    # $RUN/php-fpm.sock there), listening with ssl.
-    command -v envsubst >/dev/null || die "envsubst not found (gettext-base)"
-    # shellcheck disable=SC2016
-    HANDOFF_LISTEN="127.0.0.1:$TLS_PORT ssl" HANDOFF_DOCROOT="$DOCROOT" HANDOFF_FPM="unix:$RUN/php-fpm.sock" \
-        envsubst '${HANDOFF_LISTEN} ${HANDOFF_DOCROOT} ${HANDOFF_FPM}' \
-        <"$REPO/deploy/nginx-site.conf.template" |
-        sed '$!b; /^}$/i\    include '"$RUN"'/bench-locations.conf;\n    include '"$RUN"'/bench-tls.conf;' \
-            >"$RUN/nginx-site-tls.conf"
-    grep -q bench-tls "$RUN/nginx-site-tls.conf" || die "could not add TLS to the site"
-}
-write_relay_and_tls_conf
 
 # handoff-manager: only this user may connect (0660; local benchmark, php-fpm runs as this user).
 # A copy of the binary: --scaling restarts the manager, and a rebuild of target/release
@@ -429,8 +411,10 @@ start_manager 2
 # - nginx: the shared site template with one include added before its closing brace for the
 #   bench-only locations (X-Accel-Redirect needs an internal location in the same server;
 #   nginx static needs a location serving the data; /relay/ is the relay limit). The PHP
-#   location is the shared one, byte for byte. An http-level include adds the HTTPS server
-#   (write_relay_and_tls_conf above).
+#   location is the shared one, byte for byte. The same site with the same include serves
+#   HTTPS on TLS_PORT (--tls-port: `listen ... ssl`, the run's certificate, TLS 1.3 only).
+# - The relay upstream: a second nginx (--relay-socket, --relay-root; its own config, one
+#   worker, the main nginx's worker_connections and rlimit), the relay limit's upstream.
 # - A second server on DEFAULTS_PORT: the same site *without* its fastcgi_buffer_size and
 #   fastcgi_buffers lines, i.e. nginx's defaults (a 4 KiB relay buffer). With
 #   X-Accel-Buffering: no, which send_file() sends, nginx relays a response through that one
@@ -456,13 +440,15 @@ rm -f "$RUN/stack.env"
     --nginx-http-line "sendfile on;" --nginx-http-line "tcp_nopush on;" \
     --nginx-http-line "keepalive_requests 1000000;" \
     --nginx-server-line "include $RUN/bench-locations.conf;" \
-    --nginx-http-line "include $RUN/nginx-site-tls.conf;" \
+    --tls-port "$TLS_PORT" --tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key" \
+    --tls-protocols TLSv1.3 --relay-socket "$RELAY_SOCK" --relay-root "$DATA" \
     --default-buffers-port "$DEFAULTS_PORT" >/dev/null 2>>"$LOGS/stack.log" &
 STACK_PID=$!
 PIDS+=("$STACK_PID")
 wait_for "php-fpm and nginx" "$STACK_PID" test -f "$RUN/stack.env"
 FPM_PID="$(sed -n 's/^STACK_FPM_PID=//p' "$RUN/stack.env")"
 NGINX_PID="$(sed -n 's/^STACK_NGINX_PID=//p' "$RUN/stack.env")"
+RELAY_PID="$(sed -n 's/^STACK_RELAY_PID=//p' "$RUN/stack.env")"
 wait_for nginx "$STACK_PID" curl -sf "http://127.0.0.1:$PORT/probe.php"
 
 # php -S: one process (its default), the extension loaded, the same docroot.
@@ -471,46 +457,6 @@ php -S "127.0.0.1:$CLI_PORT" -t "$DOCROOT" -d "extension=$SO" \
 CLI_PID=$!
 PIDS+=("$CLI_PID")
 wait_for "php -S" "$CLI_PID" curl -sf "http://127.0.0.1:$CLI_PORT/probe.php"
-
-# The relay limit's upstream: a second nginx, its own config and one worker, serving the data
-# dir with sendfile on a Unix socket. The main nginx relays it (bench-relay.conf).
-start_relay_upstream() {
-    local user=""
-    [ "$(id -u)" -eq 0 ] && user="user root;"
-    cat >"$RUN/relay-upstream.conf" <<EOF
-$user
-daemon off;
-worker_processes 1;
-worker_rlimit_nofile $FD_LIMIT;
-pid $RUN/relay-upstream.pid;
-error_log $LOGS/relay-upstream-error.log error;
-events { worker_connections 32768; }
-http {
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    access_log off;
-    client_body_temp_path $TEMP/relay-client_body;
-    proxy_temp_path $TEMP/relay-proxy;
-    fastcgi_temp_path $TEMP/relay-fastcgi;
-    uwsgi_temp_path $TEMP/relay-uwsgi;
-    scgi_temp_path $TEMP/relay-scgi;
-    server {
-        listen unix:$RELAY_SOCK;
-        root $DATA;
-    }
-}
-EOF
-    nginx -t -q -p "$RUN" -e "$LOGS/relay-upstream-error.log" -c "$RUN/relay-upstream.conf" ||
-        die "nginx rejected the relay upstream's config"
-    nginx -p "$RUN" -e "$LOGS/relay-upstream-error.log" -c "$RUN/relay-upstream.conf" \
-        >"$LOGS/relay-upstream.stderr.log" 2>&1 &
-    RELAY_PID=$!
-    PIDS+=("$RELAY_PID")
-    wait_for "nginx (relay upstream)" "$RELAY_PID" test -S "$RELAY_SOCK"
-}
-start_relay_upstream
 
 # Every backend must deliver the right bytes before anything is measured (and again after
 # each restart of the manager in --scaling).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the handoff demo: handoff-manager + php-fpm + nginx, all in the foreground of this
 # script (Ctrl-C stops everything), serving php/demo/ on http://127.0.0.1:8080/. They are
-# started by target/release/handoff-stack (tests/stack), as in the tests and the benchmark.
+# started by target/release/handoff-stack (stack/), as in the tests and the benchmark.
 #
 #   bash scripts/demo.sh
 #
@@ -68,7 +68,7 @@ log "computing checksums of the demo files"
 (cd "$DATA" && sha256sum big.bin hello.txt >"$RUN/SHA256SUMS")
 
 # --- the stack -----------------------------------------------------------------------------
-# handoff-stack (tests/stack) starts handoff-manager, php-fpm (deploy/php-fpm-pool.conf) and
+# handoff-stack (stack/) starts handoff-manager, php-fpm (deploy/php-fpm-pool.conf) and
 # nginx (deploy/nginx-site.conf.template) the way the integration tests do, each in its own
 # process group, and stops them in reverse order on SIGTERM. The manager's socket is 0660:
 # only the invoking user may connect; this local demo runs php-fpm as that user too (see

@@ -1,68 +1,18 @@
 //! Apache 2.4 (prefork) with mod_php: the manager writes raw HTTP/1.1 on the client's own
 //! TCP connection, taken from Apache's `conn_rec`. Every test also checks that no Apache
-//! child died of a signal (a crash in the extension takes the child down).
+//! child died of a signal (a crash in the extension takes the child down). The checks every
+//! SAPI runs are in the matrix (`matrix.rs`, `matrix::apache::*`); here is what only mod_php
+//! has (the next connection on the same child, mod_ssl, pipelining).
 
 use std::io::{Read, Write};
 
 use crate::util::scenarios;
 use crate::util::{
-    heavy_lock, raw_request, sha256_bytes, split_head, split_responses, Config, Kind, Stack, MIB,
+    raw_request, sha256_bytes, split_head, split_responses, Config, Kind, Stack, MIB,
 };
 
 fn apache() -> Config {
     Config::new(Kind::Apache)
-}
-
-#[test]
-fn byte_exact_downloads_through_manager() {
-    let _heavy = heavy_lock();
-    let stack = Stack::start(apache());
-    scenarios::byte_exact_through_manager(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn script_headers_reach_client() {
-    let stack = Stack::start(apache());
-    scenarios::script_headers_reach_client(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn fallback_without_manager_streams_in_process() {
-    let stack = Stack::start(apache().without_manager());
-    scenarios::fallback_streams_in_process(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn output_after_handoff_is_dropped() {
-    let stack = Stack::start(apache());
-    scenarios::output_after_handoff_is_dropped(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn send_file_after_flush_throws() {
-    let stack = Stack::start(apache());
-    scenarios::flushed_headers_throw(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn missing_file_gives_script_404() {
-    let stack = Stack::start(apache());
-    scenarios::missing_file_gives_script_page(&stack);
-    stack.assert_clean_logs();
-}
-
-/// With one prefork child, only a handoff lets Apache answer others during a slow download.
-#[test]
-fn child_free_during_slow_download() {
-    let _heavy = heavy_lock();
-    let mut stack = Stack::start(apache().children(1));
-    scenarios::server_free_during_slow_download(&mut stack);
-    stack.assert_clean_logs();
 }
 
 /// The child that handed a connection off serves the next connection normally, whatever
@@ -105,50 +55,6 @@ fn next_request_after_handoff_is_served() {
     );
     stack.wait_outcome("complete", 300_000, 4);
     stack.assert_clean_logs();
-}
-
-#[test]
-fn aborted_download_is_logged() {
-    let _heavy = heavy_lock();
-    let stack = Stack::start(apache());
-    scenarios::aborted_download_is_logged(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn hung_manager_falls_back_after_timeout() {
-    let stack = Stack::start(apache().without_manager().ini("handoff.timeout_ms", "300"));
-    scenarios::hung_manager_falls_back_after_timeout(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn ranges_and_conditionals_through_manager() {
-    let stack = Stack::start(apache());
-    scenarios::ranges_and_conditionals(&stack);
-    assert_eq!(
-        stack.outcome_count("complete", 100),
-        1,
-        "the 100-byte range was not sent by the manager"
-    );
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn ranges_and_conditionals_without_manager() {
-    let stack = Stack::start(apache().without_manager());
-    scenarios::ranges_and_conditionals(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn rate_option_limits_speed() {
-    scenarios::on_both_paths(Kind::Apache, scenarios::rate_option_limits_speed);
-}
-
-#[test]
-fn download_answering_unread_post() {
-    scenarios::on_both_paths(Kind::Apache, scenarios::download_answering_unread_post);
 }
 
 /// Under mod_ssl the socket carries TLS: handing it off would put plain HTTP/1.1 into the

@@ -1,18 +1,12 @@
-//! nginx in front of php-fpm with the extension loaded: downloads handed to the manager as
-//! FastCGI, the fallback without a manager, and what a handoff frees (the worker).
+//! nginx in front of php-fpm with the extension loaded: what only this stack has (php-fpm over
+//! TCP, nginx's FastCGI keep-alive pool and client keep-alive, `handoff.fallback=off`,
+//! `handoff.inline_below`, many clients at once). The checks every SAPI runs are in the
+//! matrix (`matrix.rs`, `matrix::fpm::*`).
 
 use std::time::Duration;
 
 use crate::util::scenarios::{self, download_exact};
 use crate::util::{heavy_lock, Config, Kind, Stack, MIB};
-
-#[test]
-fn byte_exact_downloads_through_manager() {
-    let _heavy = heavy_lock();
-    let stack = Stack::start(Config::new(Kind::Fpm));
-    scenarios::byte_exact_through_manager(&stack);
-    stack.assert_clean_logs();
-}
 
 /// php-fpm on 127.0.0.1 instead of a Unix socket (`fastcgi_pass 127.0.0.1:9000`, common in
 /// containers): the worker finds and hands off a TCP FastCGI connection the same way.
@@ -51,51 +45,6 @@ fn handoffs_with_fastcgi_keep_conn() {
         assert_eq!(page.body(), b"hello from php\n", "#{i}: the plain page");
     }
     stack.wait_outcome("complete", big_size, 60);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn script_headers_reach_client() {
-    let stack = Stack::start(Config::new(Kind::Fpm));
-    scenarios::script_headers_reach_client(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn fallback_without_manager_streams_in_process() {
-    let stack = Stack::start(Config::new(Kind::Fpm).without_manager());
-    scenarios::fallback_streams_in_process(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn output_after_handoff_is_dropped() {
-    let stack = Stack::start(Config::new(Kind::Fpm));
-    scenarios::output_after_handoff_is_dropped(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn send_file_after_flush_throws() {
-    let stack = Stack::start(Config::new(Kind::Fpm));
-    scenarios::flushed_headers_throw(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn missing_file_gives_script_404() {
-    let stack = Stack::start(Config::new(Kind::Fpm));
-    scenarios::missing_file_gives_script_page(&stack);
-    stack.assert_clean_logs();
-}
-
-/// With one worker, a slow 100 MiB download must not hold it: twenty other requests are
-/// served while the download is still running, and the download then completes intact.
-#[test]
-fn single_worker_is_free_during_slow_download() {
-    let _heavy = heavy_lock();
-    let mut stack = Stack::start(Config::new(Kind::Fpm).children(1));
-    scenarios::server_free_during_slow_download(&mut stack);
     stack.assert_clean_logs();
 }
 
@@ -166,36 +115,6 @@ fn fallback_off_throws_without_manager() {
     stack.assert_clean_logs();
 }
 
-#[test]
-fn hung_manager_falls_back_after_timeout() {
-    let stack = Stack::start(
-        Config::new(Kind::Fpm)
-            .without_manager()
-            .ini("handoff.timeout_ms", "300"),
-    );
-    scenarios::hung_manager_falls_back_after_timeout(&stack);
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn ranges_and_conditionals_through_manager() {
-    let stack = Stack::start(Config::new(Kind::Fpm));
-    scenarios::ranges_and_conditionals(&stack);
-    assert_eq!(
-        stack.outcome_count("complete", 100),
-        1,
-        "the 100-byte range was not sent by the manager"
-    );
-    stack.assert_clean_logs();
-}
-
-#[test]
-fn ranges_and_conditionals_without_manager() {
-    let stack = Stack::start(Config::new(Kind::Fpm).without_manager());
-    scenarios::ranges_and_conditionals(&stack);
-    stack.assert_clean_logs();
-}
-
 /// `handoff.inline_below`: a file smaller than the threshold is served by the worker itself
 /// (send_file() returns false, the manager sees nothing); a larger one is still handed off.
 #[test]
@@ -215,16 +134,6 @@ fn small_files_below_inline_threshold_stay_in_the_worker() {
         "the small file went through the manager"
     );
     stack.assert_clean_logs();
-}
-
-#[test]
-fn rate_option_limits_speed() {
-    scenarios::on_both_paths(Kind::Fpm, scenarios::rate_option_limits_speed);
-}
-
-#[test]
-fn download_answering_unread_post() {
-    scenarios::on_both_paths(Kind::Fpm, scenarios::download_answering_unread_post);
 }
 
 /// The in-process fallback also keeps nginx from spooling a slow download to disk (nginx
@@ -283,44 +192,5 @@ fn client_connection_is_reused_after_handoff() {
     assert_eq!(crate::util::sha256_file(&dir.join("second.body")), second);
     stack.wait_outcome("complete", 3 * MIB, 1);
     stack.wait_outcome("complete", MIB + 3, 1);
-    stack.assert_clean_logs();
-}
-
-/// A script cannot point `handoff.socket` elsewhere; here the pool's php_admin_value also
-/// locks it (deploy/php-fpm-pool.conf).
-#[test]
-fn script_cannot_redirect_handoff_socket() {
-    let stack = Stack::start(Config::new(Kind::Fpm));
-    scenarios::script_cannot_redirect_handoff_socket(&stack);
-    stack.assert_clean_logs();
-}
-
-/// `header('Status: 404')`: php-fpm passes the field to nginx as the CGI status, so both
-/// paths answer 404 (and a reason given with it), with identical heads.
-#[test]
-fn status_header_is_the_status_on_both_paths() {
-    scenarios::status_header_same_on_both_paths(
-        Kind::Fpm,
-        &[
-            ("404", "HTTP/1.1 404 Not Found"),
-            ("410 Gone Fishing", "HTTP/1.1 410 Gone Fishing"),
-        ],
-    );
-}
-
-#[test]
-fn raw_header_bytes_are_kept_on_both_paths() {
-    scenarios::raw_header_bytes_same_on_both_paths(Kind::Fpm);
-}
-
-/// The manager at capacity answers a one-way handoff with its own 503 through nginx.
-#[test]
-fn at_capacity_the_manager_answers_503() {
-    let stack = Stack::start(Config::new(Kind::Fpm).children(2).without_manager());
-    let manager = crate::util::faults::RestartableManager::started_for(
-        &stack,
-        &["--max-downloads", "1", "--max-waiting", "0"],
-    );
-    scenarios::at_capacity_the_manager_answers_503(&stack, || manager.log());
     stack.assert_clean_logs();
 }

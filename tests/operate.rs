@@ -11,8 +11,8 @@ use nix::sys::signal::Signal;
 
 use crate::records::{http_get, stack_with};
 use crate::util::{
-    free_local_addr, manager_binary, read_lossy, repo_root, spawn_manager_with, urlencode,
-    wait_until, Proc, MIB,
+    free_local_addr, manager_binary, manager_cli, read_lossy, repo_root, spawn_manager_with,
+    urlencode, wait_until, Proc, MIB,
 };
 
 /// The Grafana dashboard shipped for the manager's metrics.
@@ -144,10 +144,7 @@ fn status_escapes_control_characters_in_file_names() {
         || Ok(()),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", manager.report()));
-    let out = Command::new(manager_binary())
-        .args(["status", "--metrics", &metrics])
-        .output()
-        .expect("run handoff-manager status");
+    let out = manager_cli("status", &metrics);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         !text.contains('\u{1b}'),
@@ -512,10 +509,7 @@ fn health_says_draining_after_sigterm_while_the_download_finishes() {
     let metrics = free_local_addr().to_string();
     let (mut stack, manager) = stack_with(|_| vec!["--metrics".into(), metrics.clone()]);
     let health = || {
-        let out = Command::new(manager_binary())
-            .args(["health", "--metrics", &metrics])
-            .output()
-            .expect("run handoff-manager health");
+        let out = manager_cli("health", &metrics);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

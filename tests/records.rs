@@ -72,10 +72,7 @@ fn tag_reaches_status_and_access_log() {
         || Ok(()),
     )
     .unwrap_or_else(|e| panic!("{e}\n/status: {}\n{}", status(), manager.report()));
-    let out = std::process::Command::new(crate::util::manager_binary())
-        .args(["status", "--metrics", &metrics])
-        .output()
-        .expect("run handoff-manager status");
+    let out = crate::util::manager_cli("status", &metrics);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("tagged.bin  tag=order:17/user:5\n"),

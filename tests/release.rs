@@ -69,7 +69,7 @@ fn changelog_and_licence_cover_the_release() {
     );
     let licence = std::fs::read_to_string(repo_root().join("LICENSE")).expect("LICENSE");
     assert!(licence.starts_with("MIT License\n"), "LICENSE is not MIT");
-    for crate_dir in ["", "core/", "manager/", "tests/stack/", "bench/client/"] {
+    for crate_dir in ["", "core/", "manager/", "stack/", "bench/client/"] {
         let manifest = std::fs::read_to_string(repo_root().join(crate_dir).join("Cargo.toml"))
             .expect("Cargo.toml");
         assert!(

@@ -8,16 +8,15 @@
 mod util;
 
 mod apache;
-mod cli_server;
 mod compose;
 mod delete_after_send;
 mod differential;
 mod faults;
 mod fpm;
 mod frameworks;
-mod front_ends;
 mod global_functions;
 mod kubernetes;
+mod matrix;
 mod operate;
 mod pacing;
 mod php_level;

@@ -352,3 +352,8 @@ pub fn response_from(head_path: &Path, body_path: &Path) -> Response {
         body_path: body_path.to_path_buf(),
     }
 }
+
+/// How many bytes a client has written to `path` so far (0 before the file exists).
+pub fn received_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}

@@ -116,3 +116,12 @@ impl Drop for SilentManager {
         }
     }
 }
+
+/// Runs `handoff-manager SUBCOMMAND --metrics ADDR` (`status`, `health`) to its end, as an
+/// operator would, and returns what it printed and its exit status.
+pub fn manager_cli(subcommand: &str, metrics: &str) -> std::process::Output {
+    std::process::Command::new(manager_binary())
+        .args([subcommand, "--metrics", metrics])
+        .output()
+        .unwrap_or_else(|e| panic!("run handoff-manager {subcommand}: {e}"))
+}

@@ -10,7 +10,7 @@
 //! - [`scenarios`]: checks that run the same way behind php-fpm, `php -S` and mod_php.
 //!
 //! How manager, php-fpm and nginx start (configs, readiness, logs, [`Proc`]) is the
-//! `handoff-stack` crate in `tests/stack/`, shared with the manager's tests, the demo and
+//! `handoff-stack` crate in `stack/`, shared with the manager's tests, the demo and
 //! the benchmark; this module re-exports it. Readiness is always "the socket accepts a
 //! connection", polled with a deadline.
 

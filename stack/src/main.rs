@@ -6,7 +6,9 @@
 //! manager lets downloads finish for its `--grace`) and exits 128 + the signal; if a child
 //! dies on its own, the others are stopped and it exits 1.
 //!
-//!   handoff-stack up --dir DIR [--port N] [--docroot DIR] [--fpm-children 4] [-- MANAGER ARGS]
+//!   handoff-stack up --dir DIR [--port N] [--docroot DIR] [--fpm-children 4]
+//!                    [--tls-port N --tls-cert PEM --tls-key PEM]
+//!                    [--relay-socket SOCK --relay-root DIR] [-- MANAGER ARGS]
 //!   handoff-stack manager --dir DIR [-- MANAGER ARGS]      (the manager alone)
 //!   handoff-stack down --dir DIR                           (stops what runs from DIR)
 
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use handoff_stack::fpm::Fpm;
-use handoff_stack::nginx::{Nginx, Site};
+use handoff_stack::nginx::{Nginx, Site, Tls};
 use handoff_stack::{
     extension, manager_binary, repo_root, spawn_manager, start_manager, tail, Listen, Place, Proc,
 };
@@ -112,6 +114,27 @@ struct Up {
     /// the site's 128k.
     #[arg(long)]
     default_buffers_port: Option<u16>,
+    /// Also serve the site over HTTPS on this port (with the same server lines), with
+    /// --tls-cert and --tls-key.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_port: Option<u16>,
+    /// The HTTPS server's certificate chain (PEM).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The HTTPS server's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The HTTPS server's ssl_protocols.
+    #[arg(long, default_value = "TLSv1.3")]
+    tls_protocols: String,
+    /// Also start a second nginx, "relay-upstream" (one worker, no PHP), serving
+    /// --relay-root with sendfile on this Unix socket: the upstream of the benchmark's relay
+    /// limit. It takes the main nginx's connections, rlimit and error level.
+    #[arg(long, requires = "relay_root")]
+    relay_socket: Option<PathBuf>,
+    /// The directory the relay upstream serves.
+    #[arg(long)]
+    relay_root: Option<PathBuf>,
 }
 
 fn main() {
@@ -243,7 +266,17 @@ fn up_stack(up: &Up) -> (Vec<Proc>, PathBuf, String) {
     };
     let mut site = Site::new(listen.clone(), docroot.clone(), fpm.fastcgi_pass());
     site.server_lines = up.nginx_server_lines.clone();
-    let mut sites = vec![site];
+    let mut sites = vec![site.clone()];
+    if let (Some(port), Some(cert), Some(key)) = (up.tls_port, &up.tls_cert, &up.tls_key) {
+        let mut https = site;
+        https.listen = tcp(port);
+        https.tls = Some(Tls {
+            cert: cert.clone(),
+            key: key.clone(),
+            protocols: up.tls_protocols.clone(),
+        });
+        sites.push(https);
+    }
     if let Some(port) = up.default_buffers_port {
         let mut plain = Site::new(tcp(port), docroot, fpm.fastcgi_pass());
         plain.default_buffers = true;
@@ -256,6 +289,28 @@ fn up_stack(up: &Up) -> (Vec<Proc>, PathBuf, String) {
     nginx.error_log_level = up.nginx_error_level.clone();
     nginx.access_log = !up.nginx_no_access_log;
     nginx.http_lines = up.nginx_http_lines.clone();
+    let relay = match (&up.relay_socket, &up.relay_root) {
+        (Some(socket), Some(root)) => {
+            let _ = fs::remove_file(socket);
+            let mut relay = Nginx::relay_upstream(socket, root);
+            relay.worker_connections = nginx.worker_connections;
+            relay.worker_rlimit_nofile = nginx.worker_rlimit_nofile;
+            relay.error_log_level = nginx.error_log_level.clone();
+            progress(&format!(
+                "starting nginx (relay upstream) on {}",
+                socket.display()
+            ));
+            let proc = relay.start(&place, &[Listen::Unix(socket.clone())]);
+            let _ = write!(
+                env,
+                "STACK_RELAY_PID={}\nSTACK_RELAY_SOCKET={}\n",
+                proc.pid(),
+                socket.display()
+            );
+            Some(proc)
+        }
+        _ => None,
+    };
     progress(&format!("starting nginx on {}", listen.nginx()));
     let nginx_proc = nginx.start(&place, &[]);
 
@@ -275,6 +330,7 @@ fn up_stack(up: &Up) -> (Vec<Proc>, PathBuf, String) {
         place.logs.display(),
     );
     procs.push(fpm.proc);
+    procs.extend(relay);
     procs.push(nginx_proc);
     (procs, place.dir.join("stack.env"), env)
 }

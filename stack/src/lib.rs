@@ -1,6 +1,6 @@
 //! How a handoff stack starts: handoff-manager, php-fpm with `deploy/php-fpm-pool.conf`, and
 //! nginx with `deploy/nginx-site.conf.template` inside a main config written here. One
-//! definition for the integration tests (`tests/util/stack.rs`), the manager's own tests,
+//! definition for the integration tests (`tests/util/stack/`), the manager's own tests,
 //! the demo (`scripts/demo.sh`) and the benchmark (`bench/run.sh`); the scripts reach it
 //! through the `handoff-stack` binary (`src/main.rs`).
 //!
@@ -98,8 +98,8 @@ impl Listen {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    // This crate lives in tests/stack/.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // This crate lives in stack/.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     root.canonicalize().unwrap_or(root)
 }
 

@@ -9,12 +9,19 @@
 //! After each kill the next requests are served by PHP itself, and once the manager is
 //! back on the same socket path, handoffs resume without restarting PHP.
 //!
+//! The faults every SAPI goes through are features of the SAPI × feature matrix
+//! (`matrix.rs`, e.g. `matrix::cli_server::manager_killed_before_confirming`): they are the
+//! `pub fn`s here, taking the [`Kind`] of stack. The tests here are nginx + php-fpm's own;
+//! the manager killed mid-stream is in [`mid_stream`].
+//!
 //! Synchronisation is by polling what the kernel shows (`/proc/PID/syscall`,
 //! `/proc/net/unix`, file sizes, logs) with deadlines, never by sleeping.
 
+mod mid_stream;
+
 use std::fs;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -24,9 +31,9 @@ use crate::util::faults::{
     cli_server_pid, only_fpm_worker, wait_worker_in_handshake, CrashAfterAccept, RestartableManager,
 };
 use crate::util::scenarios::download_exact;
-use crate::util::{
-    heavy_lock, read_lossy, response_from, wait_until, Config, Endpoint, Kind, Proc, Stack, MIB,
-};
+use crate::util::{response_from, wait_until, Config, Endpoint, Kind, Proc, Stack, MIB};
+
+pub use mid_stream::manager_killed_mid_stream;
 
 /// The client of a request whose handoff was lost ends within 30 s of `after` with
 /// nginx's 502 page or an empty reply (curl exit 52): nothing of the file `content`.
@@ -59,11 +66,14 @@ fn assert_nothing_of_the_file(
 
 /// Handoffs interrupted at each point.
 const HANDOFFS_PER_POINT: usize = 100;
+
 /// The file of the quick points: small, but above any inline threshold (the default is 0).
 const SMALL: u64 = 64 * 1024;
+
 /// What a kill may cost a waiting worker at most: far below its `handoff.timeout_ms`, so a
 /// fallback that took this long came from the worker's timeout, not from seeing the kill.
 const FALLBACK_AFTER_KILL: Duration = Duration::from_secs(5);
+
 /// A client that got no byte for this long after a kill mid-stream, and whose connection is
 /// still open, was left hanging.
 const STALLED: Duration = Duration::from_secs(3);
@@ -137,7 +147,7 @@ const QUEUED_ROUNDS: usize = 20;
 /// returns true while the manager is stopped); then the manager is killed. Such a handoff,
 /// and only such a one, is lost: the kernel closes its connection, so the client gets
 /// nginx's 502 or an empty reply, never a byte of the file. Counted per run.
-fn killed_with_handoffs_queued(kind: Kind) {
+pub fn manager_killed_with_handoffs_queued(kind: Kind) {
     let (stack, mut manager) = stack(kind, 1);
     let size = MIB;
     stack.data_file("queued.bin", size, 8);
@@ -169,16 +179,6 @@ fn killed_with_handoffs_queued(kind: Kind) {
          (each unread when the manager died), 0 corrupt"
     );
     stack.assert_clean_logs();
-}
-
-#[test]
-fn manager_killed_with_handoffs_queued_fpm() {
-    killed_with_handoffs_queued(Kind::Fpm);
-}
-
-#[test]
-fn manager_killed_with_handoffs_queued_cli_server() {
-    killed_with_handoffs_queued(Kind::CliServer);
 }
 
 /// Back-pressure never blocks a worker: with the manager stopped, one-way handoffs queue
@@ -237,7 +237,7 @@ fn a_full_handoff_queue_falls_back_in_process_and_the_queued_are_served() {
 /// Point 1 (`handoff.confirm`): the manager dies before it confirms. It is stopped, so the request's worker
 /// connects (into the backlog), sends the job and blocks in recv() for the answer; then it
 /// is killed. The worker must see the socket close, fall back and send the whole file.
-fn killed_before_confirming(kind: Kind) {
+pub fn manager_killed_before_confirming(kind: Kind) {
     let (stack, mut manager) = confirmed_stack(kind, 1);
     let sha = stack.data_file("small.bin", SMALL, 1);
     manager.start();
@@ -274,20 +274,11 @@ fn killed_before_confirming(kind: Kind) {
     stack.assert_clean_logs();
 }
 
-#[test]
-fn manager_killed_before_confirming_fpm() {
-    killed_before_confirming(Kind::Fpm);
-}
-
-#[test]
-fn manager_killed_before_confirming_cli_server() {
-    killed_before_confirming(Kind::CliServer);
-}
-
 /// Point 2 (`handoff.confirm`): the manager confirms (Accept) and dies before "go" (see [`CrashAfterAccept`]
 /// for why this is a stand-in). The worker's go fails; it must take its connection back
-/// and send the whole file itself.
-fn crashed_after_confirming(kind: Kind) {
+/// and send the whole file itself. Under mod_php, APR keeps the client socket non-blocking,
+/// and the worker must put it back as it was before streaming the file itself.
+pub fn manager_crashing_after_confirming(kind: Kind) {
     let (stack, mut manager) = confirmed_stack(kind, 1);
     let sha = stack.data_file("small.bin", SMALL, 2);
     for i in 0..HANDOFFS_PER_POINT {
@@ -311,28 +302,11 @@ fn crashed_after_confirming(kind: Kind) {
     stack.assert_clean_logs();
 }
 
-#[test]
-fn manager_crashing_after_confirming_fpm() {
-    crashed_after_confirming(Kind::Fpm);
-}
-
-/// mod_php: APR keeps the client socket non-blocking, and the worker must put it back as
-/// it was before streaming the file itself.
-#[test]
-fn manager_crashing_after_confirming_apache() {
-    crashed_after_confirming(Kind::Apache);
-}
-
-#[test]
-fn manager_crashing_after_confirming_cli_server() {
-    crashed_after_confirming(Kind::CliServer);
-}
-
 /// After a failed go the worker takes its connection back with its close-on-exec flag as
 /// it was: a child process the script starts afterwards (`exec`, `proc_open`, `mail()`)
 /// inherits no more sockets than one started before send_file(). Under mod_php the client
 /// socket is close-on-exec (APR accepts with `SOCK_CLOEXEC`); a `dup2` would clear that.
-fn failed_go_keeps_close_on_exec(kind: Kind) {
+pub fn failed_go_keeps_close_on_exec(kind: Kind) {
     let (stack, _manager) = confirmed_stack(kind, 1);
     let sha = stack.data_file("cloexec.bin", SMALL, 9);
     for i in 0..3 {
@@ -360,221 +334,6 @@ fn failed_go_keeps_close_on_exec(kind: Kind) {
             "#{i}: sockets a child inherits before and after the failed handoff ({children})"
         );
     }
-}
-
-#[test]
-fn failed_go_keeps_close_on_exec_apache() {
-    failed_go_keeps_close_on_exec(Kind::Apache);
-}
-
-#[test]
-fn failed_go_keeps_close_on_exec_cli_server() {
-    failed_go_keeps_close_on_exec(Kind::CliServer);
-}
-
-/// nginx's default `keepalive_timeout` (the test stacks keep it).
-///
-/// Behind nginx 1.22 a client cut by the manager's death normally sees its connection
-/// closed at once: the manager leaves nginx's `STDIN` record unread, so its death is a
-/// reset, an upstream error, and nginx closes the client's connection. In a rare race
-/// (measured: 2 clients of 1,500, in 150 runs of this test) nginx reads the reset
-/// (it logs `recv() failed (104: Connection reset by peer)`) and then, woken again by the
-/// same death, reads end-of-file as well; its non-buffered upstream code checks "end of
-/// file with no length known" before "read error", so it ends the response as if complete
-/// and keeps the client's connection for keep-alive, until this timeout. The manager is
-/// dead by then; nothing on our side can change what nginx decides. The client still holds
-/// a clean prefix under one head, and it is closed by the timeout, which the test waits for.
-const NGINX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
-
-/// Whether nginx's error log shows the upstream reset for the request named `name`.
-fn nginx_saw_reset(stack: &Stack, name: &str) -> bool {
-    let request = format!("result={name} HTTP/");
-    read_lossy(&stack.path().join("nginx-error.log"))
-        .lines()
-        .any(|l| l.contains(&request) && l.contains("Connection reset by peer"))
-}
-
-/// One slow download in flight.
-struct Slow {
-    name: String,
-    curl: Proc,
-    head: PathBuf,
-    body: PathBuf,
-}
-
-fn body_len(path: &PathBuf) -> u64 {
-    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-/// Point 3: the manager dies mid-stream. `per_round` slow clients read a large file; once
-/// every one is handed off and has part of the body, the manager is killed. Each client
-/// must hold a clean prefix of the file under a single head, and curl must report the
-/// transfer as short (exit 18): the connection was closed, not finished (behind nginx
-/// this depends on the reset explained at [`closes_client_when_manager_dies`]).
-fn killed_mid_stream(kind: Kind, rounds: usize, per_round: usize) {
-    let _heavy = heavy_lock();
-    let (stack, mut manager) = stack(kind, 4);
-    let size = 64 * MIB;
-    stack.data_file("big.bin", size, 3);
-    let content = fs::read(stack.data().join("big.bin")).expect("read big.bin");
-    let sha = stack.data_file("small.bin", SMALL, 4);
-    let enough = 256 * 1024;
-    let mut left_open = Vec::new();
-    manager.start();
-    for round in 0..rounds {
-        let mut slow: Vec<Slow> = (0..per_round)
-            .map(|k| {
-                let name = format!("mid{round}_{k}");
-                let (curl, head, body) = stack
-                    .curl(&name, &format!("/download.php?f=big.bin&result={name}"))
-                    .args(&["--limit-rate", "8M"])
-                    .spawn(stack.client_dir().join(format!("{name}.curl.log")));
-                Slow {
-                    name,
-                    curl,
-                    head,
-                    body,
-                }
-            })
-            .collect();
-        for s in &mut slow {
-            assert_eq!(
-                stack.wait_result(&s.name),
-                "true",
-                "{}: the download must be handed off before the kill",
-                s.name
-            );
-            let (curl, body) = (&mut s.curl, &s.body);
-            wait_until(
-                &format!("{}: {enough} bytes at the client", s.name),
-                Duration::from_secs(30),
-                || body_len(body) >= enough,
-                || curl.check_alive(),
-            )
-            .unwrap_or_else(|e| panic!("{e}\n{}", curl.log_text()));
-        }
-        manager.kill();
-        let cut = Instant::now();
-        if kind == Kind::Fpm {
-            // nginx must have finished each request (its access log line) before the
-            // clients are judged: then nothing more can arrive.
-            let access_log = stack.path().join("nginx-access.log");
-            let logged = |name: &str| {
-                read_lossy(&access_log)
-                    .lines()
-                    .any(|l| l.contains(&format!("result={name} ")))
-            };
-            wait_until(
-                &format!("round {round}: nginx logs the {per_round} cut requests"),
-                Duration::from_secs(30),
-                || slow.iter().all(|s| logged(&s.name)),
-                || Ok(()),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        }
-        // What the kernel already buffered for a client still arrives after the kill, at
-        // the client's pace: a connection counts as left open only once its bytes stop.
-        let mut sizes: Vec<(u64, Instant)> = slow.iter().map(|_| (0, Instant::now())).collect();
-        let _ = wait_until(
-            &format!("round {round}: every client sees its connection closed"),
-            Duration::from_secs(60),
-            || {
-                let mut settled = true;
-                for (s, (last, since)) in slow.iter_mut().zip(sizes.iter_mut()) {
-                    if !s.curl.is_running() {
-                        continue;
-                    }
-                    let now = body_len(&s.body);
-                    if now != *last {
-                        (*last, *since) = (now, Instant::now());
-                    }
-                    settled &= since.elapsed() >= STALLED;
-                }
-                settled
-            },
-            || Ok(()),
-        );
-        for s in &mut slow {
-            let r = response_from(&s.head, &s.body);
-            let heads = r.head_text.matches("HTTP/").count();
-            assert_eq!(
-                heads, 1,
-                "{}: {heads} response heads:\n{}",
-                s.name, r.head_text
-            );
-            assert_eq!(r.status, 200, "{}:\n{}", s.name, r.head_text);
-            let got = r.body();
-            assert!(
-                got.len() as u64 >= enough && (got.len() as u64) < size,
-                "{}: {} body bytes of {size}",
-                s.name,
-                got.len()
-            );
-            if let Some(at) = got.iter().zip(&content).position(|(a, b)| a != b) {
-                panic!(
-                    "{}: byte {at} of {} differs from the file: not a clean prefix",
-                    s.name,
-                    got.len()
-                );
-            }
-            let mut status = s.curl.wait_exit(Duration::ZERO);
-            if status.is_none() && kind == Kind::Fpm && nginx_saw_reset(&stack, &s.name) {
-                // nginx's race (see NGINX_KEEPALIVE_TIMEOUT): the reset reached nginx,
-                // which still ended the response as complete and keeps the client's
-                // connection until its keep-alive timeout closes it.
-                eprintln!(
-                    "{}: nginx logged the upstream reset but kept the client's connection \
-                     ({} bytes); waiting for its keep-alive timeout",
-                    s.name,
-                    got.len()
-                );
-                status = s
-                    .curl
-                    .wait_exit(NGINX_KEEPALIVE_TIMEOUT.saturating_sub(cut.elapsed()) + STALLED);
-            }
-            match status {
-                Some(status) => assert_eq!(
-                    status.code(),
-                    Some(18),
-                    "{}: curl must report a short transfer (exit 18), got {status}\n{}",
-                    s.name,
-                    s.curl.log_text()
-                ),
-                None => left_open.push(format!(
-                    "{} ({} of {size} bytes, still open {:?} after the kill)",
-                    s.name,
-                    got.len(),
-                    cut.elapsed()
-                )),
-            }
-        }
-        fallback_then_resume(&stack, &mut manager, &sha, &format!("mid{round}"));
-    }
-    if !left_open.is_empty() {
-        let note = format!(
-            "{} of {} clients left open (no byte for {STALLED:?}) after the manager died, \
-             each with a clean prefix: {}",
-            left_open.len(),
-            rounds * per_round,
-            left_open.join(", ")
-        );
-        panic!("{note}");
-    }
-    let fpm_log = read_lossy(&stack.path().join("php-fpm.log"));
-    assert!(
-        !fpm_log.contains("exited on signal"),
-        "a php-fpm worker crashed:\n{fpm_log}"
-    );
-}
-
-#[test]
-fn manager_killed_mid_stream_fpm() {
-    killed_mid_stream(Kind::Fpm, 10, 10);
-}
-
-#[test]
-fn manager_killed_mid_stream_cli_server() {
-    killed_mid_stream(Kind::CliServer, 10, 10);
 }
 
 /// The requests a worker served itself while the manager was down reach the manager's
@@ -619,10 +378,7 @@ fn fallbacks_while_the_manager_was_down_reach_its_metrics() {
             "after handoff {k}, the three fallbacks must be counted once:\n{text}"
         );
     }
-    let status = std::process::Command::new(crate::util::manager_binary())
-        .args(["status", "--metrics", &addr])
-        .output()
-        .expect("run handoff-manager status");
+    let status = crate::util::manager_cli("status", &addr);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         text.contains("fallbacks reported by PHP: unreachable 3\n"),
@@ -696,83 +452,4 @@ fn fpm_worker_killed_mid_handshake() {
     let returned = download_exact(&stack, "small.bin", &sha, SMALL, "&after=1");
     assert_eq!(returned, "true", "send_file() after the killed workers");
     manager.wait_outcome("complete", SMALL, 1);
-}
-
-/// The strict form of the mid-stream point behind nginx, one download at a time: the
-/// client must see its connection closed within seconds of the manager's death, not only
-/// hold a clean prefix.
-///
-/// nginx 1.22 in unbuffered mode (the manager sends `X-Accel-Buffering: no`) takes a clean
-/// end-of-file on the FastCGI connection for the end of the response and would keep the
-/// client's connection for keep-alive, so the client would wait for the missing bytes
-/// until `keepalive_timeout` (75 s by default). The manager therefore leaves what nginx
-/// sent unread while it sends (at least the empty `STDIN` record that ends every request):
-/// when it dies, the kernel reports a reset, nginx logs an upstream error and closes the
-/// client's connection. Over TCP the unread data makes the kernel send a RST. `extra` adds
-/// curl arguments (a request method, a body).
-fn closes_client_when_manager_dies(
-    (stack, mut manager): (Stack, RestartableManager),
-    extra: &[&str],
-) {
-    let size = 64 * MIB;
-    stack.data_file("big.bin", size, 7);
-    manager.start();
-    let (mut curl, head, body) = stack
-        .curl("cut", "/download.php?f=big.bin&result=cut")
-        .args(&["--limit-rate", "8M"])
-        .args(extra)
-        .spawn(stack.client_dir().join("cut.curl.log"));
-    assert_eq!(stack.wait_result("cut"), "true", "handed off");
-    wait_until(
-        "256 KiB at the client",
-        Duration::from_secs(30),
-        || body_len(&body) >= 256 * 1024,
-        || curl.check_alive(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    manager.kill();
-    let status = curl.wait_exit(Duration::from_secs(20));
-    let r = response_from(&head, &body);
-    assert!(
-        status.is_some_and(|s| s.code() == Some(18)),
-        "curl {status:?} 20 s after the manager died, {} of {size} bytes received;\n\
-         nginx access.log:\n{}\nnginx error.log:\n{}",
-        r.body_len(),
-        read_lossy(&stack.path().join("nginx-access.log")),
-        read_lossy(&stack.path().join("nginx-error.log")),
-    );
-    assert_eq!(r.head_text.matches("HTTP/").count(), 1, "{}", r.head_text);
-    assert!(r.body_len() < size, "the body cannot be complete");
-}
-
-#[test]
-fn nginx_closes_client_when_manager_dies_mid_stream() {
-    closes_client_when_manager_dies(stack(Kind::Fpm, 1), &[]);
-}
-
-/// A POST whose form body PHP read before the script ran.
-#[test]
-fn nginx_closes_client_when_manager_dies_mid_stream_post() {
-    closes_client_when_manager_dies(stack(Kind::Fpm, 1), &["--data", "field=value&other=2"]);
-}
-
-/// A multipart POST, which PHP parses (and reads to the end) before the script runs.
-#[test]
-fn nginx_closes_client_when_manager_dies_mid_stream_multipart() {
-    closes_client_when_manager_dies(
-        stack(Kind::Fpm, 1),
-        &["--form", "field=value", "--form", "other=2"],
-    );
-}
-
-/// nginx talking to php-fpm over TCP.
-#[test]
-fn nginx_closes_client_when_manager_dies_mid_stream_fpm_tcp() {
-    closes_client_when_manager_dies(stack_fpm_with(Config::fpm_over_tcp), &[]);
-}
-
-/// nginx with `fastcgi_keep_conn on` and an upstream keepalive pool.
-#[test]
-fn nginx_closes_client_when_manager_dies_mid_stream_fpm_keepalive() {
-    closes_client_when_manager_dies(stack_fpm_with(Config::fpm_keepalive), &[]);
 }
