@@ -8,6 +8,9 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
+
+use handoff_stack::wait_until;
 
 use crate::util::faults::only_fpm_worker;
 use crate::util::{Config, Kind, Stack};
@@ -69,9 +72,21 @@ fn fatal_errors_leak_nothing(manager: bool, modes: &[&str]) {
             worker,
             "fatal={mode}: the worker must survive a fatal error"
         );
-        let leaked = leaked_fds(worker, &stack.data());
+        // The client's answer can arrive before the worker has finished the request (the
+        // manager answers a handed-off one while the worker still runs the failing handler),
+        // so wait for the worker to let go; a leaked descriptor is never let go.
+        let mut leaked = Vec::new();
+        let settled = wait_until(
+            &format!("fatal={mode}: the worker closing its files"),
+            Duration::from_secs(5),
+            || {
+                leaked = leaked_fds(worker, &stack.data());
+                leaked.is_empty()
+            },
+            || Ok(()),
+        );
         assert!(
-            leaked.is_empty(),
+            settled.is_ok(),
             "fatal={mode} (manager: {manager}): after {FATAL_ROUNDS} requests the worker \
              still holds {leaked:?}"
         );

@@ -14,6 +14,8 @@
 //! Readiness is always "the socket accepts a connection", polled with a deadline; a daemon
 //! that dies while starting is reported at once, with its command line and log.
 
+#![deny(unsafe_code)]
+
 pub mod fpm;
 pub mod manager;
 pub mod nginx;

@@ -12,6 +12,8 @@
 //!   handoff-stack manager --dir DIR [-- MANAGER ARGS]      (the manager alone)
 //!   handoff-stack down --dir DIR                           (stops what runs from DIR)
 
+#![deny(unsafe_code)]
+
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -17,6 +17,8 @@
 //!
 //! Every loop is bounded: by a duration, a request count, or both.
 
+#![deny(unsafe_code)]
+
 pub mod conn;
 pub mod engine;
 pub mod http;

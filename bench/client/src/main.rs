@@ -1,6 +1,8 @@
 //! `handoff-bench`: parses the command line, runs the engines, the probe and the `/proc`
 //! sampler from the library side by side, and prints one JSON report on stdout.
 
+#![deny(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
