@@ -91,8 +91,8 @@ totals() {
 results="$(mktemp -d)"
 status=0
 
-step "cargo test --release --workspace (PHP 8.2)"
-cargo test --release --workspace 2>&1 | tee "$results/php82" || status=$?
+step "cargo test --release --workspace --no-fail-fast (PHP 8.2)"
+cargo test --release --workspace --no-fail-fast 2>&1 | tee "$results/php82" || status=$?
 
 step "PHP 8.4, Symfony 6.4, Laravel 10.48: the integration tests in a Debian 13 root (scripts/php-root.sh trixie)"
 bash scripts/php-root.sh trixie 2>&1 | tee "$results/php84" || status=$?
