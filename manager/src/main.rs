@@ -112,8 +112,8 @@ struct Args {
     /// and all of them together at most 1.5 x what the web server relayed in the last
     /// 25 ms, measured from how fast the manager's sockets drain; this is the floor of that
     /// budget in bytes per second (what a quiet site starts with), split evenly over the
-    /// download loops (0 = pacing off, the default: with the one-way handoff, a burst of
-    /// 1,000 slow clients behind nginx measured better without it, docs/benchmarks.md).
+    /// download loops (0 = pacing off, the default: it doubles the manager's CPU and helped
+    /// only with several nginx workers, docs/configuration.md; 67108864 switches it on).
     #[arg(long, default_value_t = 0)]
     relay_start_rate: u64,
     /// The first window of a relayed download, written at once (it carries the head);
