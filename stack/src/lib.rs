@@ -149,12 +149,25 @@ pub fn find_program(candidates: &[&str]) -> PathBuf {
     panic!("none of {candidates:?} found on PATH or in /usr/sbin");
 }
 
-/// A loopback address with a port the kernel just handed out and nobody holds now. Another
-/// process may still take it before the caller binds it, so servers started on it retry.
+/// A loopback address with a port the kernel just handed out and nobody holds now, never
+/// the same port twice in one process. The kernel picks each port at random from its
+/// ephemeral range and forgets it when the probe socket closes, so two tests of one binary
+/// running side by side could be given the same port: the second server then fails to bind
+/// while its readiness check connects to the first one's. Another process may still take
+/// the port before the caller binds it, so servers started on it retry.
 pub fn free_local_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("pick a free port");
+        // A test that panicked while holding the lock leaves the set as it was: still valid.
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(addr.port()) {
+            return addr;
+        }
+    }
 }
 
 pub fn is_root() -> bool {
@@ -249,4 +262,21 @@ pub fn fill_template(name: &str, values: &[(&str, &str)]) -> String {
         "deploy/{name}: unfilled placeholders: {unfilled:?}"
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_local_addr;
+    use std::collections::HashSet;
+
+    /// Enough ports that the kernel's random picks repeat some (about 70 repeats expected
+    /// among 2,000 picks from a 28,000-port range): none may be handed out twice.
+    #[test]
+    fn free_local_addr_never_repeats_a_port() {
+        let mut seen = HashSet::new();
+        for i in 0..2_000 {
+            let port = free_local_addr().port();
+            assert!(seen.insert(port), "port {port} handed out twice (pick {i})");
+        }
+    }
 }
