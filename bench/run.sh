@@ -69,7 +69,8 @@
 # Environment: BENCH_PORT (nginx port; php -S uses +1, manager metrics +2, the 4k server +3,
 # HTTPS +4; default 18480),
 # BENCH_DATA (test files, reused across runs; default /tmp/handoff-bench-data), BENCH_RUNS
-# (repetitions), BENCH_OUT, HANDOFF_SKIP_SETUP=1 (packages and build already done),
+# (repetitions), BENCH_OUT, BENCH_KEEP=1 (keep the stack's directory and logs after a run
+# that succeeded), HANDOFF_SKIP_SETUP=1 (packages and build already done),
 # BENCH_QUIET_LOAD (wait, polling every 15 s for at most 10 min, until the 1-minute load
 # average is below it before measuring; default 0.8 in --scaling, off otherwise),
 # BENCH_THREADS (--scaling: the thread counts to alternate, default "1 2"), BENCH_REV (a
@@ -278,6 +279,8 @@ cleanup() {
     if [ "$status" -ne 0 ]; then
         echo "run.sh: failed (status $status); last lines of the logs in $LOGS:" >&2
         tail -n 15 "$LOGS"/* >&2 2>/dev/null || true
+    elif [ -n "${BENCH_KEEP:-}" ]; then
+        echo "run.sh: the stack's logs are kept in $LOGS" >&2
     else
         rm -rf "$RUN"
     fi
