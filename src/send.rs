@@ -185,12 +185,15 @@ fn hand_off(
     }
 }
 
-/// The one-way handoff: one non-blocking send on the kept connection, nothing read back.
+/// The one-way handoff: one send on the kept connection, nothing read back.
 ///
 /// The worker's copy of the connection is made harmless *before* the send, so that from
 /// the instant the kernel queues the job not a byte can come from this process; a send
-/// that fails (the manager's queue on this connection is full, the manager closed it or
-/// is gone) handed nothing over, and the connection is put back for the fallback.
+/// that fails (the manager closed the connection or is gone, or its queue on this
+/// connection stayed full until `handoff.timeout_ms`) handed nothing over, and the
+/// connection is put back for the fallback. A full queue is waited for, not given up on
+/// at once: the manager drains it as soon as it gets the CPU, while the fallback would
+/// hold this worker for the whole download.
 fn hand_off_one_way(
     conn: &Connection,
     job: &Job,
@@ -218,14 +221,14 @@ fn hand_off_one_way(
         None => (open()?, false),
     };
     let neutered = Neutered::one_way(conn).map_err(|e| Declined::new(FallbackCause::Failed, e))?;
-    let mut sent = channel.hand_off(&bytes, neutered.connection(), file.as_fd());
+    let mut sent = channel.hand_off_until(&bytes, neutered.connection(), file.as_fd(), deadline);
     if reused && sent.as_ref().is_err_and(ProtocolError::is_stale_connection) {
         // The manager closed the kept connection (idle, restarted, draining) before this
         // job: nothing was handed over. Once more on a fresh connection.
         sent = match open() {
             Ok(fresh) => {
                 channel = fresh;
-                channel.hand_off(&bytes, neutered.connection(), file.as_fd())
+                channel.hand_off_until(&bytes, neutered.connection(), file.as_fd(), deadline)
             }
             Err(declined) => {
                 restore(neutered)?;
@@ -243,8 +246,8 @@ fn hand_off_one_way(
         Err(e) => {
             restore(neutered)?;
             if e.is_would_block() {
-                // The manager is behind: its queue on this connection is full. The
-                // connection itself is fine.
+                // The manager stayed behind until the deadline: its queue on this
+                // connection is full. The connection itself is fine.
                 keep_connection(&settings.socket, channel.into_fd(), true);
                 return Err(Declined::new(
                     FallbackCause::Refused,

@@ -181,13 +181,14 @@ pub fn manager_killed_with_handoffs_queued(kind: Kind) {
     stack.assert_clean_logs();
 }
 
-/// Back-pressure never blocks a worker: with the manager stopped, one-way handoffs queue
-/// on the worker's kept connection until its send buffer is full; the next send gets
-/// `EAGAIN`, and that request is served in-process (send_file() returns false, body
-/// byte-exact) at once. Once the manager runs again, every queued handoff is served.
+/// Back-pressure blocks a worker no longer than `handoff.timeout_ms`: with the manager
+/// stopped, one-way handoffs queue on the worker's kept connection until its send buffer
+/// is full; the next send waits for room until the timeout (200 ms here), then that
+/// request is served in-process (send_file() returns false, body byte-exact). Once the
+/// manager runs again, every queued handoff is served.
 #[test]
 fn a_full_handoff_queue_falls_back_in_process_and_the_queued_are_served() {
-    let (stack, mut manager) = stack(Kind::Fpm, 1);
+    let (stack, mut manager) = stack_fpm_with(|c| c.ini("handoff.timeout_ms", "200"));
     let sha = stack.data_file("small.bin", SMALL, 10);
     manager.start();
     let warm = download_exact(&stack, "small.bin", &sha, SMALL, "&warm=1");
@@ -232,6 +233,68 @@ fn a_full_handoff_queue_falls_back_in_process_and_the_queued_are_served() {
         assert_eq!(r.status, 200, "{name}:\n{}", r.head_text);
         assert_eq!(r.body_sha(), sha, "{name}: queued handoff");
     }
+}
+
+/// A full queue is waited for: the manager is stopped until the worker's kept connection
+/// holds all it can, and runs again while the next request's worker waits for room
+/// (`handoff.timeout_ms`, 10 s here). That request is handed off too: send_file() returns
+/// true, nothing is served in-process, and every body arrives whole. (A fallback holds
+/// the worker for the whole download; docs/internals.md, "The queue bound".)
+#[test]
+fn a_full_handoff_queue_is_waited_for_until_the_manager_catches_up() {
+    let (stack, mut manager) = stack_fpm_with(|c| c);
+    let sha = stack.data_file("small.bin", SMALL, 11);
+    manager.start();
+    let warm = download_exact(&stack, "small.bin", &sha, SMALL, "&warm=1");
+    assert_eq!(warm, "true", "warm-up handoff");
+    manager.signal(Signal::SIGSTOP);
+    let mut requests = Vec::new();
+    let waiting = loop {
+        let name = format!("w{}", requests.len());
+        let (curl, head, body) = stack
+            .curl(&name, &format!("/download.php?f=small.bin&result={name}"))
+            .spawn(stack.client_dir().join(format!("{name}.curl.log")));
+        requests.push((name.clone(), curl, head, body));
+        // A queued handoff's script finishes at once; the one that found the queue full
+        // waits in send_file() for the stopped manager.
+        let answered = wait_until(
+            &format!("{name}'s result"),
+            Duration::from_secs(2),
+            || stack.result(&name).is_some_and(|r| !r.is_empty()),
+            || Ok(()),
+        )
+        .is_ok();
+        if !answered {
+            break name;
+        }
+        let result = stack.result(&name).unwrap_or_default();
+        assert_eq!(
+            result, "true",
+            "{name}: send_file() with the manager stopped (a full queue must be waited for)"
+        );
+        assert!(requests.len() < 5000, "the queue never filled");
+    };
+    assert!(
+        requests.len() > 10,
+        "only {} handoffs were queued before one waited",
+        requests.len() - 1
+    );
+    manager.signal(Signal::SIGCONT);
+    assert_eq!(
+        stack.wait_result(&waiting),
+        "true",
+        "{waiting}: found the queue full, must wait for the manager and hand off"
+    );
+    for (name, mut curl, head, body) in requests {
+        let status = curl
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{name}: still running after SIGCONT"));
+        assert!(status.success(), "{name}: curl {status}");
+        let r = response_from(&head, &body);
+        assert_eq!(r.status, 200, "{name}:\n{}", r.head_text);
+        assert_eq!(r.body_sha(), sha, "{name}: handed-off body");
+    }
+    manager.wait_outcome("complete", SMALL, 1);
 }
 
 /// Point 1 (`handoff.confirm`): the manager dies before it confirms. It is stopped, so the request's worker

@@ -298,6 +298,63 @@ mod tests {
         assert_eq!(got, sent);
     }
 
+    /// `hand_off_until` waits for room in a full queue: until the deadline when nobody
+    /// reads (then nothing is handed over), and only until the manager reads when it does.
+    #[test]
+    fn a_full_queue_is_waited_for_until_the_deadline() {
+        use std::time::{Duration, Instant};
+        let (worker, manager) = seqpacket_pair();
+        let (conn, _client) = stream_pair();
+        let (file, _other) = stream_pair();
+        let channel = Channel::resume(worker);
+        let bytes = job().encode_one_way().unwrap();
+        let mut sent = 0;
+        while channel.hand_off(&bytes, conn.as_fd(), file.as_fd()).is_ok() {
+            sent += 1;
+            assert!(sent < 100_000, "the queue never filled");
+        }
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(100);
+        let err = channel
+            .hand_off_until(&bytes, conn.as_fd(), file.as_fd(), deadline)
+            .unwrap_err();
+        assert!(err.is_would_block(), "{err:?}");
+        assert!(
+            Instant::now() >= deadline - Duration::from_millis(10),
+            "gave up after {:?}, before the deadline",
+            start.elapsed()
+        );
+        // The manager reads the queue a little later: the waiting send goes through then
+        // (the kernel wakes a sender once the queue is down to a quarter of the buffer).
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut got = 0;
+            while let Ok(Some(Incoming::Handoff(_))) = recv_job(manager.as_fd()) {
+                got += 1;
+            }
+            (manager, got)
+        });
+        let waited = Instant::now();
+        channel
+            .hand_off_until(
+                &bytes,
+                conn.as_fd(),
+                file.as_fd(),
+                waited + Duration::from_secs(30),
+            )
+            .unwrap();
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "the send waited {:?} after the manager read the queue",
+            waited.elapsed()
+        );
+        let (manager, mut got) = reader.join().unwrap();
+        while let Ok(Some(Incoming::Handoff(_))) = recv_job(manager.as_fd()) {
+            got += 1;
+        }
+        assert_eq!(got, sent + 1, "the queued jobs and the one that waited");
+    }
+
     #[test]
     fn a_connection_shut_for_reading_refuses_the_handoff() {
         let (worker, manager) = seqpacket_pair();

@@ -69,16 +69,7 @@ impl Offer {
     where
         O: nix::sys::socket::SetSockOpt<Val = TimeVal>,
     {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ProtocolError::TimedOut);
-        }
-        // A zero timeval would mean "wait forever": at least one microsecond.
-        let tv = TimeVal::new(
-            i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
-            i64::from(left.subsec_micros().max(1)),
-        );
-        setsockopt(&self.sock, opt, &tv).map_err(ProtocolError::io("setsockopt"))
+        arm(self.sock.as_fd(), opt, self.deadline)
     }
 
     /// Sends the job with its two descriptors and waits for the manager's answer.
@@ -137,6 +128,24 @@ impl Offer {
     }
 }
 
+/// Sets a socket timeout on `sock` to what is left until `deadline`; `TimedOut` if nothing
+/// is.
+fn arm<O>(sock: BorrowedFd<'_>, opt: O, deadline: Instant) -> Result<(), ProtocolError>
+where
+    O: nix::sys::socket::SetSockOpt<Val = TimeVal>,
+{
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ProtocolError::TimedOut);
+    }
+    // A zero timeval would mean "wait forever": at least one microsecond.
+    let tv = TimeVal::new(
+        i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+        i64::from(left.subsec_micros().max(1)),
+    );
+    setsockopt(&sock, opt, &tv).map_err(ProtocolError::io("setsockopt"))
+}
+
 /// The worker's connection for one-way handoffs, kept between requests.
 ///
 /// ```text
@@ -189,12 +198,46 @@ impl Channel {
         conn: BorrowedFd<'_>,
         file: BorrowedFd<'_>,
     ) -> Result<(), ProtocolError> {
+        self.send(job, conn, file, MsgFlags::MSG_DONTWAIT)
+    }
+
+    /// [`Channel::hand_off`], but when the manager's queue on this connection is full it
+    /// waits for room until `deadline` (a blocking send under a send timeout) instead of
+    /// giving up at once. A manager that falls behind for a moment (a burst of handoffs on a
+    /// busy machine) frees room within milliseconds, while a worker that gives up serves the
+    /// whole download itself, for as long as its client takes. [`ProtocolError::WouldBlock`]
+    /// if the deadline passed with the queue still full; nothing was handed over then.
+    pub fn hand_off_until(
+        &self,
+        job: &[u8],
+        conn: BorrowedFd<'_>,
+        file: BorrowedFd<'_>,
+        deadline: Instant,
+    ) -> Result<(), ProtocolError> {
+        match self.hand_off(job, conn, file) {
+            Err(ProtocolError::WouldBlock) => {}
+            done => return done,
+        }
+        match arm(self.sock.as_fd(), sockopt::SendTimeout, deadline) {
+            Ok(()) => self.send(job, conn, file, MsgFlags::empty()),
+            Err(ProtocolError::TimedOut) => Err(ProtocolError::WouldBlock),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send(
+        &self,
+        job: &[u8],
+        conn: BorrowedFd<'_>,
+        file: BorrowedFd<'_>,
+        flags: MsgFlags,
+    ) -> Result<(), ProtocolError> {
         let fds = [conn.as_raw_fd(), file.as_raw_fd()];
         let sent = sendmsg::<()>(
             self.sock.as_raw_fd(),
             &[IoSlice::new(job)],
             &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            MsgFlags::MSG_NOSIGNAL | flags,
             None,
         )
         .map_err(ProtocolError::io("sendmsg"))?;
