@@ -181,6 +181,43 @@ pub fn manager_killed_with_handoffs_queued(kind: Kind) {
     stack.assert_clean_logs();
 }
 
+/// A request in flight: its name, the curl running it, and where its head and body go.
+type InFlight = (String, Proc, std::path::PathBuf, std::path::PathBuf);
+
+/// A one-worker php-fpm stack configured by `tune`, whose worker holds a kept connection to
+/// the manager (one handoff done), with the manager then stopped (SIGSTOP); and the sha of
+/// `small.bin`, the file the requests fetch.
+fn stopped_manager(tune: impl FnOnce(Config) -> Config) -> (Stack, RestartableManager, String) {
+    let (stack, mut manager) = stack_fpm_with(tune);
+    let sha = stack.data_file("small.bin", SMALL, 10);
+    manager.start();
+    let warm = download_exact(&stack, "small.bin", &sha, SMALL, "&warm=1");
+    assert_eq!(warm, "true", "warm-up handoff");
+    manager.signal(Signal::SIGSTOP);
+    (stack, manager, sha)
+}
+
+/// Starts the request `name` for `small.bin`.
+fn request_small(stack: &Stack, name: &str) -> InFlight {
+    let (curl, head, body) = stack
+        .curl(name, &format!("/download.php?f=small.bin&result={name}"))
+        .spawn(stack.client_dir().join(format!("{name}.curl.log")));
+    (name.to_string(), curl, head, body)
+}
+
+/// Every request ends with a 200 and the whole of `small.bin`.
+fn assert_all_served(requests: Vec<InFlight>, sha: &str) {
+    for (name, mut curl, head, body) in requests {
+        let status = curl
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{name}: still running after SIGCONT"));
+        assert!(status.success(), "{name}: curl {status}");
+        let r = response_from(&head, &body);
+        assert_eq!(r.status, 200, "{name}:\n{}", r.head_text);
+        assert_eq!(r.body_sha(), sha, "{name}: handed-off body");
+    }
+}
+
 /// Back-pressure blocks a worker no longer than `handoff.timeout_ms`: with the manager
 /// stopped, one-way handoffs queue on the worker's kept connection until its send buffer
 /// is full; the next send waits for room until the timeout (200 ms here), then that
@@ -188,22 +225,14 @@ pub fn manager_killed_with_handoffs_queued(kind: Kind) {
 /// manager runs again, every queued handoff is served.
 #[test]
 fn a_full_handoff_queue_falls_back_in_process_and_the_queued_are_served() {
-    let (stack, mut manager) = stack_fpm_with(|c| c.ini("handoff.timeout_ms", "200"));
-    let sha = stack.data_file("small.bin", SMALL, 10);
-    manager.start();
-    let warm = download_exact(&stack, "small.bin", &sha, SMALL, "&warm=1");
-    assert_eq!(warm, "true", "warm-up handoff");
-    manager.signal(Signal::SIGSTOP);
+    let (stack, manager, sha) = stopped_manager(|c| c.ini("handoff.timeout_ms", "200"));
     let mut queued = Vec::new();
     let fell_back = loop {
-        let name = format!("q{}", queued.len());
-        let (curl, head, body) = stack
-            .curl(&name, &format!("/download.php?f=small.bin&result={name}"))
-            .spawn(stack.client_dir().join(format!("{name}.curl.log")));
-        match stack.wait_result(&name).as_str() {
-            "true" => queued.push((name, curl, head, body)),
-            "false" => break (name, curl, head, body),
-            other => panic!("{name}: send_file() returned {other}"),
+        let request = request_small(&stack, &format!("q{}", queued.len()));
+        match stack.wait_result(&request.0).as_str() {
+            "true" => queued.push(request),
+            "false" => break request,
+            other => panic!("{}: send_file() returned {other}", request.0),
         }
         assert!(queued.len() < 5000, "the queue never filled");
     };
@@ -224,15 +253,7 @@ fn a_full_handoff_queue_falls_back_in_process_and_the_queued_are_served() {
     let r = response_from(&head, &body);
     assert_eq!(r.body_sha(), sha, "{name}: the request served in-process");
     manager.signal(Signal::SIGCONT);
-    for (name, mut curl, head, body) in queued {
-        let status = curl
-            .wait_exit(Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("{name}: still running after SIGCONT"));
-        assert!(status.success(), "{name}: curl {status}");
-        let r = response_from(&head, &body);
-        assert_eq!(r.status, 200, "{name}:\n{}", r.head_text);
-        assert_eq!(r.body_sha(), sha, "{name}: queued handoff");
-    }
+    assert_all_served(queued, &sha);
 }
 
 /// A full queue is waited for: the manager is stopped until the worker's kept connection
@@ -242,19 +263,11 @@ fn a_full_handoff_queue_falls_back_in_process_and_the_queued_are_served() {
 /// the worker for the whole download; docs/internals.md, "The queue bound".)
 #[test]
 fn a_full_handoff_queue_is_waited_for_until_the_manager_catches_up() {
-    let (stack, mut manager) = stack_fpm_with(|c| c);
-    let sha = stack.data_file("small.bin", SMALL, 11);
-    manager.start();
-    let warm = download_exact(&stack, "small.bin", &sha, SMALL, "&warm=1");
-    assert_eq!(warm, "true", "warm-up handoff");
-    manager.signal(Signal::SIGSTOP);
+    let (stack, manager, sha) = stopped_manager(|c| c);
     let mut requests = Vec::new();
     let waiting = loop {
         let name = format!("w{}", requests.len());
-        let (curl, head, body) = stack
-            .curl(&name, &format!("/download.php?f=small.bin&result={name}"))
-            .spawn(stack.client_dir().join(format!("{name}.curl.log")));
-        requests.push((name.clone(), curl, head, body));
+        requests.push(request_small(&stack, &name));
         // A queued handoff's script finishes at once; the one that found the queue full
         // waits in send_file() for the stopped manager.
         let answered = wait_until(
@@ -285,15 +298,7 @@ fn a_full_handoff_queue_is_waited_for_until_the_manager_catches_up() {
         "true",
         "{waiting}: found the queue full, must wait for the manager and hand off"
     );
-    for (name, mut curl, head, body) in requests {
-        let status = curl
-            .wait_exit(Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("{name}: still running after SIGCONT"));
-        assert!(status.success(), "{name}: curl {status}");
-        let r = response_from(&head, &body);
-        assert_eq!(r.status, 200, "{name}:\n{}", r.head_text);
-        assert_eq!(r.body_sha(), sha, "{name}: handed-off body");
-    }
+    assert_all_served(requests, &sha);
     manager.wait_outcome("complete", SMALL, 1);
 }
 

@@ -179,7 +179,7 @@ impl ProtocolError {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
     use nix::sys::socket::{AddressFamily, SockFlag, SockType};
 
@@ -269,16 +269,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_full_queue_is_would_block_and_hands_nothing_over() {
-        let (worker, manager) = seqpacket_pair();
-        let (conn, _client) = stream_pair();
-        let (file, _other) = stream_pair();
-        let channel = Channel::resume(worker);
-        let bytes = job().encode_one_way().unwrap();
+    /// Sends one-way handoffs of `bytes` until the queue is full (`WouldBlock`, nothing
+    /// handed over); how many were queued.
+    fn fill_queue(
+        channel: &Channel,
+        bytes: &[u8],
+        conn: BorrowedFd<'_>,
+        file: BorrowedFd<'_>,
+    ) -> usize {
         let mut sent = 0;
         let err = loop {
-            match channel.hand_off(&bytes, conn.as_fd(), file.as_fd()) {
+            match channel.hand_off(bytes, conn, file) {
                 Ok(()) => sent += 1,
                 Err(e) => break e,
             }
@@ -286,16 +287,32 @@ mod tests {
         };
         assert!(err.is_would_block(), "{err:?}");
         assert!(sent > 10, "only {sent} handoffs were queued");
+        sent
+    }
+
+    /// Reads one-way handoffs until none is waiting; how many there were.
+    fn count_handoffs(manager: BorrowedFd<'_>) -> usize {
+        let mut got = 0;
+        while let Ok(Some(Incoming::Handoff(_))) = recv_job(manager) {
+            got += 1;
+        }
+        got
+    }
+
+    #[test]
+    fn a_full_queue_is_would_block_and_hands_nothing_over() {
+        let (worker, manager) = seqpacket_pair();
+        let (conn, _client) = stream_pair();
+        let (file, _other) = stream_pair();
+        let channel = Channel::resume(worker);
+        let bytes = job().encode_one_way().unwrap();
+        let sent = fill_queue(&channel, &bytes, conn.as_fd(), file.as_fd());
         eprintln!(
             "{sent} one-way handoffs of {} bytes queued before EAGAIN",
             bytes.len()
         );
         // Exactly the queued ones arrive; the refused send left nothing behind.
-        let mut got = 0;
-        while let Ok(Some(Incoming::Handoff(_))) = recv_job(manager.as_fd()) {
-            got += 1;
-        }
-        assert_eq!(got, sent);
+        assert_eq!(count_handoffs(manager.as_fd()), sent);
     }
 
     /// `hand_off_until` waits for room in a full queue: until the deadline when nobody
@@ -308,11 +325,7 @@ mod tests {
         let (file, _other) = stream_pair();
         let channel = Channel::resume(worker);
         let bytes = job().encode_one_way().unwrap();
-        let mut sent = 0;
-        while channel.hand_off(&bytes, conn.as_fd(), file.as_fd()).is_ok() {
-            sent += 1;
-            assert!(sent < 100_000, "the queue never filled");
-        }
+        let sent = fill_queue(&channel, &bytes, conn.as_fd(), file.as_fd());
         let start = Instant::now();
         let deadline = start + Duration::from_millis(100);
         let err = channel
@@ -328,10 +341,7 @@ mod tests {
         // (the kernel wakes a sender once the queue is down to a quarter of the buffer).
         let reader = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            let mut got = 0;
-            while let Ok(Some(Incoming::Handoff(_))) = recv_job(manager.as_fd()) {
-                got += 1;
-            }
+            let got = count_handoffs(manager.as_fd());
             (manager, got)
         });
         let waited = Instant::now();
@@ -348,10 +358,8 @@ mod tests {
             "the send waited {:?} after the manager read the queue",
             waited.elapsed()
         );
-        let (manager, mut got) = reader.join().unwrap();
-        while let Ok(Some(Incoming::Handoff(_))) = recv_job(manager.as_fd()) {
-            got += 1;
-        }
+        let (manager, got) = reader.join().unwrap();
+        let got = got + count_handoffs(manager.as_fd());
         assert_eq!(got, sent + 1, "the queued jobs and the one that waited");
     }
 
