@@ -151,11 +151,12 @@ where
 /// ```text
 /// let channel = Channel::open(path, deadline)?;  // hello answered: one-way handoffs go
 /// // ... make the worker's copy of the connection harmless ...
-/// channel.hand_off(&job_bytes, conn, file)?;     // Ok: the manager owns the request
+/// channel.hand_off_until(&job_bytes, conn, file, deadline)?;  // Ok: the manager owns it
 /// ```
 ///
-/// Opening waits for the manager's answer to the hello (bounded by the deadline); a
-/// handoff never waits and reads nothing.
+/// Opening waits for the manager's answer to the hello (bounded by the deadline). A
+/// handoff reads nothing; it waits only for room in a full queue, and only until the
+/// deadline ([`Channel::hand_off_until`]; [`Channel::hand_off`] never waits).
 #[derive(Debug)]
 pub struct Channel {
     sock: OwnedFd,
