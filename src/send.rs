@@ -169,6 +169,7 @@ fn hand_off(
     let job = Job {
         framing: conn.framing,
         request_id: conn.request_id,
+        keep_conn: conn.keep_conn,
         head: plan.head.clone(),
         body: plan.body.clone(),
         rate: options.rate,

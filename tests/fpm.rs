@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use crate::util::scenarios::{self, download_exact};
-use crate::util::{heavy_lock, Config, Kind, Stack, MIB};
+use crate::util::{
+    heavy_lock, raw_request, sha256_bytes, split_head, split_responses, Config, Kind, Stack, MIB,
+};
 
 /// php-fpm on 127.0.0.1 instead of a Unix socket (`fastcgi_pass 127.0.0.1:9000`, common in
 /// containers): the worker finds and hands off a TCP FastCGI connection the same way.
@@ -45,6 +47,45 @@ fn handoffs_with_fastcgi_keep_conn() {
         assert_eq!(page.body(), b"hello from php\n", "#{i}: the plain page");
     }
     stack.wait_outcome("complete", big_size, 60);
+    stack.assert_clean_logs();
+}
+
+/// With `fastcgi_keep_conn on`, nginx must never put a handed-off connection into its pool:
+/// the manager closes it after the response, and a request that nginx sends on it in the
+/// meantime reads an end-of-file, which nginx retries for a GET but turns into a 502 for a
+/// POST. A rate-limited download ends with a short rate wait between the last record and
+/// the manager's half-close (the end records overshoot the bucket), a window in which a
+/// POST sent the moment the download is complete found the pooled connection.
+#[test]
+fn a_post_right_after_a_handoff_never_meets_its_closed_connection() {
+    let _heavy = heavy_lock();
+    let stack = Stack::start(Config::new(Kind::Fpm).fpm_keepalive());
+    let size = 16 * 1024 + 300;
+    let data = stack.data_file("keep-rated.bin", size, 43);
+    let endpoint = stack.endpoint.clone();
+    for i in 0..8 {
+        let get = format!(
+            "GET /download.php?f=keep-rated.bin&rate=1024&i={i} HTTP/1.1\r\n\
+             Host: localhost\r\nConnection: close\r\n\r\n"
+        );
+        let raw = raw_request(&endpoint, &get);
+        let (head, body) = split_head(&raw);
+        assert!(head.starts_with("HTTP/1.1 200"), "#{i}: {head}");
+        assert_eq!(sha256_bytes(body), data, "#{i}: the rate-limited download");
+        let post = "POST /hello.php HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                    Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\nx=1";
+        let raw = raw_request(&endpoint, post);
+        let responses = split_responses(&raw).unwrap_or_else(|e| panic!("#{i}: {e}"));
+        let [(head, body)] = &responses[..] else {
+            panic!("#{i}: {} responses to the POST", responses.len());
+        };
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "#{i}: the POST after it:\n{head}"
+        );
+        assert_eq!(body, b"hello from php\n", "#{i}: the POST's page");
+    }
+    stack.wait_outcome("complete", size, 8);
     stack.assert_clean_logs();
 }
 

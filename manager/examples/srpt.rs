@@ -52,6 +52,7 @@ fn one_run(manager: &Path, dir: &Path, schedule: &str) -> anyhow::Result<(f64, f
         let job = Job {
             framing: Framing::Http,
             request_id: 0,
+            keep_conn: false,
             head: Head::new(200),
             body: vec![Piece::File {
                 offset: 0,

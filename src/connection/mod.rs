@@ -36,6 +36,9 @@ pub struct Connection<'r> {
     pub framing: Framing,
     /// php-fpm's FastCGI request id (0 for raw HTTP).
     pub request_id: u16,
+    /// The web server asked php-fpm to keep the FastCGI connection (`FCGI_KEEP_CONN`,
+    /// `fcgi_request.keep`); false for raw HTTP.
+    pub keep_conn: bool,
 }
 
 impl<'r> Connection<'r> {
@@ -74,6 +77,7 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
                 fd,
                 framing: Framing::FastCgi,
                 request_id,
+                keep_conn: r.keep != 0,
             })
         }
         "cli-server" => {
@@ -95,6 +99,7 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
                 fd,
                 framing: Framing::Http,
                 request_id: 0,
+                keep_conn: false,
             })
         }
         "apache2handler" => {
@@ -115,6 +120,7 @@ pub fn find(request: &ffi::Request) -> Result<Connection<'_>, String> {
                 fd,
                 framing: Framing::Http,
                 request_id: 0,
+                keep_conn: false,
             })
         }
         other => Err(format!("SAPI {other} is not supported for handoff")),

@@ -39,12 +39,14 @@ pub struct BadHandoff {
 }
 
 /// A connection the manager can still answer (with an error response) though its job was
-/// malformed: the framing and request id come from the job's fixed part.
+/// malformed: the framing, request id and flags come from the job's fixed part.
 #[derive(Debug)]
 pub struct Answerable {
     pub conn: OwnedFd,
     pub framing: Framing,
     pub request_id: u16,
+    /// See [`Job::keep_conn`].
+    pub keep_conn: bool,
 }
 
 /// A job received by the manager, with the two descriptors that came with it.
@@ -88,12 +90,15 @@ pub fn recv_job(sock: BorrowedFd<'_>) -> Result<Option<Incoming>, ProtocolError>
                 // The descriptors are trusted to be (connection, file) only when exactly
                 // two came, nothing was cut off, and the fixed part names the framing.
                 let answer = match (got, fixed_framing(&buf[..len.min(buf.len())])) {
-                    (2, Some((framing, request_id))) if !flags.contains(MsgFlags::MSG_CTRUNC) => {
+                    (2, Some((framing, request_id, keep_conn)))
+                        if !flags.contains(MsgFlags::MSG_CTRUNC) =>
+                    {
                         fds.truncate(1);
                         fds.pop().map(|conn| Answerable {
                             conn,
                             framing,
                             request_id,
+                            keep_conn,
                         })
                     }
                     _ => None,

@@ -43,16 +43,18 @@
 //! message before anything is allocated):
 //!
 //! ```text
-//! "HO" version:u8 kind:u8=1 framing:u8 reserved:u8 request_id:u16 status:u16
+//! "HO" version:u8 kind:u8=1 framing:u8 flags:u8 request_id:u16 status:u16
 //! header_count:u16 piece_count:u16 rate:u64
 //! reason:str16 (name:str16 value:bytes16)*header_count piece*piece_count
 //! client:str16 file_name:str16 fallbacks:u32*5 tag:str16 rate_group:str16
 //! piece = 0:u8 len:u32 bytes | 1:u8 offset:u64 length:u64
 //! ```
 //!
-//! where `str16` is a `u16` length followed by that many bytes of UTF-8, and `bytes16` the
-//! same without the UTF-8 rule (a header value the script set is passed on byte for byte;
-//! the head's validation still keeps CR, LF and NUL out). A piece is either
+//! where `flags` has one bit, 1: the web server set `FCGI_KEEP_CONN` (a worker older than
+//! the flag sends 0 there, and a manager older than it ignores the byte); `str16` is a
+//! `u16` length followed by that many bytes of UTF-8, and `bytes16` the same without the
+//! UTF-8 rule (a header value the script set is passed on byte for byte; the head's
+//! validation still keeps CR, LF and NUL out). A piece is either
 //! literal body bytes (multipart part heads) or a range of the file. `fallbacks` are the
 //! worker's report of the requests it served itself since its last report, one count per
 //! [`FallbackCause`] in code order (the manager adds them to its metrics). `tag` and
@@ -113,6 +115,8 @@ pub enum ProtocolError {
     FieldTooLong { field: &'static str },
     #[error("unknown framing {framing}")]
     Framing { framing: u8 },
+    #[error("unknown job flags {flags:#04x}")]
+    Flags { flags: u8 },
     #[error("file range {offset}+{length} overflows")]
     Range { offset: u64, length: u64 },
     #[error("unknown body piece kind {kind}")]
@@ -196,6 +200,7 @@ mod tests {
         Job {
             framing: Framing::FastCgi,
             request_id: 1,
+            keep_conn: true,
             head,
             body: vec![
                 Piece::Bytes(b"--part\r\n".to_vec()),

@@ -24,6 +24,8 @@ pub(super) const KIND_DRAIN: u8 = 5;
 pub(super) const KIND_HANDOFF: u8 = 6;
 pub(super) const KIND_HELLO: u8 = 7;
 pub(super) const FIXED_LEN: usize = 22;
+/// The job's flags byte: the web server set `FCGI_KEEP_CONN` ([`Job::keep_conn`]).
+const FLAG_KEEP_CONN: u8 = 1;
 
 pub use crate::plan::Framing;
 
@@ -82,6 +84,11 @@ pub struct Job {
     pub framing: Framing,
     /// The FastCGI request id the records are for (0 for raw HTTP).
     pub request_id: u16,
+    /// The web server asked php-fpm to keep the FastCGI connection for its next request
+    /// (`FCGI_KEEP_CONN`, nginx's `fastcgi_keep_conn on`). The manager closes it after the
+    /// response all the same, so it ends the response in a way that keeps the web server
+    /// from putting the connection back into its pool.
+    pub keep_conn: bool,
     pub head: Head,
     /// The body in order: file ranges and literal bytes (empty for HEAD).
     pub body: Vec<Piece>,
@@ -203,10 +210,11 @@ impl Job {
             Framing::Http => 0u8,
             Framing::FastCgi => 1u8,
         };
+        let flags = if self.keep_conn { FLAG_KEEP_CONN } else { 0 };
         let request_id = self.request_id;
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&[VERSION, kind, framing, 0]);
+        out.extend_from_slice(&[VERSION, kind, framing, flags]);
         out.extend_from_slice(&request_id.to_be_bytes());
         out.extend_from_slice(&self.head.status.to_be_bytes());
         out.extend_from_slice(&count.to_be_bytes());
@@ -266,13 +274,16 @@ impl Job {
         }
         let mut r = Reader { buf, pos: 4 };
         let fixed = r.bytes(2, "framing")?;
-        let framing_byte = fixed[0];
+        let (framing_byte, flags) = (fixed[0], fixed[1]);
         let request_id = r.u16("request id")?;
         let framing = match framing_byte {
             0 => Framing::Http,
             1 => Framing::FastCgi,
             framing => return Err(ProtocolError::Framing { framing }),
         };
+        if flags & !FLAG_KEEP_CONN != 0 {
+            return Err(ProtocolError::Flags { flags });
+        }
         let status = r.u16("status")?;
         let count = r.u16("header count")?;
         let piece_count = r.u16("piece count")?;
@@ -337,6 +348,7 @@ impl Job {
         Ok(Job {
             framing,
             request_id,
+            keep_conn: flags & FLAG_KEEP_CONN != 0,
             head,
             body,
             rate,
@@ -403,9 +415,9 @@ pub(super) fn check_message(buf: &[u8], len: usize, flags: MsgFlags) -> Result<(
     Ok(())
 }
 
-/// The framing and request id from a job's fixed part, if the message has that much and
-/// names a known framing.
-pub(super) fn fixed_framing(buf: &[u8]) -> Option<(Framing, u16)> {
+/// The framing, request id and keep-connection flag from a job's fixed part, if the
+/// message has that much and names a known framing.
+pub(super) fn fixed_framing(buf: &[u8]) -> Option<(Framing, u16, bool)> {
     if buf.len() < 8 {
         return None;
     }
@@ -414,7 +426,8 @@ pub(super) fn fixed_framing(buf: &[u8]) -> Option<(Framing, u16)> {
         1 => Framing::FastCgi,
         _ => return None,
     };
-    Some((framing, u16::from_be_bytes([buf[6], buf[7]])))
+    let keep_conn = buf[5] & FLAG_KEEP_CONN != 0;
+    Some((framing, u16::from_be_bytes([buf[6], buf[7]]), keep_conn))
 }
 
 /// Sends a reply (either direction). Never blocks longer than the socket's send timeout.
@@ -520,8 +533,25 @@ mod tests {
         assert_eq!(Job::decode(&one_way).unwrap(), j);
         assert_ne!(one_way[3], confirmed[3]);
         assert_eq!(one_way[4..], confirmed[4..]);
-        assert_eq!(fixed_framing(&one_way), Some((Framing::FastCgi, 1)));
+        assert_eq!(fixed_framing(&one_way), Some((Framing::FastCgi, 1, true)));
         assert_eq!(fixed_framing(&one_way[..7]), None);
+    }
+
+    #[test]
+    fn the_keep_connection_flag_round_trips_and_unknown_flags_are_rejected() {
+        for keep_conn in [false, true] {
+            let j = Job { keep_conn, ..job() };
+            let bytes = j.encode_one_way().unwrap();
+            assert_eq!(bytes[5], u8::from(keep_conn));
+            assert_eq!(Job::decode(&bytes).unwrap(), j);
+            assert_eq!(fixed_framing(&bytes).map(|f| f.2), Some(keep_conn));
+        }
+        let mut b = job().encode().unwrap();
+        b[5] |= 0x80;
+        assert!(matches!(
+            Job::decode(&b),
+            Err(ProtocolError::Flags { flags: 0x81 })
+        ));
     }
 
     #[test]

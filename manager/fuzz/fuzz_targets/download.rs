@@ -108,6 +108,7 @@ fn run(input: &mut Input<'_>) {
     let job = Job {
         framing,
         request_id,
+        keep_conn: input.u8() & 1 == 1,
         head,
         body,
         rate,

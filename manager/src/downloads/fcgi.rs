@@ -10,6 +10,7 @@
 const VERSION: u8 = 1;
 const TYPE_END_REQUEST: u8 = 3;
 const TYPE_STDOUT: u8 = 6;
+const TYPE_STDERR: u8 = 7;
 /// Bytes in a record header.
 pub const HEADER_LEN: usize = 8;
 /// Body bytes per `STDOUT` record: the largest multiple of 8 that fits the 16-bit length,
@@ -39,10 +40,21 @@ pub fn push_stdout(out: &mut Vec<u8>, request_id: u16, data: &[u8]) {
 
 /// Appends the end of a response: an empty `STDOUT` record (end of stream) and
 /// `END_REQUEST` with app status 0 and `FCGI_REQUEST_COMPLETE`.
-pub fn push_end(out: &mut Vec<u8>, request_id: u16) {
+///
+/// `keep_conn`: the web server asked to keep the connection (`FCGI_KEEP_CONN`), which the
+/// manager closes after the response all the same. An empty `STDERR` record then follows
+/// `END_REQUEST`, in the same send: nginx keeps an upstream connection for its next request
+/// only if its read ends exactly at the end of `END_REQUEST`, and drops it when more bytes
+/// follow. Without it nginx could take the connection from its pool for the next request
+/// before it read the manager's half-close, and that request would meet an end-of-file (a
+/// retry for a GET, a 502 for a POST).
+pub fn push_end(out: &mut Vec<u8>, request_id: u16, keep_conn: bool) {
     out.extend_from_slice(&stdout_header(request_id, 0));
     out.extend_from_slice(&header(TYPE_END_REQUEST, request_id, 8));
     out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    if keep_conn {
+        out.extend_from_slice(&header(TYPE_STDERR, request_id, 0));
+    }
 }
 
 /// What [`Framer::next`] asks of the writer.
@@ -73,6 +85,8 @@ pub enum Next {
 #[derive(Debug, Clone)]
 pub struct Framer {
     request_id: u16,
+    /// The web server asked to keep the connection: see [`push_end`].
+    keep_conn: bool,
     /// Body bytes not yet given a record.
     unframed: u64,
     /// Content bytes of the current full record not yet queued by the caller.
@@ -82,10 +96,11 @@ pub struct Framer {
 }
 
 impl Framer {
-    /// A framer for a body of `body_len` bytes.
-    pub fn new(request_id: u16, body_len: u64) -> Framer {
+    /// A framer for a body of `body_len` bytes; `keep_conn` as for [`push_end`].
+    pub fn new(request_id: u16, body_len: u64, keep_conn: bool) -> Framer {
         Framer {
             request_id,
+            keep_conn,
             unframed: body_len,
             record_left: 0,
             ended: false,
@@ -110,7 +125,7 @@ impl Framer {
             return Next::Done;
         }
         if self.unframed == 0 {
-            push_end(out, self.request_id);
+            push_end(out, self.request_id, self.keep_conn);
             self.ended = true;
             return Next::End;
         }
@@ -134,7 +149,7 @@ impl Framer {
     /// `STDOUT` record and `END_REQUEST`, in one stretch of `out`.
     pub fn finish(&mut self, out: &mut Vec<u8>, last: &[u8]) {
         push_stdout(out, self.request_id, last);
-        push_end(out, self.request_id);
+        push_end(out, self.request_id, self.keep_conn);
         self.unframed = 0;
         self.ended = true;
     }
@@ -146,9 +161,9 @@ mod tests {
 
     /// Frames a body of `len` bytes (byte i is `i % 251`) as the download does: full
     /// records' content in chunks of `chunk` bytes, the last record from memory.
-    fn frame(request_id: u16, len: u64, chunk: u64) -> (Vec<u8>, usize) {
+    fn frame(request_id: u16, len: u64, chunk: u64, keep_conn: bool) -> (Vec<u8>, usize) {
         let body = |from: u64, n: u64| (from..from + n).map(|i| (i % 251) as u8);
-        let mut framer = Framer::new(request_id, len);
+        let mut framer = Framer::new(request_id, len, keep_conn);
         let mut out = Vec::new();
         let mut pos = 0u64;
         let mut end_at = usize::MAX;
@@ -171,13 +186,19 @@ mod tests {
                 }
                 Next::End => {
                     assert_eq!(len, 0);
-                    end_at = out.len() - 2 * HEADER_LEN - 8;
+                    end_at = out.len() - end_len(keep_conn);
                 }
                 Next::Done => break,
             }
         }
         assert!(framer.ended());
         (out, end_at)
+    }
+
+    /// Bytes of the end records: the empty `STDOUT`, `END_REQUEST`, and the empty `STDERR`
+    /// after it when the web server asked to keep the connection.
+    fn end_len(keep_conn: bool) -> usize {
+        2 * HEADER_LEN + 8 + if keep_conn { HEADER_LEN } else { 0 }
     }
 
     /// Parses records: (type, request id, content), checking that none is padded.
@@ -211,10 +232,11 @@ mod tests {
             3 * max + 5,
             200_000,
         ] {
-            for chunk in [1_000, max] {
-                let (out, end_at) = frame(0x0102, len, chunk);
+            for (chunk, keep_conn) in [(1_000, false), (max, false), (max, true)] {
+                let (out, end_at) = frame(0x0102, len, chunk, keep_conn);
                 let recs = records(&out);
-                let (data, tail) = recs.split_at(recs.len() - 2);
+                let ends = if keep_conn { 3 } else { 2 };
+                let (data, tail) = recs.split_at(recs.len() - ends);
                 // Every record is for this request; content never exceeds 65,535 bytes,
                 // and all but the last data record carry exactly 65,528 (a multiple of 8).
                 for (i, (kind, id, content)) in data.iter().enumerate() {
@@ -231,17 +253,20 @@ mod tests {
                 assert_eq!(body, want, "len {len}");
                 assert_eq!(tail[0], (TYPE_STDOUT, 0x0102, vec![]));
                 assert_eq!(tail[1], (TYPE_END_REQUEST, 0x0102, vec![0; 8]));
-                // The last data record and both end records were appended by one call.
+                if keep_conn {
+                    assert_eq!(tail[2], (TYPE_STDERR, 0x0102, vec![]));
+                }
+                // The last data record and the end records were appended by one call.
                 let last = data.last().map_or(0, |r| HEADER_LEN + r.2.len());
                 let expected = if len == 0 { 0 } else { last };
-                assert_eq!(out.len() - end_at, expected + 2 * HEADER_LEN + 8);
+                assert_eq!(out.len() - end_at, expected + end_len(keep_conn));
             }
         }
     }
 
     #[test]
     fn a_full_record_waits_for_its_content() {
-        let mut framer = Framer::new(1, 2 * MAX_RECORD_BODY as u64);
+        let mut framer = Framer::new(1, 2 * MAX_RECORD_BODY as u64, false);
         let mut out = Vec::new();
         assert_eq!(framer.next(&mut out), Next::Header);
         assert_eq!(out, [1, 6, 0, 1, 0xff, 0xf8, 0, 0]);
@@ -275,10 +300,16 @@ mod tests {
     #[test]
     fn end_is_empty_stdout_then_end_request() {
         let mut out = Vec::new();
-        push_end(&mut out, 0x0102);
-        assert_eq!(
-            out,
-            [1, 6, 1, 2, 0, 0, 0, 0, 1, 3, 1, 2, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        );
+        push_end(&mut out, 0x0102, false);
+        let end = [
+            1, 6, 1, 2, 0, 0, 0, 0, 1, 3, 1, 2, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(out, end);
+        // A connection the web server wants to keep: bytes follow END_REQUEST, so that
+        // nginx does not pool the connection the manager is about to close.
+        let mut out = Vec::new();
+        push_end(&mut out, 0x0102, true);
+        assert_eq!(out[..end.len()], end);
+        assert_eq!(out[end.len()..], [1, 7, 1, 2, 0, 0, 0, 0]);
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use handoff_core::head::{Head, Header};
 use handoff_core::plan::{checked_body_len, Piece};
-use handoff_core::protocol::{Framing, Job, Received};
+use handoff_core::protocol::{Answerable, Framing, Job, Received};
 
 /// A job waiting for a free place, ordered smallest body first, then first come.
 struct Waiting {
@@ -161,6 +161,7 @@ pub fn refusal_job(
     Job {
         framing,
         request_id,
+        keep_conn: false,
         head,
         body: vec![Piece::Bytes(body.to_vec())],
         rate: 0,
@@ -183,31 +184,44 @@ pub fn refusal(rcv: Received, refusal: Refusal) -> Received {
         .and_then(|l| l.trim().parse::<u64>().ok());
     let headers_only = checked_body_len(&job.body) == Some(0) && announced.is_some_and(|l| l > 0);
     Received {
-        job: refusal_job(
-            refusal,
-            job.framing,
-            job.request_id,
-            headers_only,
-            job.client,
-            job.file_name,
-        ),
+        job: Job {
+            keep_conn: job.keep_conn,
+            ..refusal_job(
+                refusal,
+                job.framing,
+                job.request_id,
+                headers_only,
+                job.client,
+                job.file_name,
+            )
+        },
         conn,
         file,
     }
 }
 
-/// A refused handoff whose job could not be read: only its connection, framing and
-/// request id are known. `file` is any descriptor to fill the slot (never read).
-pub fn refusal_unread(conn: OwnedFd, file: OwnedFd, framing: Framing, request_id: u16) -> Received {
+/// A refused handoff whose job could not be read: only its connection and the job's fixed
+/// part (framing, request id, flags) are known. `file` is any descriptor to fill the slot
+/// (never read).
+pub fn refusal_unread(answer: Answerable, file: OwnedFd) -> Received {
+    let Answerable {
+        conn,
+        framing,
+        request_id,
+        keep_conn,
+    } = answer;
     Received {
-        job: refusal_job(
-            Refusal::Invalid,
-            framing,
-            request_id,
-            false,
-            String::new(),
-            String::new(),
-        ),
+        job: Job {
+            keep_conn,
+            ..refusal_job(
+                Refusal::Invalid,
+                framing,
+                request_id,
+                false,
+                String::new(),
+                String::new(),
+            )
+        },
         conn,
         file,
     }

@@ -121,6 +121,7 @@ pub fn job(framing: Framing, length: u64) -> Job {
     Job {
         framing,
         request_id: 1,
+        keep_conn: false,
         head,
         body: vec![Piece::File { offset: 0, length }],
         rate: 0,

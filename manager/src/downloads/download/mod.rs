@@ -145,6 +145,7 @@ impl Download {
         let Job {
             framing,
             request_id,
+            keep_conn,
             head,
             body,
             rate,
@@ -170,7 +171,7 @@ impl Download {
             }
             Framing::FastCgi => {
                 fcgi::push_stdout(&mut out, request_id, &head.render_cgi());
-                Some(fcgi::Framer::new(request_id, planned))
+                Some(fcgi::Framer::new(request_id, planned, keep_conn))
             }
         };
         let head_len = out.len() as u64;

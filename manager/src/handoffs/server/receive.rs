@@ -169,12 +169,7 @@ impl Server {
                 match a.conn.try_clone() {
                     Ok(file) => {
                         Counters::add(&self.counters.refused_answered, 1);
-                        self.dispatch(waiting::refusal_unread(
-                            a.conn,
-                            file,
-                            a.framing,
-                            a.request_id,
-                        ));
+                        self.dispatch(waiting::refusal_unread(a, file));
                     }
                     Err(e) => warn!("cannot answer a malformed handoff: {e}"),
                 }
