@@ -10,8 +10,8 @@ use handoff_core::protocol::{Framing, Offer, ProtocolError};
 use nix::sys::socket::{connect, UnixAddr};
 
 use crate::common::{
-    data, file_with, hand_over, job, propose, read_all, socket_seqpacket, wait_for_access_lines,
-    Manager,
+    data, file_with, hand_over, job, parse_fcgi, propose, read_all, socket_seqpacket,
+    wait_for_access_lines, Manager,
 };
 
 #[test]
@@ -258,6 +258,47 @@ fn a_slow_rate_writes_in_quanta_and_is_not_cut_by_the_send_timeout() {
     );
     // The 16 KiB burst and one 4 KiB quantum: a few reads, not thousands.
     assert!(reads <= 8, "{reads} reads for 20 KiB");
+    assert!(m.wait_log("outcome=complete").contains("outcome=complete"));
+}
+
+/// Behind FastCGI the last record leaves whole with the end records, so a slow rate's last
+/// write overshoots its bucket; that debt concerns no byte any more, and the manager closes
+/// at once instead of after paying it. It used to hold the connection for the rate wait
+/// (here 8 KiB over at 500 B/s: 16 s), and a web server that pools connections could send
+/// its next request on it meanwhile.
+#[test]
+fn a_rated_download_closes_right_after_its_last_record() {
+    let m = Manager::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(24 * 1024);
+    let file = file_with(dir.path(), &body);
+    let mut j = job(Framing::FastCgi, body.len() as u64);
+    j.rate = 500;
+    let mut client = hand_over(&m.socket, &j, &file);
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let mut ended_at = None;
+    loop {
+        let n = client.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if ended_at.is_none() && parse_fcgi(&got, 1).1 {
+            ended_at = Some(Instant::now());
+        }
+    }
+    let closed_after = ended_at.expect("END_REQUEST before the close").elapsed();
+    drop(client);
+    let (stdout, _) = parse_fcgi(&got, 1);
+    assert!(stdout.ends_with(&body), "the body");
+    assert!(
+        closed_after < Duration::from_secs(4),
+        "closed {closed_after:?} after END_REQUEST"
+    );
     assert!(m.wait_log("outcome=complete").contains("outcome=complete"));
 }
 

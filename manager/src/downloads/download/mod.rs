@@ -324,6 +324,13 @@ impl Download {
         let mut spent = 0usize;
         loop {
             if spent >= budget {
+                if self.all_written() {
+                    // A rate's debt from the last write (behind FastCGI the last record
+                    // leaves whole, with the end records) concerns no byte any more:
+                    // close now instead of after the rate wait, which would keep the
+                    // connection, and a web server waiting for its end, for seconds.
+                    return self.start_lingering(now);
+                }
                 return match self.rate_allowance(now) {
                     Err(at) => Step::Sleep(at),
                     Ok(_) => Step::Yield,
@@ -393,6 +400,14 @@ impl Download {
             }
             return self.start_lingering(now);
         }
+    }
+
+    /// Whether every byte of the response, end records included, has been written.
+    fn all_written(&self) -> bool {
+        self.out_pos == self.out.len()
+            && self.run_left == 0
+            && self.pieces.is_empty()
+            && self.framer.as_ref().is_none_or(fcgi::Framer::ended)
     }
 
     fn progressed(&mut self, now: Instant) {
