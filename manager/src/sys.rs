@@ -1,7 +1,8 @@
 //! The crate's only `unsafe` code (`lib.rs` denies it everywhere else): taking ownership of
 //! the descriptor numbers that `accept4` just created for this process or that systemd
 //! passed to it (both leave this module as `OwnedFd`), two glibc memory tunables, a
-//! thread's nice value, and the bytes still unread in a socket.
+//! thread's nice value, a descriptor's non-blocking mode, and the bytes still unread in a
+//! socket.
 //! (Descriptors received by `SCM_RIGHTS` are owned by `handoff_core`'s own `sys` module.)
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -72,6 +73,19 @@ pub(crate) fn lower_thread_priority(by: i32) {
     if done != 0 {
         log::debug!("cannot lower a download loop's priority: {}", Errno::last());
     }
+}
+
+/// Sets `O_NONBLOCK` on the descriptor's open file description in one call (`FIONBIO`;
+/// `fcntl` needs two, reading the flags and writing them back), leaving its other flags.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads one int through the pointer, which points to a live local; the
+    // descriptor is borrowed for the call, so it is open.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONBIO, &on) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
 }
 
 /// Bytes written to a stream socket that its peer has not read yet (`SIOCOUTQ`; for TCP the

@@ -119,7 +119,8 @@ pub struct Download {
     pub range: Option<String>,
     /// The file's byte ranges in the body, as (offset, length), for completion records.
     pub file_ranges: Vec<(u64, u64)>,
-    /// Which file in which version (the ETag's parts), to join range requests.
+    /// Which file in which version (the ETag's parts), to join range requests; only looked
+    /// up when completion records are on ([`Download::identify_file`]).
     pub file_id: Option<FileId>,
     pub started: Instant,
     /// When the download started, by the wall clock (for completion records).
@@ -155,7 +156,6 @@ impl Download {
             ..
         } = job;
         let planned = handoff_core::plan::checked_body_len(&body).unwrap_or(u64::MAX);
-        let file_id = file_id(&file);
         let file_ranges = body
             .iter()
             .filter_map(|p| match *p {
@@ -201,7 +201,7 @@ impl Download {
             tag,
             range,
             file_ranges,
-            file_id,
+            file_id: None,
             started: now,
             started_at: SystemTime::now(),
             last_progress: now,
@@ -210,6 +210,12 @@ impl Download {
             first_byte: None,
             counters: None,
         }
+    }
+
+    /// Looks up which file in which version this is, for completion records (one `fstat`
+    /// that a manager without records does not need).
+    pub fn identify_file(&mut self) {
+        self.file_id = file_id(&self.file);
     }
 
     /// Counts this download's body bytes into `counters` as they are written, so that a
@@ -337,6 +343,15 @@ impl Download {
                 };
             }
             if self.out_pos < self.out.len() {
+                if self.out_pos == 0 && self.run_left == 0 {
+                    // What comes next (a record header, the last record with the end
+                    // records, literal body bytes) joins the bytes already waiting, so
+                    // that they leave in one send: the head and a small body's records
+                    // together, one system call fewer per download.
+                    if let Err(outcome) = self.frame_next() {
+                        return Step::Done(outcome);
+                    }
+                }
                 let mut flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
                 if self.more_after_out() {
                     flags |= MsgFlags::from_bits_retain(nix::libc::MSG_MORE);

@@ -64,11 +64,12 @@ pub fn validate(rcv: &Received) -> Result<(), Rejected> {
 /// Checks that a received connection descriptor is a connected stream socket (something a
 /// response can be written to).
 pub fn validate_connection(conn: &OwnedFd) -> Result<(), Rejected> {
-    let st = fstat(conn.as_raw_fd()).map_err(Rejected::Stat)?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
-        return Err(Rejected::NotASocket);
-    }
-    let ty = getsockopt(conn, sockopt::SockType).map_err(Rejected::Stat)?;
+    // Asking a descriptor for its socket type is also what tells a socket from anything
+    // else: every other kind of file answers ENOTSOCK.
+    let ty = getsockopt(conn, sockopt::SockType).map_err(|e| match e {
+        Errno::ENOTSOCK => Rejected::NotASocket,
+        e => Rejected::Stat(e),
+    })?;
     let listening = getsockopt(conn, sockopt::AcceptConn).map_err(Rejected::Stat)?;
     if ty != nix::sys::socket::SockType::Stream || listening {
         return Err(Rejected::NotAStream);

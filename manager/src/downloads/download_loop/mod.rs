@@ -332,6 +332,9 @@ impl Loop {
             );
         }
         let mut download = Download::new(rcv, now, self.config.linger_timeout, group);
+        if self.completions.is_some() {
+            download.identify_file();
+        }
         download.count_into(self.counters.clone());
         let id = self.next;
         self.next += 1;
@@ -411,8 +414,5 @@ impl Loop {
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_retain(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    Ok(())
+    crate::sys::set_nonblocking(std::os::fd::AsFd::as_fd(fd))
 }
