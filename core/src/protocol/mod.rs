@@ -62,8 +62,8 @@
 //! Replies are `"HO" version kind` followed, for a refusal, by the reason text. A one-way
 //! handoff has the job's layout with kind 6; a hello is `"HO" version 7`.
 //!
-//! This is the only module that touches `SCM_RIGHTS` (through [`crate::sys`]). It is one
-//! folder with a part per side, so that a reader finds each side alone:
+//! This is the only module that touches `SCM_RIGHTS` (through the crate's `sys` module).
+//! It is one folder with a part per side, so that a reader finds each side alone:
 //!
 //! - `wire`: the message layout: the message types ([`Job`], [`Reply`], [`FallbackCause`]),
 //!   their encoding and decoding with every length checked, and sending and receiving a

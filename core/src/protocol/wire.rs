@@ -192,7 +192,7 @@ impl Job {
         self.encode_as(KIND_JOB)
     }
 
-    /// Serialises the job for a one-way handoff ([`Channel::hand_off`]).
+    /// Serialises the job for a one-way handoff ([`super::Channel::hand_off_until`]).
     pub fn encode_one_way(&self) -> Result<Vec<u8>, ProtocolError> {
         self.encode_as(KIND_HANDOFF)
     }
