@@ -276,11 +276,9 @@ impl Job {
         let fixed = r.bytes(2, "framing")?;
         let (framing_byte, flags) = (fixed[0], fixed[1]);
         let request_id = r.u16("request id")?;
-        let framing = match framing_byte {
-            0 => Framing::Http,
-            1 => Framing::FastCgi,
-            framing => return Err(ProtocolError::Framing { framing }),
-        };
+        let framing = framing_of(framing_byte).ok_or(ProtocolError::Framing {
+            framing: framing_byte,
+        })?;
         if flags & !FLAG_KEEP_CONN != 0 {
             return Err(ProtocolError::Flags { flags });
         }
@@ -348,7 +346,7 @@ impl Job {
         Ok(Job {
             framing,
             request_id,
-            keep_conn: flags & FLAG_KEEP_CONN != 0,
+            keep_conn: keeps_conn(flags),
             head,
             body,
             rate,
@@ -421,13 +419,27 @@ pub(super) fn fixed_framing(buf: &[u8]) -> Option<(Framing, u16, bool)> {
     if buf.len() < 8 {
         return None;
     }
-    let framing = match buf[4] {
-        0 => Framing::Http,
-        1 => Framing::FastCgi,
-        _ => return None,
-    };
-    let keep_conn = buf[5] & FLAG_KEEP_CONN != 0;
-    Some((framing, u16::from_be_bytes([buf[6], buf[7]]), keep_conn))
+    let framing = framing_of(buf[4])?;
+    Some((
+        framing,
+        u16::from_be_bytes([buf[6], buf[7]]),
+        keeps_conn(buf[5]),
+    ))
+}
+
+/// The framing a job's framing byte names, if any (the one mapping both the full decode and
+/// [`fixed_framing`] use).
+fn framing_of(byte: u8) -> Option<Framing> {
+    match byte {
+        0 => Some(Framing::Http),
+        1 => Some(Framing::FastCgi),
+        _ => None,
+    }
+}
+
+/// Whether a job's flags byte says the web server keeps the connection ([`Job::keep_conn`]).
+fn keeps_conn(flags: u8) -> bool {
+    flags & FLAG_KEEP_CONN != 0
 }
 
 /// Sends a reply (either direction). Never blocks longer than the socket's send timeout.

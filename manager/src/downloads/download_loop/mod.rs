@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use nix::errno::Errno;
 
 use crate::downloads::download::{Download, Step};
 use crate::downloads::pacing::{PaceConfig, Pacer};
@@ -314,7 +313,7 @@ impl Loop {
     fn start(&mut self, rcv: Received, now: Instant) {
         // Only now, after go, may the shared file description become non-blocking: the
         // worker no longer writes to it.
-        if let Err(e) = set_nonblocking(&rcv.conn) {
+        if let Err(e) = crate::sys::set_nonblocking(rcv.conn.as_fd()) {
             warn!("cannot make the connection non-blocking: {e}; dropped");
             self.load.fetch_sub(1, Ordering::Relaxed);
             self.counters
@@ -411,8 +410,4 @@ impl Loop {
             self.finish(id, outcome);
         }
     }
-}
-
-fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {
-    crate::sys::set_nonblocking(std::os::fd::AsFd::as_fd(fd))
 }
